@@ -1,0 +1,335 @@
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of a WhatsApp session.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "whatsapp.leadmaster.dev",
+    version = "v1alpha1",
+    kind = "WhatsAppSession",
+    namespaced,
+    status = "WhatsAppSessionStatus",
+    shortname = "was",
+    shortname = "wasession",
+    category = "whatsapp",
+    doc = "A WhatsApp Web session for one tenant (clienteId): a browser with its own persistent profile (the WhatsApp login), linked to one phone number. The operator runs it as a one-replica StatefulSet; the session pod reports its state and QR code here.",
+    printcolumn(name = "Cliente", type_ = "integer", json_path = ".spec.clienteId"),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Phone", type_ = "string", json_path = ".status.me.phone"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WhatsAppSessionSpec {
+    /// The tenant this session belongs to (the `clienteId` of the hub's API and of the JWT
+    /// `cliente_id` claim). A positive integer; it cannot change after creation.
+    #[x_kube(validation = Rule::new("self > 0").message("clienteId must be a positive integer"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("clienteId is immutable: create a new WhatsAppSession instead"))]
+    pub cliente_id: i64,
+
+    /// Stops the session without losing it: the pod is removed, the browser profile (and with
+    /// it the WhatsApp login) is kept on its volume. Set back to false to resume.
+    #[serde(default)]
+    pub suspended: bool,
+
+    /// How the phone links to this session.
+    #[serde(default)]
+    pub pairing: PairingSpec,
+
+    /// QR code behaviour while the session waits to be linked.
+    #[serde(default)]
+    pub qr: QrSpec,
+
+    /// Limits on outgoing messages.
+    #[serde(default)]
+    pub send: SendSpec,
+
+    /// The volume that holds the browser profile.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// The browser that runs WhatsApp Web.
+    #[serde(default)]
+    pub browser: BrowserSpec,
+}
+
+/// How the phone links to this session.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.method != 'PhoneCode' || has(self.phoneNumber)").message("pairing.phoneNumber is required when pairing.method is PhoneCode"))]
+pub struct PairingSpec {
+    /// `QR` (scan a QR code from the phone, the default) or `PhoneCode` (type an 8-character
+    /// code shown in the session's status into the phone).
+    #[serde(default)]
+    pub method: PairingMethod,
+
+    /// The phone number to link, international format, digits only (country code first, no
+    /// `+` or spaces), 8 to 15 digits. Required for `PhoneCode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{8,15}$')").message("pairing.phoneNumber must be 8 to 15 digits: country code and number, without '+', spaces or dashes"))]
+    pub phone_number: Option<String>,
+}
+
+/// How the phone links to the session.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PairingMethod {
+    /// Scan a QR code with the phone.
+    #[default]
+    QR,
+    /// Type a pairing code into the phone.
+    PhoneCode,
+}
+
+/// QR code behaviour while the session waits to be linked.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QrSpec {
+    /// How many QR codes to show before giving up with state FAILED (reason
+    /// `QRAttemptsExhausted`) instead of looping. WhatsApp renews the code every 20 s (the first
+    /// lives 60 s). 1 to 60, default 6.
+    #[serde(default = "default_qr_max_attempts")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 60").message("qr.maxAttempts must be between 1 and 60"))]
+    pub max_attempts: i32,
+}
+
+impl Default for QrSpec {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_qr_max_attempts(),
+        }
+    }
+}
+
+fn default_qr_max_attempts() -> i32 {
+    6
+}
+
+/// Limits on outgoing messages.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SendSpec {
+    /// Most messages sent per minute; more are refused with 429 rather than risk a ban from
+    /// WhatsApp. 1 to 180, default 20.
+    #[serde(default = "default_rate_per_minute")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 180").message("send.ratePerMinute must be between 1 and 180"))]
+    pub rate_per_minute: i32,
+}
+
+impl Default for SendSpec {
+    fn default() -> Self {
+        Self {
+            rate_per_minute: default_rate_per_minute(),
+        }
+    }
+}
+
+fn default_rate_per_minute() -> i32 {
+    20
+}
+
+/// The volume that holds the browser profile (the WhatsApp login).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of the profile volume, for example `1Gi`. Default 1Gi.
+    #[serde(default = "default_storage_size")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))").message("storage.size must be a positive quantity such as 512Mi or 1Gi"))]
+    pub size: Quantity,
+
+    /// StorageClass of the profile volume; the cluster's default class when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("storage.storageClassName must be a DNS subdomain name"))]
+    pub storage_class_name: Option<String>,
+
+    /// What happens to the profile volume when the WhatsAppSession is deleted: `Retain` (the
+    /// default: keep it, the login can be recovered) or `Delete`.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self in ['Retain', 'Delete']").message("storage.whenDeleted must be Retain or Delete"))]
+    pub when_deleted: VolumePolicy,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+            when_deleted: VolumePolicy::default(),
+        }
+    }
+}
+
+fn default_storage_size() -> Quantity {
+    Quantity("1Gi".into())
+}
+
+/// What happens to the profile volume when the session is deleted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VolumePolicy {
+    /// Keep the volume.
+    #[default]
+    Retain,
+    /// Delete the volume with the session.
+    Delete,
+}
+
+/// The browser that runs WhatsApp Web.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserSpec {
+    /// Container image of the session pod; the operator's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() > 0 && !self.contains(' ')").message("browser.image must be a container image reference without spaces"))]
+    pub image: Option<String>,
+
+    /// CPU and memory for the session pod. Chromium with WhatsApp Web needs about 500Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Extra Chromium command-line flags, each starting with `--`. Flags the session pod
+    /// controls itself (`--user-data-dir`, `--remote-debugging-*`) are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(a, a.startsWith('--'))").message("browser.extraArgs entries must start with --"))]
+    #[x_kube(validation = Rule::new("!self.exists(a, a.startsWith('--user-data-dir') || a.startsWith('--remote-debugging'))").message("browser.extraArgs must not set --user-data-dir or --remote-debugging-*: the session pod controls them"))]
+    pub extra_args: Vec<String>,
+
+    /// Pin the WhatsApp Web build, for example `2.3000.1029560484`: the session pod serves that
+    /// build's page instead of the latest. Absent: whatever WhatsApp serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^2\\\\.[0-9]{4}\\\\.[0-9]+$')").message("browser.webVersion must look like 2.3000.1029560484"))]
+    pub web_version: Option<String>,
+}
+
+/// Observed state of a WhatsApp session. The session pod owns `state`, `reason`, `message`,
+/// `qr`, `pairingCode`, `me`, `endpoint`, `lastStateChange` and its own conditions; the
+/// operator owns `observedGeneration` and its own conditions.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WhatsAppSessionStatus {
+    /// Where the session is: DISCONNECTED, CONNECTING, QR_REQUIRED (waiting for a QR scan or a
+    /// phone-code link), READY or FAILED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<SessionState>,
+
+    /// Machine-readable reason for the state, in CamelCase (for example `QRAttemptsExhausted`,
+    /// `LoggedOutFromPhone`, `Conflict`, `BrowserCrashed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+
+    /// Human-readable explanation of the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// The QR code to scan while the state is QR_REQUIRED with QR pairing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr: Option<QrStatus>,
+
+    /// The code to type into the phone while the state is QR_REQUIRED with PhoneCode pairing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairing_code: Option<String>,
+
+    /// The linked WhatsApp account, once READY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub me: Option<Me>,
+
+    /// Address (`http://host:port`) of the session pod's API, used by the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+
+    /// The `metadata.generation` the operator last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Conditions, keyed by type. The operator owns `Reconciled` and `PodReady`; the session
+    /// pod owns `Ready` (linked and able to send).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// When `state` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_state_change: Option<Time>,
+}
+
+/// Where a WhatsApp session is in its life.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SessionState {
+    /// No browser session (suspended, starting, or logged out and not yet showing a QR).
+    Disconnected,
+    /// The browser is loading WhatsApp Web or restoring a login.
+    Connecting,
+    /// Waiting for the phone: a QR code to scan or a pairing code to type.
+    QrRequired,
+    /// Linked and able to send.
+    Ready,
+    /// Stopped with an error that needs a person (see `reason`).
+    Failed,
+}
+
+impl SessionState {
+    /// Every state, in life-cycle order.
+    pub const ALL: [SessionState; 5] = [
+        SessionState::Disconnected,
+        SessionState::Connecting,
+        SessionState::QrRequired,
+        SessionState::Ready,
+        SessionState::Failed,
+    ];
+
+    /// The wire name, as in the API (`QR_REQUIRED`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Disconnected => "DISCONNECTED",
+            SessionState::Connecting => "CONNECTING",
+            SessionState::QrRequired => "QR_REQUIRED",
+            SessionState::Ready => "READY",
+            SessionState::Failed => "FAILED",
+        }
+    }
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The QR code currently shown by WhatsApp Web.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QrStatus {
+    /// The raw string encoded in the QR (`2@...,<keys>`): render it as a QR image to scan.
+    pub code: String,
+    /// How many QR codes were shown so far in this pairing attempt (1-based).
+    pub attempts: i32,
+    /// When this code was first seen.
+    pub updated_at: Time,
+    /// When WhatsApp will replace this code with the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+}
+
+/// The linked WhatsApp account.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Me {
+    /// Phone number of the account, digits only.
+    pub phone: String,
+    /// The account's display name, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_name: Option<String>,
+}
