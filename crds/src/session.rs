@@ -73,6 +73,9 @@ pub struct PairingSpec {
     /// `QR` (scan a QR code from the phone, the default) or `PhoneCode` (type an 8-character
     /// code shown in the session's status into the phone).
     #[serde(default)]
+    // A plain string in the schema, so a bad value gets the CEL message below.
+    #[schemars(with = "String")]
+    #[x_kube(validation = Rule::new("self in ['QR', 'PhoneCode']").message("pairing.method must be QR or PhoneCode"))]
     pub method: PairingMethod,
 
     /// The phone number to link, international format, digits only (country code first, no
@@ -156,6 +159,8 @@ pub struct StorageSpec {
     /// What happens to the profile volume when the WhatsAppSession is deleted: `Retain` (the
     /// default: keep it, the login can be recovered) or `Delete`.
     #[serde(default)]
+    // A plain string in the schema, so a bad value gets the CEL message below.
+    #[schemars(with = "String")]
     #[x_kube(validation = Rule::new("self in ['Retain', 'Delete']").message("storage.whenDeleted must be Retain or Delete"))]
     pub when_deleted: VolumePolicy,
 }
@@ -198,8 +203,9 @@ pub struct BrowserSpec {
     pub resources: Option<ResourceRequirements>,
 
     /// Extra Chromium command-line flags, each starting with `--`. Flags the session pod
-    /// controls itself (`--user-data-dir`, `--remote-debugging-*`) are refused.
+    /// controls itself (`--user-data-dir`, `--remote-debugging-*`) are refused. At most 64.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 512)))]
     #[x_kube(validation = Rule::new("self.all(a, a.startsWith('--'))").message("browser.extraArgs entries must start with --"))]
     #[x_kube(validation = Rule::new("!self.exists(a, a.startsWith('--user-data-dir') || a.startsWith('--remote-debugging'))").message("browser.extraArgs must not set --user-data-dir or --remote-debugging-*: the session pod controls them"))]
     pub extra_args: Vec<String>,

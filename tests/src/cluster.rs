@@ -1,0 +1,390 @@
+//! A real Kubernetes control plane on this machine, for tests and local development.
+//!
+//! etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (which plays the
+//! kubelet for one fake node), all upstream binaries built by `tests/cluster/build.sh`, all on
+//! 127.0.0.1 and free ports. PersistentVolumeClaims bind through the controller-manager's
+//! in-tree host-path provisioner, so a StatefulSet's claims get real directories.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+/// Name of the one fake node kwok manages.
+pub const NODE_NAME: &str = "kwok-node-0";
+/// The default StorageClass, backed by the host-path provisioner.
+pub const STORAGE_CLASS: &str = "standard";
+/// Where the in-tree host-path provisioner creates volume directories (fixed upstream).
+pub const HOSTPATH_ROOT: &str = "/tmp/hostpath_pv";
+/// Environment variable naming the Go-built binaries, else `tests/cluster/build.sh` runs.
+pub const BIN_ENV: &str = "WAO_CLUSTER_BIN";
+
+/// A running control plane. Dropping it kills every process; [`ControlPlane::stop`] stops
+/// them gracefully.
+pub struct ControlPlane {
+    /// State directory: `kubeconfig`, `pki/`, `logs/`, etcd data.
+    pub dir: PathBuf,
+    /// Directory of the upstream binaries (kubectl and helm included).
+    pub bin: PathBuf,
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The API server URL.
+    pub server: String,
+    processes: Vec<(&'static str, Child)>,
+}
+
+/// Builds (or takes from the cache) the upstream binaries and returns their directory.
+pub fn build_binaries() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(BIN_ENV) {
+        return Ok(PathBuf::from(bin));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/build.sh");
+    let out = std::process::Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed ({})", script.display(), out.status);
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+impl ControlPlane {
+    /// Starts a fresh control plane with its state under `dir` (emptied first) and waits until
+    /// it serves, the controllers run and the fake node is Ready.
+    pub async fn start(bin: &Path, dir: &Path) -> Result<ControlPlane> {
+        let started = Instant::now();
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+        }
+        for sub in ["pki", "logs", "etcd"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let dir = dir.canonicalize()?;
+        let pki = write_pki(&dir.join("pki"))?;
+        let token = random_token();
+        std::fs::write(dir.join("tokens.csv"), format!("{token},admin,admin,system:masters\n"))?;
+        std::fs::write(dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
+
+        let etcd_port = free_port()?;
+        let api_port = free_port()?;
+        let server = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &pki.ca_pem, &token))?;
+
+        let mut plane = ControlPlane {
+            dir: dir.clone(),
+            bin: bin.to_path_buf(),
+            kubeconfig: kubeconfig.clone(),
+            server,
+            processes: Vec::new(),
+        };
+        let kc = kubeconfig.to_str().context("kubeconfig path is not UTF-8")?;
+        let p = |name: &str| dir.join("pki").join(name).display().to_string();
+
+        plane.spawn(
+            "etcd",
+            &[
+                &format!("--data-dir={}", dir.join("etcd").display()),
+                &format!("--listen-client-url=http://127.0.0.1:{etcd_port}"),
+                &format!("--listen-peer-url=http://127.0.0.1:{}", free_port()?),
+            ],
+        )?;
+        plane.spawn(
+            "kube-apiserver",
+            &[
+                &format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                &format!("--secure-port={api_port}"),
+                &format!("--tls-cert-file={}", p("apiserver.crt")),
+                &format!("--tls-private-key-file={}", p("apiserver.key")),
+                &format!("--client-ca-file={}", p("ca.crt")),
+                &format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                &format!("--service-account-key-file={}", p("sa.pub")),
+                &format!("--service-account-signing-key-file={}", p("sa.key")),
+                "--service-cluster-ip-range=10.96.0.0/16",
+                // The `kubernetes` Service would point at 127.0.0.1, which Endpoints reject.
+                "--endpoint-reconciler-type=none",
+                &format!("--audit-policy-file={}", dir.join("audit-policy.yaml").display()),
+                &format!("--audit-log-path={}", dir.join("logs/audit.log").display()),
+                "--audit-log-maxsize=200",
+                "--profiling=false",
+            ],
+        )?;
+        let client = client_for(&kubeconfig).await?;
+        plane
+            .wait_for("kube-apiserver /readyz", Duration::from_secs(90), || async {
+                let req = http::Request::get("/readyz").body(Vec::new())?;
+                Ok(client.request_text(req).await.is_ok_and(|body| body.trim() == "ok"))
+            })
+            .await?;
+
+        plane.spawn(
+            "kube-controller-manager",
+            &[
+                &format!("--kubeconfig={kc}"),
+                "--secure-port=0",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                &format!("--service-account-private-key-file={}", p("sa.key")),
+                &format!("--root-ca-file={}", p("ca.crt")),
+                "--enable-hostpath-provisioner",
+                "--cluster-cidr=10.244.0.0/16",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--concurrent-statefulset-syncs=20",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+            ],
+        )?;
+        plane.spawn(
+            "kube-scheduler",
+            &[
+                &format!("--kubeconfig={kc}"),
+                "--secure-port=0",
+                "--leader-elect=false",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+            ],
+        )?;
+        plane.spawn(
+            "kwok",
+            &[
+                &format!("--kubeconfig={kc}"),
+                "--manage-all-nodes=true",
+                "--cidr=10.244.0.0/24",
+                "--node-ip=127.0.0.1",
+                &format!("--server-address=127.0.0.1:{}", free_port()?),
+            ],
+        )?;
+
+        create_node_and_storage(&client).await?;
+        let nodes: Api<Node> = Api::all(client.clone());
+        plane
+            .wait_for("the kwok node to be Ready", Duration::from_secs(60), || async {
+                let node = nodes.get(NODE_NAME).await?;
+                Ok(node.status.and_then(|s| s.conditions).is_some_and(|cs| {
+                    cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                }))
+            })
+            .await?;
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        plane
+            .wait_for("the controller-manager to create default/default", Duration::from_secs(60), || async {
+                Ok(sas.get_opt("default").await?.is_some())
+            })
+            .await?;
+
+        // `bin` next to the state, so scripts find kubectl and helm from the state dir alone.
+        let link = dir.join("bin");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(bin, &link)?;
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, server = %plane.server, "control plane ready");
+        Ok(plane)
+    }
+
+    /// An admin client for this control plane.
+    pub async fn client(&self) -> Result<Client> {
+        client_for(&self.kubeconfig).await
+    }
+
+    fn spawn(&mut self, name: &'static str, args: &[&str]) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
+        let child = Command::new(self.bin.join(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name} from {}", self.bin.display()))?;
+        self.processes.push((name, child));
+        Ok(())
+    }
+
+    /// Polls `check` until it is true, failing early (with the log tail) if a component exits.
+    async fn wait_for<F, Fut>(&mut self, what: &str, limit: Duration, mut check: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        let deadline = Instant::now() + limit;
+        let mut last_error = None;
+        loop {
+            self.check_alive().with_context(|| format!("while waiting for {what}"))?;
+            match check().await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => last_error = Some(e),
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {limit:?} waiting for {what} (last error: {last_error:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The last `lines` lines of a component's log.
+    pub fn log_tail(&self, component: &str, lines: usize) -> String {
+        log_tail(&self.dir, component, lines)
+    }
+
+    /// Checks every component is still running; names the first that is not.
+    pub fn check_alive(&mut self) -> Result<()> {
+        for (name, child) in &mut self.processes {
+            if let Some(status) = child.try_wait()? {
+                bail!("{name} exited ({status}):\n{}", log_tail(&self.dir, name, 30));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every component, newest first, with SIGTERM and then SIGKILL after a grace period.
+    pub async fn stop(mut self) {
+        while let Some((name, mut child)) = self.processes.pop() {
+            if let Some(pid) = child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                tracing::warn!(component = name, "did not stop in 10s, killing");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// The last `lines` lines of a component's log in a control-plane state directory.
+pub fn log_tail(dir: &Path, component: &str, lines: usize) -> String {
+    let path = dir.join("logs").join(format!("{component}.log"));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(no log at {}: {e})", path.display()),
+    }
+}
+
+/// Component names, in start order, for log collection.
+pub const COMPONENTS: [&str; 5] = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"];
+
+/// A client from a kubeconfig file.
+pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    config.read_timeout = Some(Duration::from_secs(30));
+    Ok(Client::try_from(config)?)
+}
+
+async fn create_node_and_storage(client: &Client) -> Result<()> {
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": NODE_NAME,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux", "type": "kwok"},
+        },
+        "status": {
+            // Room for the 1,000-session benchmark.
+            "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "2000"},
+            "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "2000"},
+        },
+    }))?;
+    Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await?;
+    let class: StorageClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": STORAGE_CLASS,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+        },
+        "provisioner": "kubernetes.io/host-path",
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "Immediate",
+    }))?;
+    Api::<StorageClass>::all(client.clone()).create(&PostParams::default(), &class).await?;
+    Ok(())
+}
+
+struct Pki {
+    ca_pem: String,
+}
+
+/// A CA, the API server's serving certificate, and the service-account signing key.
+fn write_pki(dir: &Path) -> Result<Pki> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "whatsapp-operator test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate()?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
+
+    let names = ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"];
+    let mut params = CertificateParams::new(names.map(String::from).to_vec())?;
+    params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca)?;
+
+    std::fs::write(dir.join("ca.crt"), ca.pem())?;
+    std::fs::write(dir.join("ca.key"), ca_key_pem)?;
+    std::fs::write(dir.join("apiserver.crt"), cert.pem())?;
+    std::fs::write(dir.join("apiserver.key"), key.serialize_pem())?;
+    let sa = KeyPair::generate()?;
+    std::fs::write(dir.join("sa.key"), sa.serialize_pem())?;
+    std::fs::write(dir.join("sa.pub"), sa.public_key_pem())?;
+    Ok(Pki { ca_pem: ca.pem() })
+}
+
+fn kubeconfig_yaml(server: &str, ca_pem: &str, token: &str) -> String {
+    use base64::Engine;
+    use std::fmt::Write;
+    let ca_b64 = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca_b64}\n\
+         users:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n\
+         current-context: test\n"
+    );
+    s
+}
+
+fn random_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("reading /dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the component binds it right after).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Audit log: every write (not reads or watches), with who made it. Tests count writes by a
+/// user agent or service account from it.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+";

@@ -1,0 +1,195 @@
+//! The control plane shared by every test of a run, and a fresh namespace per test.
+//!
+//! `WAO_TEST_CLUSTER=<state dir>` reuses a running `whatsapp-testcluster` (the README's test
+//! command starts one for the whole run). Without it, the first test of a test binary starts
+//! one; it stops when the test binary exits, because its standard input (held here) closes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, PostParams};
+
+use crate::cluster;
+
+/// Environment variable naming the state directory of a running test control plane.
+pub const CLUSTER_ENV: &str = "WAO_TEST_CLUSTER";
+
+/// A running test control plane.
+pub struct TestCluster {
+    /// The control plane's state directory.
+    pub dir: PathBuf,
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// Upstream binaries: kubectl, helm, ...
+    pub bin: PathBuf,
+    /// Held open for the life of this process; its closing stops a cluster we started.
+    _lifeline: Mutex<Option<ChildStdin>>,
+}
+
+static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+
+/// The control plane for this test run, started on first use.
+pub fn cluster() -> &'static TestCluster {
+    CLUSTER.get_or_init(|| match std::env::var_os(CLUSTER_ENV) {
+        Some(dir) => TestCluster::existing(PathBuf::from(dir)),
+        None => TestCluster::spawn(),
+    })
+}
+
+/// Directory of the workspace's built binaries (`target/debug`), from the test executable's
+/// own location (`target/debug/deps/<test>`).
+pub fn target_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test executable has a directory");
+    deps.parent().expect("deps has a parent").to_path_buf()
+}
+
+/// Path of one of the workspace's binaries; panics with the fix if it was not built.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let path = target_bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the README's test command, or `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+impl TestCluster {
+    fn existing(dir: PathBuf) -> TestCluster {
+        let dir = dir.canonicalize().unwrap_or_else(|e| panic!("{CLUSTER_ENV}={}: {e}", dir.display()));
+        let bin = dir.join("bin").canonicalize().expect("the cluster state dir has bin/");
+        TestCluster { kubeconfig: dir.join("kubeconfig"), dir, bin, _lifeline: Mutex::new(None) }
+    }
+
+    fn spawn() -> TestCluster {
+        let state = target_bin_dir().join(format!("wao-test-cluster-{}", std::process::id()));
+        let log_path = state.with_extension("log");
+        let log = std::fs::File::create(&log_path).expect("creating the cluster log");
+        let mut child = Command::new(workspace_binary("whatsapp-testcluster"))
+            .arg("--dir")
+            .arg(&state)
+            .arg("--exit-on-stdin-eof")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting whatsapp-testcluster");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut ready = false;
+        for line in stdout.lines() {
+            if line.as_deref().is_ok_and(|l| l == "ready") {
+                ready = true;
+                break;
+            }
+        }
+        if !ready {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("the test control plane did not start; its log ({}):\n{log}", log_path.display());
+        }
+        let mut cluster = TestCluster::existing(state);
+        cluster._lifeline = Mutex::new(child.stdin.take());
+        cluster
+    }
+
+    /// An admin client.
+    pub async fn client(&self) -> Client {
+        cluster::client_for(&self.kubeconfig).await.expect("client for the test cluster")
+    }
+
+    /// `kubectl` with the admin kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        crate::kubectl(&self.bin, &self.kubeconfig)
+    }
+
+    /// Creates a fresh namespace for one test; it is deleted when the test ends, and on a
+    /// failure the namespace's events and the control-plane logs are printed first.
+    pub async fn namespace(&'static self, prefix: &str) -> TestNamespace {
+        let client = self.client().await;
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"generateName": format!("{prefix}-"), "labels": {"whatsapp-operator/test": "true"}}
+        }))
+        .expect("namespace object");
+        let created = Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("creating the test namespace");
+        let name = created.metadata.name.expect("generated name");
+        TestNamespace { name, client, cluster: self }
+    }
+
+    /// Prints the tail of every control-plane component's log.
+    pub fn dump_logs(&self) {
+        for component in cluster::COMPONENTS {
+            eprintln!("---- {component} (last 40 lines) ----\n{}", cluster::log_tail(&self.dir, component, 40));
+        }
+    }
+}
+
+/// A namespace that lives as long as one test.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+    pub cluster: &'static TestCluster,
+}
+
+impl TestNamespace {
+    /// A typed API in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// `kubectl -n <this namespace>`.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = self.cluster.kubectl();
+        cmd.args(["-n", &self.name]);
+        cmd
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== test failed in namespace {}: its events ====", self.name);
+            if let Ok(out) = crate::output(self.kubectl().args(["get", "events", "--sort-by=.lastTimestamp"])) {
+                eprintln!("{}{}", out.stdout, out.stderr);
+            }
+            self.cluster.dump_logs();
+        }
+        let _ = crate::output(self.cluster.kubectl().args(["delete", "namespace", &self.name, "--wait=false"]));
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `limit` naming `what` and the last
+/// value seen. Every wait on the cluster goes through here: a poll with a deadline, never a
+/// bare sleep.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, String>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = match check().await {
+            Ok(Some(value)) => return value,
+            Ok(None) => "not yet".to_string(),
+            Err(e) => e,
+        };
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}; last: {last}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The path of a file in the workspace source tree.
+pub fn source_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+}
