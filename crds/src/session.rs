@@ -25,11 +25,7 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WhatsAppSessionSpec {
@@ -109,9 +105,7 @@ pub struct QrSpec {
 
 impl Default for QrSpec {
     fn default() -> Self {
-        Self {
-            max_attempts: default_qr_max_attempts(),
-        }
+        Self { max_attempts: default_qr_max_attempts() }
     }
 }
 
@@ -132,9 +126,7 @@ pub struct SendSpec {
 
 impl Default for SendSpec {
     fn default() -> Self {
-        Self {
-            rate_per_minute: default_rate_per_minute(),
-        }
+        Self { rate_per_minute: default_rate_per_minute() }
     }
 }
 
@@ -167,11 +159,7 @@ pub struct StorageSpec {
 
 impl Default for StorageSpec {
     fn default() -> Self {
-        Self {
-            size: default_storage_size(),
-            storage_class_name: None,
-            when_deleted: VolumePolicy::default(),
-        }
+        Self { size: default_storage_size(), storage_class_name: None, when_deleted: VolumePolicy::default() }
     }
 }
 
@@ -269,9 +257,7 @@ pub struct WhatsAppSessionStatus {
 }
 
 /// Where a WhatsApp session is in its life.
-#[derive(
-    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
-)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SessionState {
     /// No browser session (suspended, starting, or logged out and not yet showing a QR).

@@ -23,25 +23,12 @@ fn crd_has_the_promised_shape() {
         crd.spec.names.short_names.as_deref(),
         Some(&["was".to_string(), "wasession".to_string()][..])
     );
-    assert_eq!(
-        crd.spec.names.categories.as_deref(),
-        Some(&["whatsapp".to_string()][..])
-    );
+    assert_eq!(crd.spec.names.categories.as_deref(), Some(&["whatsapp".to_string()][..]));
     let version = &crd.spec.versions[0];
     assert_eq!(version.name, "v1alpha1");
-    assert!(
-        version
-            .subresources
-            .as_ref()
-            .and_then(|s| s.status.as_ref())
-            .is_some()
-    );
-    let columns: Vec<_> = version
-        .additional_printer_columns
-        .iter()
-        .flatten()
-        .map(|c| c.name.as_str())
-        .collect();
+    assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+    let columns: Vec<_> =
+        version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
     assert_eq!(columns, ["Cliente", "State", "Phone", "Ready", "Age"]);
 
     let schema = schema();
@@ -50,10 +37,7 @@ fn crd_has_the_promised_shape() {
     assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
     // No unsigned integers anywhere: every integer is int32 or int64.
     let text = serde_json::to_string(&schema).unwrap();
-    assert!(
-        !text.contains("uint"),
-        "unsigned integer format in the schema"
-    );
+    assert!(!text.contains("uint"), "unsigned integer format in the schema");
 }
 
 #[test]
@@ -66,11 +50,7 @@ fn every_field_is_documented() {
                 if path.is_empty() && matches!(name.as_str(), "metadata" | "apiVersion" | "kind") {
                     continue;
                 }
-                if child
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .is_none_or(str::is_empty)
-                {
+                if child.get("description").and_then(Value::as_str).is_none_or(str::is_empty) {
                     missing.push(here.clone());
                 }
                 // Types from k8s-openapi (resources, conditions) carry upstream docs.
@@ -82,21 +62,12 @@ fn every_field_is_documented() {
     }
     let mut missing = Vec::new();
     walk("", &schema(), &mut missing);
-    assert!(
-        missing.is_empty(),
-        "fields without a doc comment (kubectl explain shows nothing): {missing:?}"
-    );
+    assert!(missing.is_empty(), "fields without a doc comment (kubectl explain shows nothing): {missing:?}");
 }
 
 fn schema() -> Value {
     let crd = WhatsAppSession::crd();
-    let schema = crd.spec.versions[0]
-        .schema
-        .as_ref()
-        .unwrap()
-        .open_api_v3_schema
-        .as_ref()
-        .unwrap();
+    let schema = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
     serde_json::to_value(schema).unwrap()
 }
 
@@ -151,14 +122,8 @@ fn defaults_are_the_documented_ones() {
 #[test]
 fn invalid_sessions_are_rejected_with_clear_messages() {
     let cases = [
-        (
-            json!({"clienteId": -3}),
-            "clienteId must be a positive integer",
-        ),
-        (
-            json!({"clienteId": 0}),
-            "clienteId must be a positive integer",
-        ),
+        (json!({"clienteId": -3}), "clienteId must be a positive integer"),
+        (json!({"clienteId": 0}), "clienteId must be a positive integer"),
         (
             json!({"clienteId": 1, "pairing": {"method": "PhoneCode"}}),
             "pairing.phoneNumber is required when pairing.method is PhoneCode",
@@ -175,10 +140,7 @@ fn invalid_sessions_are_rejected_with_clear_messages() {
             json!({"clienteId": 1, "pairing": {"phoneNumber": "1234567890123456"}}),
             "pairing.phoneNumber must be 8 to 15 digits",
         ),
-        (
-            json!({"clienteId": 1, "qr": {"maxAttempts": 0}}),
-            "qr.maxAttempts must be between 1 and 60",
-        ),
+        (json!({"clienteId": 1, "qr": {"maxAttempts": 0}}), "qr.maxAttempts must be between 1 and 60"),
         (
             json!({"clienteId": 1, "send": {"ratePerMinute": 1000}}),
             "send.ratePerMinute must be between 1 and 180",
@@ -187,14 +149,8 @@ fn invalid_sessions_are_rejected_with_clear_messages() {
             json!({"clienteId": 1, "storage": {"whenDeleted": "Keep"}}),
             "storage.whenDeleted must be Retain or Delete",
         ),
-        (
-            json!({"clienteId": 1, "storage": {"size": "lots"}}),
-            "storage.size must be a positive quantity",
-        ),
-        (
-            json!({"clienteId": 1, "storage": {"size": "0"}}),
-            "storage.size must be a positive quantity",
-        ),
+        (json!({"clienteId": 1, "storage": {"size": "lots"}}), "storage.size must be a positive quantity"),
+        (json!({"clienteId": 1, "storage": {"size": "0"}}), "storage.size must be a positive quantity"),
         (
             json!({"clienteId": 1, "storage": {"storageClassName": "Not_A_Name"}}),
             "storage.storageClassName must be a DNS subdomain name",
@@ -207,10 +163,7 @@ fn invalid_sessions_are_rejected_with_clear_messages() {
             json!({"clienteId": 1, "browser": {"extraArgs": ["--user-data-dir=/x"]}}),
             "browser.extraArgs must not set --user-data-dir",
         ),
-        (
-            json!({"clienteId": 1, "browser": {"webVersion": "latest"}}),
-            "browser.webVersion must look like",
-        ),
+        (json!({"clienteId": 1, "browser": {"webVersion": "latest"}}), "browser.webVersion must look like"),
     ];
     for (spec, expected) in cases {
         let errors = cel_errors(&session(spec.clone()), None);
@@ -225,19 +178,11 @@ fn invalid_sessions_are_rejected_with_clear_messages() {
 fn cliente_id_is_immutable() {
     let old = session(json!({"clienteId": 1}));
     assert_eq!(
-        cel_errors(
-            &session(json!({"clienteId": 1, "suspended": true})),
-            Some(&old)
-        ),
+        cel_errors(&session(json!({"clienteId": 1, "suspended": true})), Some(&old)),
         Vec::<String>::new()
     );
     let errors = cel_errors(&session(json!({"clienteId": 2})), Some(&old));
-    assert!(
-        errors
-            .iter()
-            .any(|m| m.starts_with("clienteId is immutable")),
-        "{errors:?}"
-    );
+    assert!(errors.iter().any(|m| m.starts_with("clienteId is immutable")), "{errors:?}");
 }
 
 #[test]

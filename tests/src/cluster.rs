@@ -175,9 +175,10 @@ impl ControlPlane {
         plane
             .wait_for("the kwok node to be Ready", Duration::from_secs(60), || async {
                 let node = nodes.get(NODE_NAME).await?;
-                Ok(node.status.and_then(|s| s.conditions).is_some_and(|cs| {
-                    cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                }))
+                Ok(node
+                    .status
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
             })
             .await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
@@ -278,7 +279,8 @@ pub fn log_tail(dir: &Path, component: &str, lines: usize) -> String {
 }
 
 /// Component names, in start order, for log collection.
-pub const COMPONENTS: [&str; 5] = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"];
+pub const COMPONENTS: [&str; 5] =
+    ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"];
 
 /// A client from a kubeconfig file.
 pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
@@ -325,11 +327,14 @@ struct Pki {
 
 /// A CA, the API server's serving certificate, and the service-account signing key.
 fn write_pki(dir: &Path) -> Result<Pki> {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    };
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(DnType::CommonName, "whatsapp-operator test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_key = KeyPair::generate()?;
     let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;

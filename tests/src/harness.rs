@@ -126,7 +126,10 @@ impl TestCluster {
     /// Prints the tail of every control-plane component's log.
     pub fn dump_logs(&self) {
         for component in cluster::COMPONENTS {
-            eprintln!("---- {component} (last 40 lines) ----\n{}", cluster::log_tail(&self.dir, component, 40));
+            eprintln!(
+                "---- {component} (last 40 lines) ----\n{}",
+                cluster::log_tail(&self.dir, component, 40)
+            );
         }
     }
 }
@@ -160,12 +163,14 @@ impl Drop for TestNamespace {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("==== test failed in namespace {}: its events ====", self.name);
-            if let Ok(out) = crate::output(self.kubectl().args(["get", "events", "--sort-by=.lastTimestamp"])) {
+            if let Ok(out) = crate::output(self.kubectl().args(["get", "events", "--sort-by=.lastTimestamp"]))
+            {
                 eprintln!("{}{}", out.stdout, out.stderr);
             }
             self.cluster.dump_logs();
         }
-        let _ = crate::output(self.cluster.kubectl().args(["delete", "namespace", &self.name, "--wait=false"]));
+        let _ =
+            crate::output(self.cluster.kubectl().args(["delete", "namespace", &self.name, "--wait=false"]));
     }
 }
 

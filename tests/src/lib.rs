@@ -22,8 +22,15 @@ pub fn crd_manifest_path() -> std::path::PathBuf {
 /// as a user would. Returns kubectl's summary line.
 pub fn install_crd(bin: &Path, kubeconfig: &Path) -> Result<String> {
     let manifest = crd_manifest_path();
-    let apply = run(kubectl(bin, kubeconfig).args(["apply", "--server-side", "--field-manager=whatsapp-installer", "-f"]).arg(&manifest))?;
-    run(kubectl(bin, kubeconfig).args(["wait", "--for=condition=Established", "--timeout=60s", &format!("crd/{CRD_NAME}")]))?;
+    let apply = run(kubectl(bin, kubeconfig)
+        .args(["apply", "--server-side", "--field-manager=whatsapp-installer", "-f"])
+        .arg(&manifest))?;
+    run(kubectl(bin, kubeconfig).args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        &format!("crd/{CRD_NAME}"),
+    ]))?;
     Ok(apply.stdout.trim().to_string())
 }
 

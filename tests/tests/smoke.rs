@@ -9,8 +9,8 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::CustomResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use whatsapp_crds::WhatsAppSession;
 use whatsapp_tests::harness::{cluster, eventually};
@@ -36,7 +36,9 @@ fn kubectl_apply(ns: &whatsapp_tests::harness::TestNamespace, manifest: &str) ->
 }
 
 fn session_yaml(name: &str, spec: &str) -> String {
-    format!("apiVersion: whatsapp.leadmaster.dev/v1alpha1\nkind: WhatsAppSession\nmetadata:\n  name: {name}\nspec:\n{spec}")
+    format!(
+        "apiVersion: whatsapp.leadmaster.dev/v1alpha1\nkind: WhatsAppSession\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
 }
 
 #[tokio::test]
@@ -46,9 +48,11 @@ async fn crd_installs_and_is_established_with_the_generated_schema() {
     whatsapp_tests::install_crd(&c.bin, &c.kubeconfig).expect("kubectl apply of the CRD");
     let crds: Api<CustomResourceDefinition> = Api::all(c.client().await);
     let installed = crds.get(CRD_NAME).await.unwrap();
-    let established = installed.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-        cs.iter().any(|c| c.type_ == "Established" && c.status == "True")
-    });
+    let established = installed
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
     assert!(established, "CRD not Established: {:?}", installed.status);
     // The server holds exactly the schema the Rust types generate.
     let generated = WhatsAppSession::crd();
@@ -79,17 +83,29 @@ async fn kubectl_get_shows_the_printer_columns() {
             }],
         }
     });
-    api.patch_status("acme", &PatchParams::apply("smoke-test").force(), &Patch::Apply(&status)).await.unwrap();
+    api.patch_status("acme", &PatchParams::apply("smoke-test").force(), &Patch::Apply(&status))
+        .await
+        .unwrap();
 
     for resource in ["whatsappsessions", "was", "wasession", "whatsapp"] {
         let out = run(ns.kubectl().args(["get", resource])).unwrap();
         let mut lines = out.stdout.lines();
         let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
-        assert_eq!(header, ["NAME", "CLIENTE", "STATE", "PHONE", "READY", "AGE"], "kubectl get {resource}:\n{}", out.stdout);
+        assert_eq!(
+            header,
+            ["NAME", "CLIENTE", "STATE", "PHONE", "READY", "AGE"],
+            "kubectl get {resource}:\n{}",
+            out.stdout
+        );
         let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
         // The category lists the kind-qualified name.
         assert!(row[0].ends_with("acme"), "{row:?}");
-        assert_eq!(row[1..5], ["42", "READY", "5491122334455", "True"], "kubectl get {resource}:\n{}", out.stdout);
+        assert_eq!(
+            row[1..5],
+            ["42", "READY", "5491122334455", "True"],
+            "kubectl get {resource}:\n{}",
+            out.stdout
+        );
     }
 }
 
@@ -109,11 +125,31 @@ async fn invalid_sessions_are_rejected_at_admission_with_the_cel_message() {
     let ns = cluster().namespace("smoke-invalid").await;
     let cases = [
         ("negative-id", "  clienteId: -5\n", "clienteId must be a positive integer"),
-        ("phonecode-no-phone", "  clienteId: 1\n  pairing:\n    method: PhoneCode\n", "pairing.phoneNumber is required when pairing.method is PhoneCode"),
-        ("bad-phone", "  clienteId: 1\n  pairing:\n    method: PhoneCode\n    phoneNumber: \"+54 9 11\"\n", "pairing.phoneNumber must be 8 to 15 digits"),
-        ("bad-policy", "  clienteId: 1\n  storage:\n    whenDeleted: Keep\n", "storage.whenDeleted must be Retain or Delete"),
-        ("bad-size", "  clienteId: 1\n  storage:\n    size: lots\n", "storage.size must be a positive quantity"),
-        ("bad-args", "  clienteId: 1\n  browser:\n    extraArgs: [\"--user-data-dir=/tmp/x\"]\n", "browser.extraArgs must not set --user-data-dir"),
+        (
+            "phonecode-no-phone",
+            "  clienteId: 1\n  pairing:\n    method: PhoneCode\n",
+            "pairing.phoneNumber is required when pairing.method is PhoneCode",
+        ),
+        (
+            "bad-phone",
+            "  clienteId: 1\n  pairing:\n    method: PhoneCode\n    phoneNumber: \"+54 9 11\"\n",
+            "pairing.phoneNumber must be 8 to 15 digits",
+        ),
+        (
+            "bad-policy",
+            "  clienteId: 1\n  storage:\n    whenDeleted: Keep\n",
+            "storage.whenDeleted must be Retain or Delete",
+        ),
+        (
+            "bad-size",
+            "  clienteId: 1\n  storage:\n    size: lots\n",
+            "storage.size must be a positive quantity",
+        ),
+        (
+            "bad-args",
+            "  clienteId: 1\n  browser:\n    extraArgs: [\"--user-data-dir=/tmp/x\"]\n",
+            "browser.extraArgs must not set --user-data-dir",
+        ),
     ];
     for (name, spec, message) in cases {
         let out = kubectl_apply(&ns, &session_yaml(name, spec));
@@ -127,7 +163,8 @@ async fn invalid_sessions_are_rejected_at_admission_with_the_cel_message() {
     assert!(kubectl_apply(&ns, &session_yaml("fixed", "  clienteId: 7\n")).success);
     let out = kubectl_apply(&ns, &session_yaml("fixed", "  clienteId: 8\n"));
     assert!(!out.success && out.stderr.contains("clienteId is immutable"), "{out:?}");
-    let kept = output(ns.kubectl().args(["get", "was", "fixed", "-o", "jsonpath={.spec.clienteId}"])).unwrap();
+    let kept =
+        output(ns.kubectl().args(["get", "was", "fixed", "-o", "jsonpath={.spec.clienteId}"])).unwrap();
     assert_eq!(kept.stdout, "7");
 }
 

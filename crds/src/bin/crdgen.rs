@@ -10,14 +10,12 @@ fn main() -> std::io::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("-") => print!("{yaml}"),
         Some("-h" | "--help") => {
-            println!(
-                "usage: crdgen [-|PATH]  (default: crds/whatsappsession.yaml in the source tree)"
-            )
+            println!("usage: crdgen [-|PATH]  (default: crds/whatsappsession.yaml in the source tree)")
         }
         other => {
-            let path = other.map(PathBuf::from).unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("whatsappsession.yaml")
-            });
+            let path = other
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("whatsappsession.yaml"));
             std::fs::write(&path, yaml)?;
             eprintln!("wrote {}", path.display());
         }
