@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
     shortname = "was",
     shortname = "wasession",
     category = "whatsapp",
+    validation = Rule::new("self.metadata.name.size() <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must start with a letter, use only lowercase letters, digits and '-', and be at most 40 characters: it names the session's StatefulSet, Service and pod"),
     doc = "A WhatsApp Web session for one tenant (clienteId): a browser with its own persistent profile (the WhatsApp login), linked to one phone number. The operator runs it as a one-replica StatefulSet; the session pod reports its state and QR code here.",
     printcolumn(name = "Cliente", type_ = "integer", json_path = ".spec.clienteId"),
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),

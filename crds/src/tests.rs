@@ -175,6 +175,20 @@ fn invalid_sessions_are_rejected_with_clear_messages() {
 }
 
 #[test]
+fn names_must_fit_the_children() {
+    let named = |name: &str| {
+        let mut object = session(json!({"clienteId": 1}));
+        object["metadata"]["name"] = json!(name);
+        cel_errors(&object, None)
+    };
+    assert_eq!(named("acme-42"), Vec::<String>::new());
+    for bad in ["1acme", "acme.example", &"a".repeat(41)] {
+        let errors = named(bad);
+        assert!(errors.iter().any(|m| m.starts_with("metadata.name must start with a letter")), "{bad}: {errors:?}");
+    }
+}
+
+#[test]
 fn cliente_id_is_immutable() {
     let old = session(json!({"clienteId": 1}));
     assert_eq!(

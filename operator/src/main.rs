@@ -1,1 +1,206 @@
-fn main() {}
+//! `whatsapp-operator`: reconciles every `WhatsAppSession` into a one-replica StatefulSet whose
+//! volume holds the browser profile, plus its Service, ServiceAccount, RBAC and hub token.
+
+mod children;
+mod compare;
+mod controller;
+mod error;
+mod metrics;
+mod server;
+mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{ArgAction, Parser};
+use kube::Client;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::Reporter;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tracing::{error, info};
+use whatsapp_crds::WhatsAppSession;
+
+use crate::children::Settings;
+use crate::controller::Scope;
+use crate::metrics::Metrics;
+use crate::server::Health;
+
+/// Every setting, from flags or environment variables.
+#[derive(Parser, Debug)]
+#[command(name = "whatsapp-operator", version, about)]
+struct Config {
+    /// Watch sessions in this namespace only (default: every namespace).
+    #[arg(long, env = "WAO_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+
+    /// Session-pod image for sessions that do not set spec.browser.image.
+    #[arg(long, env = "WAO_SESSION_IMAGE", default_value = "ghcr.io/leadmaster/whatsapp-session:0.1.0")]
+    session_image: String,
+
+    /// imagePullPolicy of session pods (default: the cluster's).
+    #[arg(long, env = "WAO_SESSION_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
+    session_image_pull_policy: Option<String>,
+
+    /// File with the key (at least 32 bytes) that each session's hub token is derived from.
+    /// The hub mounts the same key.
+    #[arg(long, env = "WAO_HUB_TOKEN_KEY_FILE")]
+    hub_token_key_file: PathBuf,
+
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "WAO_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+
+    /// Reconcile only while holding the leader Lease (turn off only for a single replica).
+    #[arg(long, env = "WAO_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    leader_election: bool,
+
+    /// Name of the leader Lease.
+    #[arg(long, env = "WAO_LEASE_NAME", default_value = "whatsapp-operator")]
+    lease_name: String,
+
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+
+    /// This replica's identity in the Lease (default: the pod name, else hostname and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// Seconds a leader keeps the Lease without renewing it; a standby takes over after that.
+    #[arg(long, env = "WAO_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    lease_duration_seconds: u64,
+
+    /// Log format.
+    #[arg(long, env = "WAO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let config = Config::parse();
+    init_tracing(&config.log_format);
+    if let Err(e) = run(config).await {
+        error!("{e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" { builder.json().init() } else { builder.init() }
+}
+
+async fn run(config: Config) -> Result<()> {
+    let key = std::fs::read(&config.hub_token_key_file)
+        .with_context(|| format!("reading the hub token key {}", config.hub_token_key_file.display()))?;
+    if key.len() < 32 {
+        bail!("the hub token key in {} must be at least 32 bytes", config.hub_token_key_file.display());
+    }
+    let settings = Settings {
+        session_image: config.session_image.clone(),
+        image_pull_policy: config.session_image_pull_policy.clone(),
+        hub_token_key: key,
+    };
+    let identity = config.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let scope = match &config.watch_namespace {
+        Some(ns) => Scope::Namespace(ns.clone()),
+        None => Scope::Cluster,
+    };
+
+    let metrics = Metrics::default();
+    let health = Health::default();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+    let server = tokio::spawn(server::serve(config.listen, health.clone(), metrics.clone(), until(shutdown_rx.clone())));
+
+    let client = whatsapp_crds::kube_client("whatsapp-operator").await.context("connecting to Kubernetes")?;
+    check_crd(&client, &scope).await?;
+    let reporter = Reporter { controller: "whatsapp-operator".into(), instance: Some(identity.clone()) };
+    health.ready.store(true, Ordering::Relaxed);
+
+    if config.leader_election {
+        let manager = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
+            .with_namespace(&config.lease_namespace)
+            .with_identity(&identity)
+            .with_duration(config.lease_duration_seconds)
+            .with_grace((config.lease_duration_seconds / 3).max(1))
+            .with_field_manager("whatsapp-operator-lease")
+            .build()
+            .await
+            .context("setting up leader election")?;
+        let (mut leading, lease_task) = manager.watch().await;
+        info!(identity, lease = %config.lease_name, "waiting to lead");
+        let mut shutdown = shutdown_rx.clone();
+        loop {
+            tokio::select! {
+                _ = leading.wait_for(|l| *l) => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+            info!(identity, "leading: reconciling");
+            metrics.leader.set(1);
+            let graceful = until(shutdown_rx.clone());
+            let controller = controller::run(client.clone(), scope.clone(), settings.clone(), metrics.clone(), reporter.clone(), graceful);
+            tokio::select! {
+                // Losing the lease stops reconciling at once: the controller is dropped mid-flight
+                // (every write is idempotent) so two replicas never reconcile together.
+                _ = leading.wait_for(|l| !*l) => info!(identity, "lost the lease: stopped reconciling"),
+                () = controller => {}
+            }
+            metrics.leader.set(0);
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        // Dropping the receiver makes the lease task release the Lease for a fast hand-over.
+        drop(leading);
+        let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+    } else {
+        metrics.leader.set(1);
+        controller::run(client, scope, settings, metrics.clone(), reporter, until(shutdown_rx.clone())).await;
+    }
+    let _ = server.await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Refuses to start without the CRD, saying how to install it.
+async fn check_crd(client: &Client, scope: &Scope) -> Result<()> {
+    let api: Api<WhatsAppSession> = scope.api(client);
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => bail!(
+            "the WhatsAppSession CRD (whatsappsessions.whatsapp.leadmaster.dev) is not installed: \
+             install the Helm chart or run `kubectl apply -f crds/whatsappsession.yaml`"
+        ),
+        Err(e) => Err(e).context("checking that the WhatsAppSession CRD is installed"),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// A future that resolves once the shutdown flag is set.
+fn until(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}

@@ -1,0 +1,21 @@
+//! The one way every component connects to Kubernetes.
+
+use std::time::Duration;
+
+use kube::{Client, Config};
+
+/// A client from the environment (in-cluster service account, else `KUBECONFIG` /
+/// `~/.kube/config`), identifying itself as `component/version` in the User-Agent so the
+/// API server's audit log tells the components apart.
+pub async fn kube_client(component: &str) -> Result<Client, kube::Error> {
+    let mut config = Config::infer().await.map_err(kube::Error::InferConfig)?;
+    let agent = format!("{component}/{}", env!("CARGO_PKG_VERSION"));
+    if let Ok(value) = http::HeaderValue::from_str(&agent) {
+        config.headers.push((http::header::USER_AGENT, value));
+    }
+    // Fail fast on a dead API server instead of hanging a reconcile; watches are long-polls
+    // the server closes itself, well inside this.
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(330));
+    Client::try_from(config)
+}

@@ -1,0 +1,419 @@
+//! The reconciler: each `WhatsAppSession` into its children, its conditions and its Events.
+//!
+//! Children are watched once into caches; a reconcile compares what it would apply with the
+//! cache and writes only what differs, so a converged session costs no API writes, however
+//! often its pod patches its status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{Instrument, field, info, info_span, warn};
+use whatsapp_crds::WhatsAppSession;
+
+use crate::children::{self, Children, MANAGED_BY, Names, SESSION_LABEL, Settings};
+use crate::compare::{is_subset, quantity_value};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::status::{self, Observation, POD_READY, RECONCILED};
+
+/// Field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "whatsapp-operator";
+/// Periodic re-check of a converged session (no writes unless something drifted).
+const RESYNC: Duration = Duration::from_secs(600);
+/// Retry delay after an error or an invalid spec: soon, but never a hot loop.
+const RETRY: Duration = Duration::from_secs(15);
+
+/// Caches of everything the reconciler reads.
+#[derive(Clone)]
+pub struct Caches {
+    pub sessions: Store<WhatsAppSession>,
+    statefulsets: Store<StatefulSet>,
+    services: Store<Service>,
+    service_accounts: Store<ServiceAccount>,
+    roles: Store<Role>,
+    role_bindings: Store<RoleBinding>,
+    secrets: Store<Secret>,
+    pods: Store<Pod>,
+    claims: Store<PersistentVolumeClaim>,
+    storage_classes: Store<StorageClass>,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub caches: Caches,
+    /// The operator status last written per session UID. The session cache can lag behind our
+    /// own write; this keeps a stale read from writing (and announcing) the same thing twice.
+    written: std::sync::Mutex<std::collections::HashMap<String, serde_json::Value>>,
+}
+
+/// Where the operator looks for sessions.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    Cluster,
+    Namespace(String),
+}
+
+impl Scope {
+    pub fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        match self {
+            Scope::Cluster => Api::all(client.clone()),
+            Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. Watches start here, so a replica that is
+/// not the leader holds no caches and makes no requests.
+pub async fn run(
+    client: Client,
+    scope: Scope,
+    settings: Settings,
+    metrics: Metrics,
+    reporter: Reporter,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    let any = watcher::Config::default();
+
+    macro_rules! cached {
+        ($kind:ty, $api:expr, $config:expr) => {{
+            let (store, writer) = reflector::store::<$kind>();
+            let stream = watcher($api, $config.clone()).default_backoff().reflect(writer).touched_objects();
+            (store, stream)
+        }};
+    }
+    let (sessions, session_stream) = cached!(WhatsAppSession, scope.api(&client), any);
+    let (statefulsets, sts_stream) = cached!(StatefulSet, scope.api(&client), managed);
+    let (services, svc_stream) = cached!(Service, scope.api(&client), managed);
+    let (service_accounts, sa_stream) = cached!(ServiceAccount, scope.api(&client), managed);
+    let (roles, role_stream) = cached!(Role, scope.api(&client), managed);
+    let (role_bindings, rb_stream) = cached!(RoleBinding, scope.api(&client), managed);
+    let (secrets, secret_stream) = cached!(Secret, scope.api(&client), managed);
+    let (pods, pod_stream) = cached!(Pod, scope.api(&client), managed);
+    let (claims, claim_stream) = cached!(PersistentVolumeClaim, scope.api(&client), managed);
+    let (storage_classes, class_stream) = cached!(StorageClass, Api::all(client.clone()), any);
+
+    let caches = Caches {
+        sessions: sessions.clone(),
+        statefulsets,
+        services,
+        service_accounts,
+        roles,
+        role_bindings,
+        secrets,
+        pods,
+        claims,
+        storage_classes,
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        settings,
+        metrics,
+        caches: caches.clone(),
+        written: Default::default(),
+    });
+
+    // Pods and claims are not owned by the session (the StatefulSet owns them): map by label.
+    let by_label = |obj: &kube::api::ObjectMeta| -> Option<ObjectRef<WhatsAppSession>> {
+        let name = obj.labels.as_ref()?.get(SESSION_LABEL)?;
+        Some(ObjectRef::new(name).within(obj.namespace.as_deref()?))
+    };
+    // A new or removed storage class may fix a session waiting for it.
+    let class_sessions = sessions.clone();
+
+    Controller::for_stream(session_stream, sessions)
+        .owns_stream(sts_stream)
+        .owns_stream(svc_stream)
+        .owns_stream(sa_stream)
+        .owns_stream(role_stream)
+        .owns_stream(rb_stream)
+        .owns_stream(secret_stream)
+        .watches_stream(pod_stream, move |pod| by_label(&pod.metadata))
+        .watches_stream(claim_stream, move |claim| by_label(&claim.metadata))
+        .watches_stream(class_stream, move |_class| {
+            class_sessions
+                .state()
+                .into_iter()
+                .filter(|s| s.spec.storage.storage_class_name.is_some())
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+async fn reconcile(session: Arc<WhatsAppSession>, ctx: Arc<Context>) -> Result<Action> {
+    let span = info_span!("reconcile", session = %session.name_any(), namespace = field::Empty, writes = field::Empty);
+    if let Some(ns) = session.namespace() {
+        span.record("namespace", ns.as_str());
+    }
+    let started = Instant::now();
+    ctx.metrics.reconciliations.inc();
+    let result = Reconciler { ctx: &ctx, session: &session, writes: 0 }.run().instrument(span).await;
+    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    ctx.metrics.set_sessions(ctx.caches.sessions.state().iter().map(|s| s.status.as_ref().and_then(|st| st.state)));
+    result
+}
+
+fn error_policy(session: Arc<WhatsAppSession>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(session = %session.name_any(), %error, "reconcile failed");
+    ctx.metrics.reconcile_errors.with_label_values(&[error.category()]).inc();
+    Action::requeue(RETRY)
+}
+
+/// One reconcile of one session.
+struct Reconciler<'a> {
+    ctx: &'a Context,
+    session: &'a WhatsAppSession,
+    writes: u32,
+}
+
+impl Reconciler<'_> {
+    async fn run(mut self) -> Result<Action> {
+        if self.session.metadata.deletion_timestamp.is_some() {
+            // Owner references hand the children to the garbage collector; the StatefulSet's
+            // claim retention policy keeps or deletes the login volume.
+            return Ok(Action::await_change());
+        }
+        let name = self.session.name_any();
+        let namespace = self.session.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+        let names = Names::of(&name);
+        let desired = children::desired(self.session, &self.ctx.settings)?;
+
+        let reconciled = match self.spec_problem(&namespace, &names) {
+            Some(problem) => problem,
+            None => {
+                self.apply_children(desired, &namespace).await?;
+                Observation::new(true, "Applied", "every child matches the spec")
+            }
+        };
+        let pod = self.ctx.caches.pods.get(&ObjectRef::new(&names.pod).within(&namespace));
+        let pod_ready = status::pod_ready(self.session, pod.as_deref());
+        self.update_status(&reconciled, &pod_ready).await?;
+        tracing::Span::current().record("writes", self.writes);
+        if self.writes > 0 {
+            info!(writes = self.writes, reconciled = reconciled.status, pod = %pod_ready.reason, "reconciled");
+        }
+        Ok(Action::requeue(if reconciled.status { RESYNC } else { RETRY }))
+    }
+
+    /// A spec the API server accepted but the cluster cannot honour: a missing storage
+    /// class, or a volume asked to shrink.
+    fn spec_problem(&self, namespace: &str, names: &Names) -> Option<Observation> {
+        if let Some(class) = &self.session.spec.storage.storage_class_name
+            && self.ctx.caches.storage_classes.get(&ObjectRef::new(class)).is_none()
+        {
+            return Some(Observation::new(
+                false,
+                "StorageClassNotFound",
+                format!("spec.storage.storageClassName {class:?} names no StorageClass in the cluster"),
+            ));
+        }
+        let claim = self.ctx.caches.claims.get(&ObjectRef::new(&names.claim).within(namespace));
+        let current = claim
+            .as_ref()
+            .and_then(|c| c.spec.as_ref())
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .and_then(|q| quantity_value(&q.0));
+        let wanted = quantity_value(&self.session.spec.storage.size.0);
+        if let (Some(current), Some(wanted)) = (current, wanted)
+            && wanted < current
+        {
+            return Some(Observation::new(
+                false,
+                "StorageShrinkRefused",
+                format!(
+                    "spec.storage.size {} is smaller than the existing volume {}: volumes cannot shrink",
+                    self.session.spec.storage.size.0,
+                    claim_size(claim.as_deref()).unwrap_or_default()
+                ),
+            ));
+        }
+        None
+    }
+
+    async fn apply_children(&mut self, desired: Children, namespace: &str) -> Result<()> {
+        let caches = self.ctx.caches.clone();
+        let Children { secret, service_account, role, role_binding, service, statefulset } = desired;
+        self.apply(&caches.secrets, secret, namespace).await?;
+        self.apply(&caches.service_accounts, service_account, namespace).await?;
+        self.apply(&caches.roles, role, namespace).await?;
+        self.apply(&caches.role_bindings, role_binding, namespace).await?;
+        self.apply(&caches.services, service, namespace).await?;
+
+        let existing = caches.statefulsets.get(&ObjectRef::from_obj(&statefulset));
+        if let Some(existing) = existing.filter(|e| children::frozen_fields_differ(e, &statefulset)) {
+            self.replace_statefulset(&existing, namespace).await?;
+            self.resize_claim(namespace).await?;
+        }
+        self.apply(&caches.statefulsets, statefulset, namespace).await
+    }
+
+    /// Server-side applies `desired` unless the cached object already matches it.
+    async fn apply<K>(&mut self, cache: &Store<K>, desired: K, namespace: &str) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let cached = cache.get(&ObjectRef::from_obj(&desired));
+        if let Some(actual) = &cached
+            && is_subset(&serde_json::to_value(&desired)?, &serde_json::to_value(actual.as_ref())?)
+        {
+            return Ok(());
+        }
+        let name = desired.name_any();
+        let kind = K::kind(&());
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), namespace);
+        // The full object, with apiVersion and kind, as server-side apply wants it.
+        let mut body = serde_json::to_value(&desired)?;
+        body["apiVersion"] = json!(K::api_version(&()));
+        body["kind"] = json!(kind);
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+        self.wrote(&kind);
+        if cached.is_some() && status::current(self.session, RECONCILED).is_some_and(|c| c.status == "True") {
+            self.publish("Repaired", format!("{kind} {name} had drifted from the spec and was restored")).await;
+        }
+        Ok(())
+    }
+
+    /// Deletes a StatefulSet whose frozen fields must change, leaving its pod running and its
+    /// claim in place (the new StatefulSet adopts both). The claim retention is set to Retain
+    /// first, so the login volume survives whatever `whenDeleted` says.
+    async fn replace_statefulset(&mut self, existing: &StatefulSet, namespace: &str) -> Result<()> {
+        let api: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), namespace);
+        let name = existing.name_any();
+        let keep = json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "spec": {"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"}}
+        });
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&keep)).await?;
+        let orphan = DeleteParams { propagation_policy: Some(PropagationPolicy::Orphan), ..DeleteParams::default() };
+        api.delete(&name, &orphan).await?;
+        self.wrote("StatefulSet");
+        self.publish("StatefulSetReplaced", format!("StatefulSet {name} replaced to change fields it cannot update in place; pod and volume kept")).await;
+        Ok(())
+    }
+
+    /// Grows the existing claim when the spec asks for more (needs a StorageClass that allows
+    /// expansion; the API server says so otherwise).
+    async fn resize_claim(&mut self, namespace: &str) -> Result<()> {
+        let names = Names::of(&self.session.name_any());
+        let claim = self.ctx.caches.claims.get(&ObjectRef::new(&names.claim).within(namespace));
+        let current = claim_size(claim.as_deref()).and_then(|q| quantity_value(&q));
+        let wanted = quantity_value(&self.session.spec.storage.size.0);
+        if let (Some(current), Some(wanted)) = (current, wanted)
+            && wanted > current
+        {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), namespace);
+            let grow = json!({"spec": {"resources": {"requests": {"storage": self.session.spec.storage.size.0}}}});
+            api.patch(&names.claim, &PatchParams::default(), &Patch::Merge(&grow)).await?;
+            self.wrote("PersistentVolumeClaim");
+        }
+        Ok(())
+    }
+
+    /// Writes the operator's conditions and observedGeneration, only when they changed, and
+    /// publishes the Events their transitions call for.
+    async fn update_status(&mut self, reconciled: &Observation, pod_ready: &Observation) -> Result<()> {
+        let generation = self.session.metadata.generation;
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let previous_reconciled = status::current(self.session, RECONCILED);
+        let previous_pod = status::current(self.session, POD_READY);
+        let conditions = [
+            status::condition(RECONCILED, reconciled, previous_reconciled, generation, &now),
+            status::condition(POD_READY, pod_ready, previous_pod, generation, &now),
+        ];
+        let observed = self.session.status.as_ref().and_then(|s| s.observed_generation);
+        let changed = observed != generation
+            || status::differs(previous_reconciled, &conditions[0])
+            || status::differs(previous_pod, &conditions[1]);
+        let uid = self.session.uid().unwrap_or_default();
+        // What we would write, timestamps aside, to recognise a repeat of our last write.
+        let fingerprint = json!([generation, reconciled, pod_ready]);
+        if !changed || self.ctx.written.lock().expect("lock").get(&uid) == Some(&fingerprint) {
+            return Ok(());
+        }
+        let notices = status::notices(previous_reconciled, reconciled, previous_pod, pod_ready);
+        let api: Api<WhatsAppSession> =
+            Api::namespaced(self.ctx.client.clone(), &self.session.namespace().unwrap_or_default());
+        let patch = json!({
+            "apiVersion": WhatsAppSession::api_version(&()),
+            "kind": WhatsAppSession::kind(&()),
+            "status": {"observedGeneration": generation, "conditions": conditions},
+        });
+        api.patch_status(&self.session.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await?;
+        self.remember_written(uid, fingerprint);
+        self.wrote("WhatsAppSessionStatus");
+        for notice in notices {
+            self.publish_typed(notice.type_, notice.reason, notice.note).await;
+        }
+        Ok(())
+    }
+
+    fn remember_written(&self, uid: String, fingerprint: serde_json::Value) {
+        let mut written = self.ctx.written.lock().expect("lock");
+        written.insert(uid, fingerprint);
+        // Forget deleted sessions now and then (a deleted session is never reconciled again).
+        let live = self.ctx.caches.sessions.state();
+        if written.len() > 2 * live.len() + 64 {
+            let uids: std::collections::HashSet<_> = live.iter().filter_map(|s| s.uid()).collect();
+            written.retain(|uid, _| uids.contains(uid));
+        }
+    }
+
+    fn wrote(&mut self, kind: &str) {
+        self.writes += 1;
+        self.ctx.metrics.writes.with_label_values(&[kind]).inc();
+    }
+
+    async fn publish(&mut self, reason: &str, note: String) {
+        self.publish_typed(kube::runtime::events::EventType::Normal, reason, note).await;
+    }
+
+    /// Events are best effort: a failure to record one never fails the reconcile.
+    async fn publish_typed(&mut self, type_: kube::runtime::events::EventType, reason: &str, note: String) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        match self.ctx.recorder.publish(&event, &self.session.object_ref(&())).await {
+            Ok(()) => self.wrote("Event"),
+            Err(error) => warn!(%error, reason, "could not record an event"),
+        }
+    }
+}
+
+fn claim_size(claim: Option<&PersistentVolumeClaim>) -> Option<String> {
+    claim?.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage").map(|q| q.0.clone())
+}

@@ -1,0 +1,86 @@
+//! Prometheus metrics of the operator, served at `/metrics`.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use whatsapp_crds::SessionState;
+
+/// The operator's metrics, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub reconciliations: IntCounter,
+    pub reconcile_errors: IntCounterVec,
+    pub reconcile_duration: Histogram,
+    pub writes: IntCounterVec,
+    pub sessions: IntGaugeVec,
+    pub leader: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let reconciliations = IntCounter::with_opts(Opts::new(
+            "whatsapp_operator_reconciliations_total",
+            "Reconciliations of WhatsAppSession resources.",
+        ))
+        .unwrap();
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new("whatsapp_operator_reconcile_errors_total", "Failed reconciliations, by error category."),
+            &["category"],
+        )
+        .unwrap();
+        let reconcile_duration = Histogram::with_opts(
+            HistogramOpts::new("whatsapp_operator_reconcile_duration_seconds", "Time to reconcile one session.")
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )
+        .unwrap();
+        let writes = IntCounterVec::new(
+            Opts::new("whatsapp_operator_kube_writes_total", "Writes the operator made to the Kubernetes API, by kind."),
+            &["kind"],
+        )
+        .unwrap();
+        let sessions = IntGaugeVec::new(
+            Opts::new("whatsapp_operator_sessions", "WhatsAppSession resources by the state their pod reports."),
+            &["state"],
+        )
+        .unwrap();
+        let leader = IntGauge::new("whatsapp_operator_leader", "1 while this replica holds the leader lease.").unwrap();
+        for c in [
+            Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconcile_errors.clone()),
+            Box::new(reconcile_duration.clone()),
+            Box::new(writes.clone()),
+            Box::new(sessions.clone()),
+            Box::new(leader.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics { registry, reconciliations, reconcile_errors, reconcile_duration, writes, sessions, leader }
+    }
+}
+
+/// The label for sessions whose pod has not reported a state yet.
+pub const STATE_UNKNOWN: &str = "UNKNOWN";
+
+impl Metrics {
+    /// Sets the sessions-by-state gauge from a count of every state (absent states read 0).
+    pub fn set_sessions<'a>(&self, states: impl Iterator<Item = Option<SessionState>>) {
+        let mut counts = std::collections::BTreeMap::<&'a str, i64>::new();
+        for s in SessionState::ALL {
+            counts.insert(s.as_str(), 0);
+        }
+        counts.insert(STATE_UNKNOWN, 0);
+        for state in states {
+            *counts.entry(state.map_or(STATE_UNKNOWN, SessionState::as_str)).or_default() += 1;
+        }
+        for (state, n) in counts {
+            self.sessions.with_label_values(&[state]).set(n);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).expect("metrics are UTF-8")
+    }
+}
