@@ -184,7 +184,10 @@ fn names_must_fit_the_children() {
     assert_eq!(named("acme-42"), Vec::<String>::new());
     for bad in ["1acme", "acme.example", &"a".repeat(41)] {
         let errors = named(bad);
-        assert!(errors.iter().any(|m| m.starts_with("metadata.name must start with a letter")), "{bad}: {errors:?}");
+        assert!(
+            errors.iter().any(|m| m.starts_with("metadata.name must start with a letter")),
+            "{bad}: {errors:?}"
+        );
     }
 }
 

@@ -176,7 +176,12 @@ pub fn desired(session: &WhatsAppSession, settings: &Settings) -> Result<Childre
     Ok(Children { secret, service_account, role, role_binding, service, statefulset })
 }
 
-fn statefulset(session: &WhatsAppSession, settings: &Settings, names: &Names, token: &str) -> Result<StatefulSet> {
+fn statefulset(
+    session: &WhatsAppSession,
+    settings: &Settings,
+    names: &Names,
+    token: &str,
+) -> Result<StatefulSet> {
     let name = session.metadata.name.as_deref().unwrap_or_default();
     let spec = &session.spec;
     let image = spec.browser.image.clone().unwrap_or_else(|| settings.session_image.clone());
@@ -318,11 +323,10 @@ impl FrozenShape {
 /// Whether `existing` differs from `desired` in a field the API server refuses to change:
 /// then the StatefulSet is replaced (its pod and claim kept) instead of patched.
 pub fn frozen_fields_differ(existing: &StatefulSet, desired: &StatefulSet) -> bool {
-    let explicit_class = desired
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_claim_templates.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.spec.as_ref().is_some_and(|s| s.storage_class_name.is_some())));
+    let explicit_class =
+        desired.spec.as_ref().and_then(|s| s.volume_claim_templates.as_ref()).is_some_and(|c| {
+            c.iter().any(|c| c.spec.as_ref().is_some_and(|s| s.storage_class_name.is_some()))
+        });
     FrozenShape::of(existing, explicit_class) != FrozenShape::of(desired, explicit_class)
 }
 

@@ -8,10 +8,12 @@ use serde_json::Value;
 /// may have extra keys in `actual`; lists must have the same length, item by item.
 pub fn is_subset(desired: &Value, actual: &Value) -> bool {
     match (desired, actual) {
-        (Value::Object(d), Value::Object(a)) => {
-            d.iter().all(|(k, dv)| a.get(k).is_some_and(|av| is_subset(dv, av)) || (dv.is_null() && !a.contains_key(k)))
+        (Value::Object(d), Value::Object(a)) => d.iter().all(|(k, dv)| {
+            a.get(k).is_some_and(|av| is_subset(dv, av)) || (dv.is_null() && !a.contains_key(k))
+        }),
+        (Value::Array(d), Value::Array(a)) => {
+            d.len() == a.len() && d.iter().zip(a).all(|(dv, av)| is_subset(dv, av))
         }
-        (Value::Array(d), Value::Array(a)) => d.len() == a.len() && d.iter().zip(a).all(|(dv, av)| is_subset(dv, av)),
         (Value::String(d), Value::String(a)) => d == a || same_quantity(d, a),
         (Value::Number(d), Value::String(a)) | (Value::String(a), Value::Number(d)) => {
             same_quantity(&d.to_string(), a)
@@ -30,7 +32,8 @@ fn same_quantity(a: &str, b: &str) -> bool {
 /// The numeric value of a Kubernetes quantity (`1Gi`, `500m`, `1e3`, `2`), or None.
 pub fn quantity_value(text: &str) -> Option<f64> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(text.len());
+    let split =
+        text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
     let number: f64 = number.parse().ok()?;
     let factor = match suffix {
@@ -76,7 +79,10 @@ mod tests {
         assert!(!is_subset(&desired, &json!({"spec": {"replicas": 0, "ports": [{"port": 8080}]}})));
         assert!(!is_subset(&desired, &json!({"spec": {"ports": [{"port": 8080}]}})));
         assert!(!is_subset(&desired, &json!({"spec": {"replicas": 1, "ports": []}})));
-        assert!(!is_subset(&desired, &json!({"spec": {"replicas": 1, "ports": [{"port": 8080}, {"port": 1}]}})));
+        assert!(!is_subset(
+            &desired,
+            &json!({"spec": {"replicas": 1, "ports": [{"port": 8080}, {"port": 1}]}})
+        ));
     }
 
     #[test]

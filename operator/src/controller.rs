@@ -179,7 +179,8 @@ async fn reconcile(session: Arc<WhatsAppSession>, ctx: Arc<Context>) -> Result<A
     ctx.metrics.reconciliations.inc();
     let result = Reconciler { ctx: &ctx, session: &session, writes: 0 }.run().instrument(span).await;
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
-    ctx.metrics.set_sessions(ctx.caches.sessions.state().iter().map(|s| s.status.as_ref().and_then(|st| st.state)));
+    ctx.metrics
+        .set_sessions(ctx.caches.sessions.state().iter().map(|s| s.status.as_ref().and_then(|st| st.state)));
     result
 }
 
@@ -304,7 +305,8 @@ impl Reconciler<'_> {
         api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
         self.wrote(&kind);
         if cached.is_some() && status::current(self.session, RECONCILED).is_some_and(|c| c.status == "True") {
-            self.publish("Repaired", format!("{kind} {name} had drifted from the spec and was restored")).await;
+            self.publish("Repaired", format!("{kind} {name} had drifted from the spec and was restored"))
+                .await;
         }
         Ok(())
     }
@@ -320,10 +322,17 @@ impl Reconciler<'_> {
             "spec": {"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"}}
         });
         api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&keep)).await?;
-        let orphan = DeleteParams { propagation_policy: Some(PropagationPolicy::Orphan), ..DeleteParams::default() };
+        let orphan =
+            DeleteParams { propagation_policy: Some(PropagationPolicy::Orphan), ..DeleteParams::default() };
         api.delete(&name, &orphan).await?;
         self.wrote("StatefulSet");
-        self.publish("StatefulSetReplaced", format!("StatefulSet {name} replaced to change fields it cannot update in place; pod and volume kept")).await;
+        self.publish(
+            "StatefulSetReplaced",
+            format!(
+                "StatefulSet {name} replaced to change fields it cannot update in place; pod and volume kept"
+            ),
+        )
+        .await;
         Ok(())
     }
 
@@ -338,7 +347,8 @@ impl Reconciler<'_> {
             && wanted > current
         {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), namespace);
-            let grow = json!({"spec": {"resources": {"requests": {"storage": self.session.spec.storage.size.0}}}});
+            let grow =
+                json!({"spec": {"resources": {"requests": {"storage": self.session.spec.storage.size.0}}}});
             api.patch(&names.claim, &PatchParams::default(), &Patch::Merge(&grow)).await?;
             self.wrote("PersistentVolumeClaim");
         }
@@ -374,8 +384,12 @@ impl Reconciler<'_> {
             "kind": WhatsAppSession::kind(&()),
             "status": {"observedGeneration": generation, "conditions": conditions},
         });
-        api.patch_status(&self.session.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await?;
+        api.patch_status(
+            &self.session.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
         self.remember_written(uid, fingerprint);
         self.wrote("WhatsAppSessionStatus");
         for notice in notices {
@@ -406,7 +420,13 @@ impl Reconciler<'_> {
 
     /// Events are best effort: a failure to record one never fails the reconcile.
     async fn publish_typed(&mut self, type_: kube::runtime::events::EventType, reason: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
         match self.ctx.recorder.publish(&event, &self.session.object_ref(&())).await {
             Ok(()) => self.wrote("Event"),
             Err(error) => warn!(%error, reason, "could not record an event"),

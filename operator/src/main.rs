@@ -124,7 +124,12 @@ async fn run(config: Config) -> Result<()> {
         info!("shutting down");
         let _ = shutdown_tx.send(true);
     });
-    let server = tokio::spawn(server::serve(config.listen, health.clone(), metrics.clone(), until(shutdown_rx.clone())));
+    let server = tokio::spawn(server::serve(
+        config.listen,
+        health.clone(),
+        metrics.clone(),
+        until(shutdown_rx.clone()),
+    ));
 
     let client = whatsapp_crds::kube_client("whatsapp-operator").await.context("connecting to Kubernetes")?;
     check_crd(&client, &scope).await?;
@@ -152,7 +157,14 @@ async fn run(config: Config) -> Result<()> {
             info!(identity, "leading: reconciling");
             metrics.leader.set(1);
             let graceful = until(shutdown_rx.clone());
-            let controller = controller::run(client.clone(), scope.clone(), settings.clone(), metrics.clone(), reporter.clone(), graceful);
+            let controller = controller::run(
+                client.clone(),
+                scope.clone(),
+                settings.clone(),
+                metrics.clone(),
+                reporter.clone(),
+                graceful,
+            );
             tokio::select! {
                 // Losing the lease stops reconciling at once: the controller is dropped mid-flight
                 // (every write is idempotent) so two replicas never reconcile together.
@@ -199,8 +211,6 @@ async fn wait_for_signal() {
 }
 
 /// A future that resolves once the shutdown flag is set.
-fn until(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
-    async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }
+async fn until(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }

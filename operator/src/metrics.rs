@@ -1,6 +1,8 @@
 //! Prometheus metrics of the operator, served at `/metrics`.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use whatsapp_crds::SessionState;
 
 /// The operator's metrics, registered in their own registry.
@@ -24,26 +26,40 @@ impl Default for Metrics {
         ))
         .unwrap();
         let reconcile_errors = IntCounterVec::new(
-            Opts::new("whatsapp_operator_reconcile_errors_total", "Failed reconciliations, by error category."),
+            Opts::new(
+                "whatsapp_operator_reconcile_errors_total",
+                "Failed reconciliations, by error category.",
+            ),
             &["category"],
         )
         .unwrap();
         let reconcile_duration = Histogram::with_opts(
-            HistogramOpts::new("whatsapp_operator_reconcile_duration_seconds", "Time to reconcile one session.")
-                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new(
+                "whatsapp_operator_reconcile_duration_seconds",
+                "Time to reconcile one session.",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
         )
         .unwrap();
         let writes = IntCounterVec::new(
-            Opts::new("whatsapp_operator_kube_writes_total", "Writes the operator made to the Kubernetes API, by kind."),
+            Opts::new(
+                "whatsapp_operator_kube_writes_total",
+                "Writes the operator made to the Kubernetes API, by kind.",
+            ),
             &["kind"],
         )
         .unwrap();
         let sessions = IntGaugeVec::new(
-            Opts::new("whatsapp_operator_sessions", "WhatsAppSession resources by the state their pod reports."),
+            Opts::new(
+                "whatsapp_operator_sessions",
+                "WhatsAppSession resources by the state their pod reports.",
+            ),
             &["state"],
         )
         .unwrap();
-        let leader = IntGauge::new("whatsapp_operator_leader", "1 while this replica holds the leader lease.").unwrap();
+        let leader =
+            IntGauge::new("whatsapp_operator_leader", "1 while this replica holds the leader lease.")
+                .unwrap();
         for c in [
             Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
@@ -63,8 +79,8 @@ pub const STATE_UNKNOWN: &str = "UNKNOWN";
 
 impl Metrics {
     /// Sets the sessions-by-state gauge from a count of every state (absent states read 0).
-    pub fn set_sessions<'a>(&self, states: impl Iterator<Item = Option<SessionState>>) {
-        let mut counts = std::collections::BTreeMap::<&'a str, i64>::new();
+    pub fn set_sessions(&self, states: impl Iterator<Item = Option<SessionState>>) {
+        let mut counts = std::collections::BTreeMap::<&str, i64>::new();
         for s in SessionState::ALL {
             counts.insert(s.as_str(), 0);
         }

@@ -31,7 +31,11 @@ impl Observation {
 /// What the pod says about the session.
 pub fn pod_ready(session: &WhatsAppSession, pod: Option<&Pod>) -> Observation {
     if session.spec.suspended {
-        return Observation::new(false, SUSPENDED, "spec.suspended is true: no pod runs; the login is kept on its volume");
+        return Observation::new(
+            false,
+            SUSPENDED,
+            "spec.suspended is true: no pod runs; the login is kept on its volume",
+        );
     }
     let Some(pod) = pod else {
         return Observation::new(false, "PodMissing", "the session's pod does not exist yet");
@@ -59,9 +63,17 @@ pub fn pod_ready(session: &WhatsAppSession, pod: Option<&Pod>) -> Observation {
 }
 
 /// The condition to store: `lastTransitionTime` moves only when the status flips.
-pub fn condition(type_: &str, observed: &Observation, previous: Option<&Condition>, generation: Option<i64>, now: &Time) -> Condition {
+pub fn condition(
+    type_: &str,
+    observed: &Observation,
+    previous: Option<&Condition>,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
     let status = if observed.status { "True" } else { "False" };
-    let last_transition_time = previous.filter(|p| p.status == status).map_or_else(|| now.clone(), |p| p.last_transition_time.clone());
+    let last_transition_time = previous
+        .filter(|p| p.status == status)
+        .map_or_else(|| now.clone(), |p| p.last_transition_time.clone());
     Condition {
         type_: type_.into(),
         status: status.into(),
@@ -80,7 +92,10 @@ pub fn current<'a>(session: &'a WhatsAppSession, type_: &str) -> Option<&'a Cond
 /// Whether storing `new` would change anything (timestamps aside).
 pub fn differs(previous: Option<&Condition>, new: &Condition) -> bool {
     previous.is_none_or(|p| {
-        p.status != new.status || p.reason != new.reason || p.message != new.message || p.observed_generation != new.observed_generation
+        p.status != new.status
+            || p.reason != new.reason
+            || p.message != new.message
+            || p.observed_generation != new.observed_generation
     })
 }
 
@@ -107,18 +122,26 @@ pub fn notices(
             "Created",
             "created the StatefulSet, Service, ServiceAccount, Role, RoleBinding and hub-token Secret".into(),
         )),
-        (Some(p), false) if p.status == "True" || p.reason != reconciled.reason => {
-            out.push(notice(EventType::Warning, "InvalidSpec", format!("{}: {}", reconciled.reason, reconciled.message)))
-        }
-        (None, false) => {
-            out.push(notice(EventType::Warning, "InvalidSpec", format!("{}: {}", reconciled.reason, reconciled.message)))
-        }
+        (Some(p), false) if p.status == "True" || p.reason != reconciled.reason => out.push(notice(
+            EventType::Warning,
+            "InvalidSpec",
+            format!("{}: {}", reconciled.reason, reconciled.message),
+        )),
+        (None, false) => out.push(notice(
+            EventType::Warning,
+            "InvalidSpec",
+            format!("{}: {}", reconciled.reason, reconciled.message),
+        )),
         _ => {}
     }
     let was_suspended = previous_pod.is_some_and(|p| p.reason == SUSPENDED);
     let is_suspended = pod.reason == SUSPENDED;
     if is_suspended && !was_suspended {
-        out.push(notice(EventType::Normal, "Suspended", "scaled to zero; the login is kept on its volume".into()));
+        out.push(notice(
+            EventType::Normal,
+            "Suspended",
+            "scaled to zero; the login is kept on its volume".into(),
+        ));
     } else if was_suspended && !is_suspended {
         out.push(notice(EventType::Normal, "Resumed", "scaled back to one pod on the same volume".into()));
     } else if previous_pod.is_some_and(|p| p.status == "True") && !pod.status {
@@ -146,9 +169,16 @@ mod tests {
     fn transition_time_moves_only_on_a_flip() {
         let now = Time(k8s_openapi::jiff::Timestamp::from_second(100).unwrap());
         let previous = stored("False", "PodPending");
-        let same = condition(POD_READY, &Observation::new(false, "PodNotReady", "x"), Some(&previous), Some(1), &now);
+        let same = condition(
+            POD_READY,
+            &Observation::new(false, "PodNotReady", "x"),
+            Some(&previous),
+            Some(1),
+            &now,
+        );
         assert_eq!(same.last_transition_time, previous.last_transition_time);
-        let flipped = condition(POD_READY, &Observation::new(true, "PodReady", "x"), Some(&previous), Some(1), &now);
+        let flipped =
+            condition(POD_READY, &Observation::new(true, "PodReady", "x"), Some(&previous), Some(1), &now);
         assert_eq!(flipped.last_transition_time, now);
     }
 
@@ -161,19 +191,38 @@ mod tests {
         let reconciled = Condition { type_: RECONCILED.into(), ..stored("True", "Applied") };
         assert_eq!(reasons(None, None, Observation::new(false, "PodMissing", "")), ["Created"]);
         assert_eq!(
-            reasons(Some(&reconciled), Some(&stored("True", "PodReady")), Observation::new(false, SUSPENDED, "")),
+            reasons(
+                Some(&reconciled),
+                Some(&stored("True", "PodReady")),
+                Observation::new(false, SUSPENDED, "")
+            ),
             ["Suspended"]
         );
         assert_eq!(
-            reasons(Some(&reconciled), Some(&stored("False", SUSPENDED)), Observation::new(false, "PodMissing", "")),
+            reasons(
+                Some(&reconciled),
+                Some(&stored("False", SUSPENDED)),
+                Observation::new(false, "PodMissing", "")
+            ),
             ["Resumed"]
         );
         assert_eq!(
-            reasons(Some(&reconciled), Some(&stored("True", "PodReady")), Observation::new(false, "PodMissing", "")),
+            reasons(
+                Some(&reconciled),
+                Some(&stored("True", "PodReady")),
+                Observation::new(false, "PodMissing", "")
+            ),
             ["PodLost"]
         );
         // Nothing changed: nothing to say.
-        assert!(reasons(Some(&reconciled), Some(&stored("True", "PodReady")), Observation::new(true, "PodReady", "")).is_empty());
+        assert!(
+            reasons(
+                Some(&reconciled),
+                Some(&stored("True", "PodReady")),
+                Observation::new(true, "PodReady", "")
+            )
+            .is_empty()
+        );
         let bad = Observation::new(false, "StorageClassNotFound", "no class fast");
         let said: Vec<_> = notices(Some(&reconciled), &bad, None, &Observation::new(false, "PodMissing", ""))
             .into_iter()

@@ -83,6 +83,10 @@ build() {
   )
   rmdir "$bin/.kwok" "$bin/.helm" 2>/dev/null || true
   log "control plane binaries built in $((SECONDS - t0))s"
+  # Older builds are dead weight (about 500 MB each).
+  for old in "$(dirname "$root")"/k8s-*; do
+    [ "$old" = "$root" ] || rm -rf "$old"
+  done
   echo "$bin"
 }
 

@@ -164,6 +164,9 @@ impl ControlPlane {
             &[
                 &format!("--kubeconfig={kc}"),
                 "--manage-all-nodes=true",
+                // Renew the node Lease and heartbeat the node status, so the node stays Ready
+                // (kwok v0.7 picks its status-heartbeat stage only when a lease duration is set).
+                "--node-lease-duration-seconds=40",
                 "--cidr=10.244.0.0/24",
                 "--node-ip=127.0.0.1",
                 &format!("--server-address=127.0.0.1:{}", free_port()?),

@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,9 @@ pub struct TestCluster {
     pub kubeconfig: PathBuf,
     /// Upstream binaries: kubectl, helm, ...
     pub bin: PathBuf,
-    /// Held open for the life of this process; its closing stops a cluster we started.
-    _lifeline: Mutex<Option<ChildStdin>>,
+    /// A control plane we started, whose standard input stays open for the life of this
+    /// process: its closing (at exit) stops the control plane.
+    _supervisor: Mutex<Option<Child>>,
 }
 
 static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
@@ -64,7 +65,7 @@ impl TestCluster {
     fn existing(dir: PathBuf) -> TestCluster {
         let dir = dir.canonicalize().unwrap_or_else(|e| panic!("{CLUSTER_ENV}={}: {e}", dir.display()));
         let bin = dir.join("bin").canonicalize().expect("the cluster state dir has bin/");
-        TestCluster { kubeconfig: dir.join("kubeconfig"), dir, bin, _lifeline: Mutex::new(None) }
+        TestCluster { kubeconfig: dir.join("kubeconfig"), dir, bin, _supervisor: Mutex::new(None) }
     }
 
     fn spawn() -> TestCluster {
@@ -93,7 +94,7 @@ impl TestCluster {
             panic!("the test control plane did not start; its log ({}):\n{log}", log_path.display());
         }
         let mut cluster = TestCluster::existing(state);
-        cluster._lifeline = Mutex::new(child.stdin.take());
+        cluster._supervisor = Mutex::new(Some(child));
         cluster
     }
 
@@ -149,6 +150,26 @@ impl TestNamespace {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// `kubectl apply -f -` of a YAML manifest in this namespace, as a user would.
+    pub fn apply(&self, manifest: &str) -> crate::Output {
+        use std::io::Write;
+        let mut child = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        child.stdin.take().expect("stdin").write_all(manifest.as_bytes()).expect("writing to kubectl");
+        let out = child.wait_with_output().expect("kubectl");
+        crate::Output {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
     }
 
     /// `kubectl -n <this namespace>`.

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod harness;
+pub mod processes;
 
 use std::path::Path;
 use std::process::Command;

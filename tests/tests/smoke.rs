@@ -2,8 +2,6 @@
 //! that the controller-manager, scheduler and kwok turn a StatefulSet into a Running pod with
 //! a Bound volume.
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -14,26 +12,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use whatsapp_crds::WhatsAppSession;
 use whatsapp_tests::harness::{cluster, eventually};
-use whatsapp_tests::{CRD_NAME, Output, output, run};
-
-/// `kubectl apply -f -` of a manifest given as YAML text.
-fn kubectl_apply(ns: &whatsapp_tests::harness::TestNamespace, manifest: &str) -> Output {
-    let mut child = ns
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    Output {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
+use whatsapp_tests::{CRD_NAME, output, run};
 
 fn session_yaml(name: &str, spec: &str) -> String {
     format!(
@@ -66,7 +45,7 @@ async fn crd_installs_and_is_established_with_the_generated_schema() {
 #[tokio::test]
 async fn kubectl_get_shows_the_printer_columns() {
     let ns = cluster().namespace("smoke-get").await;
-    let applied = kubectl_apply(&ns, &session_yaml("acme", "  clienteId: 42\n"));
+    let applied = ns.apply(&session_yaml("acme", "  clienteId: 42\n"));
     assert!(applied.success, "{applied:?}");
 
     // Fill the status the way the session pod will, through the status subresource.
@@ -152,7 +131,7 @@ async fn invalid_sessions_are_rejected_at_admission_with_the_cel_message() {
         ),
     ];
     for (name, spec, message) in cases {
-        let out = kubectl_apply(&ns, &session_yaml(name, spec));
+        let out = ns.apply(&session_yaml(name, spec));
         assert!(!out.success, "{name} was accepted: {out:?}");
         assert!(out.stderr.contains(message), "{name}: expected {message:?} in:\n{}", out.stderr);
     }
@@ -160,8 +139,8 @@ async fn invalid_sessions_are_rejected_at_admission_with_the_cel_message() {
     assert_eq!(none.stdout.trim(), "", "a rejected session was stored");
 
     // clienteId cannot change after creation.
-    assert!(kubectl_apply(&ns, &session_yaml("fixed", "  clienteId: 7\n")).success);
-    let out = kubectl_apply(&ns, &session_yaml("fixed", "  clienteId: 8\n"));
+    assert!(ns.apply(&session_yaml("fixed", "  clienteId: 7\n")).success);
+    let out = ns.apply(&session_yaml("fixed", "  clienteId: 8\n"));
     assert!(!out.success && out.stderr.contains("clienteId is immutable"), "{out:?}");
     let kept =
         output(ns.kubectl().args(["get", "was", "fixed", "-o", "jsonpath={.spec.clienteId}"])).unwrap();

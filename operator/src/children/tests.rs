@@ -38,7 +38,10 @@ fn every_child_is_named_labelled_and_owned() {
         assert_eq!(meta.name.as_deref(), Some(name));
         assert_eq!(meta.namespace.as_deref(), Some("tenants"));
         let owner = &meta.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("WhatsAppSession", "u-1", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("WhatsAppSession", "u-1", Some(true))
+        );
         let labels = meta.labels.as_ref().unwrap();
         assert_eq!(labels[MANAGED_BY.0], MANAGED_BY.1);
         assert_eq!(labels[SESSION_LABEL], "acme");
@@ -48,15 +51,23 @@ fn every_child_is_named_labelled_and_owned() {
 
 #[test]
 fn the_statefulset_runs_one_restricted_pod_on_the_profile_volume() {
-    let sts = sts_json(&desired(&session(json!({"clienteId": 1, "storage": {"size": "2Gi"}})), &settings()).unwrap());
+    let sts = sts_json(
+        &desired(&session(json!({"clienteId": 1, "storage": {"size": "2Gi"}})), &settings()).unwrap(),
+    );
     let spec = &sts["spec"];
     assert_eq!(spec["replicas"], 1);
     assert_eq!(spec["serviceName"], "acme");
-    assert_eq!(spec["persistentVolumeClaimRetentionPolicy"], json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
+    assert_eq!(
+        spec["persistentVolumeClaimRetentionPolicy"],
+        json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+    );
     let claim = &spec["volumeClaimTemplates"][0];
     assert_eq!(claim["metadata"]["name"], PROFILE_VOLUME);
     assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "2Gi");
-    assert!(claim["spec"].get("storageClassName").is_none(), "the cluster default class is left to the server");
+    assert!(
+        claim["spec"].get("storageClassName").is_none(),
+        "the cluster default class is left to the server"
+    );
 
     let pod = &spec["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "acme-session");
@@ -71,11 +82,17 @@ fn the_statefulset_runs_one_restricted_pod_on_the_profile_volume() {
     assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
-    let mounts: Vec<&str> = container["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
     assert_eq!(mounts, [PROFILE_MOUNT, "/dev/shm", "/tmp"]);
     let volumes = pod["volumes"].as_array().unwrap();
     assert!(volumes.iter().all(|v| v["emptyDir"]["medium"] == "Memory"), "/dev/shm and /tmp are in memory");
-    let env: Vec<&str> = container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let env: Vec<&str> =
+        container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     for name in ["POD_NAME", "POD_NAMESPACE", "POD_IP", "WAO_SESSION_NAME", "WAO_HUB_TOKEN"] {
         assert!(env.contains(&name), "{name} missing from {env:?}");
     }
@@ -98,7 +115,8 @@ fn when_deleted_sets_the_claim_retention() {
 
 #[test]
 fn the_session_image_and_resources_come_from_the_spec_when_set() {
-    let spec = json!({"clienteId": 1, "browser": {"image": "mine:2", "resources": {"limits": {"memory": "2Gi"}}}});
+    let spec =
+        json!({"clienteId": 1, "browser": {"image": "mine:2", "resources": {"limits": {"memory": "2Gi"}}}});
     let sts = sts_json(&desired(&session(spec), &settings()).unwrap());
     let container = &sts["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["image"], "mine:2");
@@ -107,7 +125,8 @@ fn the_session_image_and_resources_come_from_the_spec_when_set() {
 
 #[test]
 fn the_role_grants_only_its_own_session() {
-    let role = serde_json::to_value(desired(&session(json!({"clienteId": 1})), &settings()).unwrap().role).unwrap();
+    let role =
+        serde_json::to_value(desired(&session(json!({"clienteId": 1})), &settings()).unwrap().role).unwrap();
     let rules = role["rules"].as_array().unwrap();
     assert_eq!(rules.len(), 2);
     for rule in rules {
@@ -133,7 +152,10 @@ fn hub_tokens_are_per_session_and_follow_the_key() {
     let digest = |key: &[u8]| {
         let s = Settings { hub_token_key: key.to_vec(), ..settings() };
         let sts = sts_json(&desired(&session(json!({"clienteId": 1})), &s).unwrap());
-        sts["spec"]["template"]["metadata"]["annotations"][TOKEN_DIGEST_ANNOTATION].as_str().unwrap().to_string()
+        sts["spec"]["template"]["metadata"]["annotations"][TOKEN_DIGEST_ANNOTATION]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     assert_ne!(digest(key), digest(b"another key, also thirty-two byte"));
     assert!(!digest(key).contains(&a));
@@ -142,21 +164,30 @@ fn hub_tokens_are_per_session_and_follow_the_key() {
 #[test]
 fn frozen_fields_are_detected() {
     let base = desired(&session(json!({"clienteId": 1})), &settings()).unwrap().statefulset;
-    let suspended = desired(&session(json!({"clienteId": 1, "suspended": true})), &settings()).unwrap().statefulset;
+    let suspended =
+        desired(&session(json!({"clienteId": 1, "suspended": true})), &settings()).unwrap().statefulset;
     assert!(!frozen_fields_differ(&base, &suspended), "replicas can be patched");
-    let bigger = desired(&session(json!({"clienteId": 1, "storage": {"size": "5Gi"}})), &settings()).unwrap().statefulset;
+    let bigger = desired(&session(json!({"clienteId": 1, "storage": {"size": "5Gi"}})), &settings())
+        .unwrap()
+        .statefulset;
     assert!(frozen_fields_differ(&base, &bigger), "claim size is frozen");
-    let same_size = desired(&session(json!({"clienteId": 1, "storage": {"size": "1024Mi"}})), &settings()).unwrap().statefulset;
+    let same_size = desired(&session(json!({"clienteId": 1, "storage": {"size": "1024Mi"}})), &settings())
+        .unwrap()
+        .statefulset;
     assert!(!frozen_fields_differ(&base, &same_size), "1024Mi is 1Gi");
 
     // The server fills in the default class: not a difference when the spec names none.
     let mut served = base.clone();
-    served.spec.as_mut().unwrap().volume_claim_templates.as_mut().unwrap()[0].spec.as_mut().unwrap().storage_class_name =
-        Some("standard".into());
-    assert!(!frozen_fields_differ(&served, &base));
-    let explicit = desired(&session(json!({"clienteId": 1, "storage": {"storageClassName": "fast"}})), &settings())
+    served.spec.as_mut().unwrap().volume_claim_templates.as_mut().unwrap()[0]
+        .spec
+        .as_mut()
         .unwrap()
-        .statefulset;
+        .storage_class_name = Some("standard".into());
+    assert!(!frozen_fields_differ(&served, &base));
+    let explicit =
+        desired(&session(json!({"clienteId": 1, "storage": {"storageClassName": "fast"}})), &settings())
+            .unwrap()
+            .statefulset;
     assert!(frozen_fields_differ(&served, &explicit));
 }
 

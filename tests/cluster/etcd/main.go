@@ -25,7 +25,7 @@ func main() {
 	cfg := embed.NewConfig()
 	cfg.Name = "test"
 	cfg.Dir = *dataDir
-	cfg.LogLevel = "warn"
+	cfg.LogLevel = "error"
 	// Tests write little and recreate the data dir each run: skip fsync-heavy defaults.
 	cfg.UnsafeNoFsync = true
 	client := mustParse(*clientURL)

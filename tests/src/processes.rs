@@ -1,0 +1,108 @@
+//! The project's own binaries run as real processes by tests.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::cluster::free_port;
+use crate::harness::{TestNamespace, eventually, workspace_binary};
+
+/// A `whatsapp-operator` process scoped to one test namespace (its Lease lives there too).
+pub struct Operator {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    name: String,
+}
+
+/// The hub-token key every test operator uses (tests of the hub derive tokens from it).
+pub const TEST_HUB_TOKEN_KEY: &[u8] = b"test-hub-token-key-0123456789abcdef";
+
+impl Operator {
+    /// Starts an operator for `ns` with leader election on the Lease `lease`.
+    pub fn start(ns: &TestNamespace, name: &str, lease: &str, extra: &[&str]) -> Operator {
+        let dir = ns.cluster.dir.join("processes");
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("hub-token.key");
+        std::fs::write(&key, TEST_HUB_TOKEN_KEY).unwrap();
+        let log = dir.join(format!("{}-{name}.log", ns.name));
+        let port = free_port().unwrap();
+        let child = Command::new(workspace_binary("whatsapp-operator"))
+            .env("KUBECONFIG", &ns.cluster.kubeconfig)
+            .env("RUST_LOG", "info,kube_runtime=warn")
+            .args(["--watch-namespace", &ns.name, "--lease-namespace", &ns.name, "--lease-name", lease])
+            .args([
+                "--identity",
+                name,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--lease-duration-seconds",
+                "4",
+            ])
+            .arg("--hub-token-key-file")
+            .arg(&key)
+            .args(["--session-image", "whatsapp-session:test"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("starting whatsapp-operator");
+        Operator { child, port, log, name: name.into() }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> Result<String, String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let resp = reqwest::get(url).await.map_err(|e| e.to_string())?;
+        resp.text().await.map_err(|e| e.to_string())
+    }
+
+    /// One sample's value (`name` with its labels, as in the exposition), 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics().await.unwrap_or_default();
+        sample_value(&text, sample).unwrap_or(0.0)
+    }
+
+    /// Waits until this operator holds the lease.
+    pub async fn wait_leading(&self) {
+        eventually(&format!("operator {} to lead", self.name), Duration::from_secs(30), || async {
+            let text = self.metrics().await?;
+            Ok((sample_value(&text, "whatsapp_operator_leader") == Some(1.0)).then_some(()))
+        })
+        .await
+    }
+
+    /// Kills the process at once, as a node failure would (no lease release).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+}
+
+/// The value of one sample in Prometheus text, matched on its full name and labels.
+pub fn sample_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == sample).then(|| value.parse().ok()).flatten()
+    })
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- operator {} log (last 60 lines) ----", self.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The operator against the real control plane: each test runs its own `whatsapp-operator`
+//! process watching only the test's namespace, and drives it with kubectl like a user.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use whatsapp_crds::WhatsAppSession;
+use whatsapp_tests::harness::{TestNamespace, cluster, eventually};
+use whatsapp_tests::processes::Operator;
+use whatsapp_tests::{output, run};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn session_yaml(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: whatsapp.leadmaster.dev/v1alpha1\nkind: WhatsAppSession\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+fn create(ns: &TestNamespace, name: &str, spec: &str) {
+    let out = ns.apply(&session_yaml(name, spec));
+    assert!(out.success, "kubectl apply: {out:?}");
+}
+
+/// `kubectl wait` on one of the operator's conditions, as a user would script it.
+fn wait_condition(ns: &TestNamespace, name: &str, condition: &str) {
+    run(ns.kubectl().args([
+        "wait",
+        &format!("--for=condition={condition}"),
+        "--timeout=60s",
+        &format!("was/{name}"),
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+async fn condition(ns: &TestNamespace, name: &str, type_: &str) -> Option<(String, String)> {
+    let session = ns.api::<WhatsAppSession>().get(name).await.ok()?;
+    let c = session.status?.conditions.into_iter().find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason))
+}
+
+async fn event_reasons(ns: &TestNamespace, name: &str) -> Vec<String> {
+    let events: Api<Event> = ns.api();
+    let list =
+        events.list(&ListParams::default().fields(&format!("involvedObject.name={name}"))).await.unwrap();
+    list.items.into_iter().filter_map(|e| e.reason).collect()
+}
+
+async fn wait_event(ns: &TestNamespace, name: &str, reason: &str) {
+    eventually(&format!("event {reason} on {name}"), WAIT, || async {
+        Ok(event_reasons(ns, name).await.iter().any(|r| r == reason).then_some(()))
+    })
+    .await
+}
+
+async fn wait_pod_running(ns: &TestNamespace, pod: &str) -> Pod {
+    let pods: Api<Pod> = ns.api();
+    eventually(&format!("pod {pod} Running"), WAIT, || async {
+        let p = pods.get_opt(pod).await.map_err(|e| e.to_string())?;
+        Ok(p.filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        }))
+    })
+    .await
+}
+
+async fn wait_gone<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(&format!("{name} to be gone"), WAIT, || async {
+        Ok(api.get_opt(name).await.map_err(|e| e.to_string())?.is_none().then_some(()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_session_gets_every_child_with_the_expected_spec() {
+    let ns = cluster().namespace("op-create").await;
+    let _op = Operator::start(&ns, "op", "op", &[]);
+    create(&ns, "acme", "  clienteId: 42\n  storage:\n    size: 2Gi\n");
+    wait_condition(&ns, "acme", "Reconciled");
+    wait_condition(&ns, "acme", "PodReady");
+
+    let sts = ns.api::<StatefulSet>().get("acme").await.unwrap();
+    let spec = sts.spec.unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(spec.service_name.as_deref(), Some("acme"));
+    let claim = &spec.volume_claim_templates.unwrap()[0];
+    assert_eq!(
+        claim.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+        "2Gi"
+    );
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("acme-session"));
+    let container = &pod.containers[0];
+    assert_eq!(container.image.as_deref(), Some("whatsapp-session:test"));
+    let sc = container.security_context.as_ref().unwrap();
+    assert_eq!((sc.read_only_root_filesystem, sc.allow_privilege_escalation), (Some(true), Some(false)));
+
+    let svc = ns.api::<Service>().get("acme").await.unwrap();
+    assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"), "headless");
+    ns.api::<ServiceAccount>().get("acme-session").await.unwrap();
+    let role = ns.api::<Role>().get("acme-session").await.unwrap();
+    assert!(
+        role.rules.unwrap().iter().all(|r| r.resource_names.as_deref() == Some(&["acme".to_string()][..]))
+    );
+    let binding = ns.api::<RoleBinding>().get("acme-session").await.unwrap();
+    assert_eq!(binding.subjects.unwrap()[0].name, "acme-session");
+    let secret = ns.api::<Secret>().get("acme-hub-token").await.unwrap();
+    assert_eq!(secret.data.unwrap()["token"].0.len(), 64);
+
+    let pvc = ns.api::<PersistentVolumeClaim>().get("profile-acme-0").await.unwrap();
+    assert_eq!(pvc.status.unwrap().phase.as_deref(), Some("Bound"));
+    let session = ns.api::<WhatsAppSession>().get("acme").await.unwrap();
+    assert_eq!(session.status.unwrap().observed_generation, session.metadata.generation);
+    assert!(event_reasons(&ns, "acme").await.contains(&"Created".to_string()));
+}
+
+#[tokio::test]
+async fn suspend_scales_to_zero_and_resume_comes_back_on_the_same_volume() {
+    let ns = cluster().namespace("op-suspend").await;
+    let _op = Operator::start(&ns, "op", "op", &[]);
+    create(&ns, "acme", "  clienteId: 1\n");
+    wait_condition(&ns, "acme", "PodReady");
+    let pvcs: Api<PersistentVolumeClaim> = ns.api();
+    let before = pvcs.get("profile-acme-0").await.unwrap();
+
+    run(ns.kubectl().args(["patch", "was", "acme", "--type=merge", "-p", r#"{"spec":{"suspended":true}}"#]))
+        .unwrap();
+    wait_gone(&ns.api::<Pod>(), "acme-0").await;
+    assert_eq!(ns.api::<StatefulSet>().get("acme").await.unwrap().spec.unwrap().replicas, Some(0));
+    eventually("PodReady=False/Suspended", WAIT, || async {
+        Ok((condition(&ns, "acme", "PodReady").await == Some(("False".into(), "Suspended".into())))
+            .then_some(()))
+    })
+    .await;
+    wait_event(&ns, "acme", "Suspended").await;
+    let kept = pvcs.get("profile-acme-0").await.expect("the claim survives suspension");
+    assert_eq!(kept.metadata.uid, before.metadata.uid);
+
+    run(ns.kubectl().args(["patch", "was", "acme", "--type=merge", "-p", r#"{"spec":{"suspended":false}}"#]))
+        .unwrap();
+    let pod = wait_pod_running(&ns, "acme-0").await;
+    let claim =
+        pod.spec.unwrap().volumes.unwrap().into_iter().find_map(|v| v.persistent_volume_claim).unwrap();
+    assert_eq!(claim.claim_name, "profile-acme-0");
+    let after = pvcs.get("profile-acme-0").await.unwrap();
+    assert_eq!(after.metadata.uid, before.metadata.uid, "the same claim, so the same login");
+    assert_eq!(after.spec.unwrap().volume_name, before.spec.unwrap().volume_name);
+    wait_condition(&ns, "acme", "PodReady");
+    wait_event(&ns, "acme", "Resumed").await;
+}
+
+#[tokio::test]
+async fn lost_pods_and_tampered_children_are_repaired() {
+    let ns = cluster().namespace("op-repair").await;
+    let _op = Operator::start(&ns, "op", "op", &[]);
+    create(&ns, "acme", "  clienteId: 1\n");
+    wait_condition(&ns, "acme", "PodReady");
+    let pods: Api<Pod> = ns.api();
+    let first = pods.get("acme-0").await.unwrap();
+
+    // The pod is deleted: a new one comes back on the same claim.
+    pods.delete("acme-0", &DeleteParams::default()).await.unwrap();
+    let pods_ref = &pods;
+    let first_uid = first.metadata.uid.clone();
+    eventually("a new pod acme-0", WAIT, || async {
+        let p = pods_ref.get_opt("acme-0").await.map_err(|e| e.to_string())?;
+        Ok(p.filter(|p| {
+            p.metadata.uid != first_uid
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        }))
+    })
+    .await;
+
+    // Someone deletes the Service: restored.
+    let services: Api<Service> = ns.api();
+    services.delete("acme", &DeleteParams::default()).await.unwrap();
+    eventually("the Service to be restored", WAIT, || async {
+        Ok(services
+            .get_opt("acme")
+            .await
+            .map_err(|e| e.to_string())?
+            .filter(|s| s.metadata.deletion_timestamp.is_none()))
+    })
+    .await;
+
+    // Someone edits the StatefulSet: restored.
+    run(ns.kubectl().args(["scale", "statefulset", "acme", "--replicas=3"])).unwrap();
+    let statefulsets: Api<StatefulSet> = ns.api();
+    eventually("the StatefulSet back at one replica", WAIT, || async {
+        let sts = statefulsets.get("acme").await.map_err(|e| e.to_string())?;
+        Ok((sts.spec.and_then(|s| s.replicas) == Some(1)).then_some(()))
+    })
+    .await;
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "session", "image": "evil:1"}]}}}});
+    statefulsets.patch("acme", &PatchParams::default(), &Patch::Strategic(&patch)).await.unwrap();
+    eventually("the session image restored", WAIT, || async {
+        let sts = statefulsets.get("acme").await.map_err(|e| e.to_string())?;
+        let image = sts.spec.unwrap().template.spec.unwrap().containers[0].image.clone();
+        Ok((image.as_deref() == Some("whatsapp-session:test")).then_some(()))
+    })
+    .await;
+    wait_event(&ns, "acme", "Repaired").await;
+}
+
+#[tokio::test]
+async fn deleting_a_session_collects_its_children_and_honours_when_deleted() {
+    let ns = cluster().namespace("op-delete").await;
+    let _op = Operator::start(&ns, "op", "op", &[]);
+    create(&ns, "keep", "  clienteId: 1\n  storage:\n    whenDeleted: Retain\n");
+    create(&ns, "drop", "  clienteId: 2\n  storage:\n    whenDeleted: Delete\n");
+    wait_condition(&ns, "keep", "PodReady");
+    wait_condition(&ns, "drop", "PodReady");
+
+    run(ns.kubectl().args(["delete", "was", "keep", "drop", "--wait=true"])).unwrap();
+    for name in ["keep", "drop"] {
+        wait_gone(&ns.api::<StatefulSet>(), name).await;
+        wait_gone(&ns.api::<Service>(), name).await;
+        wait_gone(&ns.api::<ServiceAccount>(), &format!("{name}-session")).await;
+        wait_gone(&ns.api::<Role>(), &format!("{name}-session")).await;
+        wait_gone(&ns.api::<RoleBinding>(), &format!("{name}-session")).await;
+        wait_gone(&ns.api::<Secret>(), &format!("{name}-hub-token")).await;
+        wait_gone(&ns.api::<Pod>(), &format!("{name}-0")).await;
+    }
+    let pvcs: Api<PersistentVolumeClaim> = ns.api();
+    wait_gone(&pvcs, "profile-drop-0").await;
+    let kept = pvcs.get_opt("profile-keep-0").await.unwrap();
+    assert!(kept.is_some_and(|p| p.metadata.deletion_timestamp.is_none()), "Retain keeps the login volume");
+}
+
+#[tokio::test]
+async fn the_session_service_account_may_touch_only_its_own_session() {
+    let ns = cluster().namespace("op-rbac").await;
+    let _op = Operator::start(&ns, "op", "op", &[]);
+    create(&ns, "acme", "  clienteId: 1\n");
+    create(&ns, "other", "  clienteId: 2\n");
+    wait_condition(&ns, "acme", "Reconciled");
+    wait_condition(&ns, "other", "Reconciled");
+
+    let who = format!("system:serviceaccount:{}:acme-session", ns.name);
+    let can = |args: &[&str]| {
+        let out = output(ns.kubectl().args(["auth", "can-i", "--as", &who]).args(args)).unwrap();
+        out.stdout.trim() == "yes"
+    };
+    assert!(can(&["patch", "whatsappsessions.whatsapp.leadmaster.dev/acme", "--subresource=status"]));
+    assert!(can(&["get", "whatsappsessions.whatsapp.leadmaster.dev/acme"]));
+    assert!(can(&["watch", "whatsappsessions.whatsapp.leadmaster.dev/acme"]));
+    assert!(!can(&["get", "whatsappsessions.whatsapp.leadmaster.dev/other"]), "another session");
+    assert!(!can(&["patch", "whatsappsessions.whatsapp.leadmaster.dev/other", "--subresource=status"]));
+    assert!(!can(&["patch", "whatsappsessions.whatsapp.leadmaster.dev/acme"]), "its own spec");
+    assert!(!can(&["list", "whatsappsessions.whatsapp.leadmaster.dev"]), "the whole list");
+    assert!(!can(&["get", "secrets"]));
+    assert!(!can(&["get", "secrets/acme-hub-token"]));
+    assert!(!can(&["list", "pods"]));
+    assert!(!can(&["create", "events"]));
+    assert!(!can(&["get", "configmaps"]));
+    assert!(!can(&["list", "whatsappsessions.whatsapp.leadmaster.dev", "-A"]));
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_a_standby_takes_over() {
+    let ns = cluster().namespace("op-leader").await;
+    let mut a = Operator::start(&ns, "op-a", "shared", &[]);
+    a.wait_leading().await;
+    let mut b = Operator::start(&ns, "op-b", "shared", &[]);
+    create(&ns, "first", "  clienteId: 1\n");
+    wait_condition(&ns, "first", "Reconciled");
+    // b is up and ready, but only standing by.
+    eventually("the standby's metrics", WAIT, || async { Ok(b.metrics().await.ok()) }).await;
+    assert_eq!(a.metric("whatsapp_operator_leader").await, 1.0);
+    assert_eq!(b.metric("whatsapp_operator_leader").await, 0.0);
+    assert!(a.metric("whatsapp_operator_reconciliations_total").await > 0.0);
+    assert_eq!(b.metric("whatsapp_operator_reconciliations_total").await, 0.0, "the standby reconciled");
+
+    // The leader dies without releasing the lease: the standby takes over when it expires.
+    a.kill();
+    b.wait_leading().await;
+    create(&ns, "second", "  clienteId: 2\n");
+    wait_condition(&ns, "second", "Reconciled");
+    assert!(b.metric("whatsapp_operator_reconciliations_total").await > 0.0);
+    assert!(b.running());
+}
+
+#[tokio::test]
+async fn an_idle_operator_makes_no_writes_while_the_session_pod_patches_its_status() {
+    let ns = cluster().namespace("op-idle").await;
+    let op = Operator::start(&ns, "op", "op", &[]);
+    create(&ns, "acme", "  clienteId: 1\n");
+    wait_condition(&ns, "acme", "Reconciled");
+    wait_condition(&ns, "acme", "PodReady");
+    // Let the last transitions settle: no new write over a 3 s observation window.
+    eventually("operator writes to settle", WAIT, || async {
+        let first = writes(&op).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok((writes(&op).await == first).then_some(()))
+    })
+    .await;
+    let before = writes(&op).await;
+    let audit_before = audit_writes(&ns);
+    let reconciles_before = op.metric("whatsapp_operator_reconciliations_total").await;
+
+    // A minute of the session pod reporting its state, as it does in production.
+    let sessions: Api<WhatsAppSession> = ns.api();
+    let started = Instant::now();
+    let mut patches = 0;
+    while started.elapsed() < Duration::from_secs(60) {
+        let state = ["CONNECTING", "QR_REQUIRED", "READY"][patches % 3];
+        let status = json!({
+            "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession",
+            "status": {"state": state, "message": format!("patch {patches}")}
+        });
+        sessions
+            .patch_status("acme", &PatchParams::apply("whatsapp-session").force(), &Patch::Apply(&status))
+            .await
+            .unwrap();
+        patches += 1;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let reconciles = op.metric("whatsapp_operator_reconciliations_total").await - reconciles_before;
+    assert!(reconciles >= 10.0, "the status patches did reach the operator ({reconciles} reconciles)");
+    assert_eq!(writes(&op).await, before, "the operator wrote while idle");
+    assert_eq!(audit_writes(&ns), audit_before, "the audit log shows operator writes while idle");
+}
+
+/// The operator's own count of its API writes (Lease renewals are not counted there).
+async fn writes(op: &Operator) -> f64 {
+    let text = op.metrics().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("whatsapp_operator_kube_writes_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Writes the API server's audit log records from the operator in this namespace, Lease
+/// renewals aside.
+fn audit_writes(ns: &TestNamespace) -> usize {
+    let log = std::fs::read_to_string(ns.cluster.dir.join("logs/audit.log")).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["userAgent"].as_str().is_some_and(|ua| ua.starts_with("whatsapp-operator/")))
+        .filter(|e| e["objectRef"]["namespace"] == ns.name.as_str() && e["objectRef"]["resource"] != "leases")
+        .count()
+}
+
+#[tokio::test]
+async fn a_missing_storage_class_is_reported_without_a_hot_loop_and_heals() {
+    let ns = cluster().namespace("op-invalid").await;
+    let op = Operator::start(&ns, "op", "op", &[]);
+    let class = format!("class-{}", ns.name);
+    create(&ns, "acme", &format!("  clienteId: 1\n  storage:\n    storageClassName: {class}\n"));
+    eventually("Reconciled=False/StorageClassNotFound", WAIT, || async {
+        let c = condition(&ns, "acme", "Reconciled").await;
+        Ok((c == Some(("False".into(), "StorageClassNotFound".into()))).then_some(()))
+    })
+    .await;
+    wait_event(&ns, "acme", "InvalidSpec").await;
+    assert!(ns.api::<StatefulSet>().get_opt("acme").await.unwrap().is_none(), "nothing half-built");
+    let session = ns.api::<WhatsAppSession>().get("acme").await.unwrap();
+    let message =
+        session.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Reconciled").unwrap().message;
+    assert!(message.contains(&class), "{message}");
+
+    // No hot loop: over a 10 s observation window, at most a retry or two.
+    let before = op.metric("whatsapp_operator_reconciliations_total").await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = op.metric("whatsapp_operator_reconciliations_total").await - before;
+    assert!(during <= 3.0, "{during} reconciles in 10 s");
+    assert!(op.metric("whatsapp_operator_leader").await == 1.0);
+
+    // The class appears: the session heals by itself.
+    let sc: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": class}, "provisioner": "kubernetes.io/host-path", "volumeBindingMode": "Immediate"
+    }))
+    .unwrap();
+    let classes: Api<StorageClass> = Api::all(ns.client.clone());
+    classes.create(&PostParams::default(), &sc).await.unwrap();
+    wait_condition(&ns, "acme", "Reconciled");
+    wait_condition(&ns, "acme", "PodReady");
+    classes.delete(&class, &DeleteParams::default()).await.unwrap();
+}
