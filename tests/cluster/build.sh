@@ -48,7 +48,7 @@ GO
 build() {
   local gover key root bin
   gover=$(go env GOVERSION)
-  key="k8s-${K8S_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_${gover}_$(sha256sum "$here/go.sum" "$here/etcd/main.go" | sha256sum | cut -c1-12)"
+  key="k8s-${K8S_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_${gover}_$(cat "$here/go.sum" "$here/etcd/main.go" | sha256sum | cut -c1-12)"
   root="${WAO_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/whatsapp-operator}/$key"
   bin="$root/bin"
   local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
