@@ -1,1 +1,220 @@
-fn main() {}
+//! `whatsapp-session`: runs in each session pod. Drives headless Chromium on WhatsApp Web
+//! with the profile on the pod's volume, reports state and QR into the session's status, and
+//! serves the hub-only API (send, logout), the probes and the metrics.
+
+mod api;
+mod browser;
+mod driver;
+mod metrics;
+mod profile;
+mod status;
+mod tracker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use futures::StreamExt;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+use whatsapp_crds::{SessionState, WhatsAppSession};
+
+use crate::browser::LaunchOptions;
+use crate::driver::Driver;
+use crate::metrics::Metrics;
+use crate::tracker::{QrTimings, Report};
+
+/// Every setting, from flags or environment variables (the operator sets the environment).
+#[derive(Parser, Debug)]
+#[command(name = "whatsapp-session", version, about)]
+struct Config {
+    /// Name of this pod's WhatsAppSession.
+    #[arg(long, env = "WAO_SESSION_NAME")]
+    session_name: String,
+
+    /// Namespace of the session (the pod's own).
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+
+    /// This pod's IP, published as the session's endpoint for the hub.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<String>,
+
+    /// Browser profile directory, on the session's volume: the WhatsApp login lives here.
+    #[arg(long, env = "WAO_PROFILE_DIR", default_value = "/data/profile")]
+    profile_dir: PathBuf,
+
+    /// Address of the hub-only API, the probes and the metrics.
+    #[arg(long, env = "WAO_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+
+    /// Bearer token the hub presents on the send and logout routes.
+    #[arg(long, env = "WAO_HUB_TOKEN", hide_env_values = true)]
+    hub_token: String,
+
+    /// The Chromium binary.
+    #[arg(long, env = "WAO_CHROMIUM", default_value = "/usr/lib/chromium/chromium")]
+    chromium: PathBuf,
+
+    /// WhatsApp Web's address.
+    #[arg(long, env = "WAO_WHATSAPP_URL", default_value = "https://web.whatsapp.com/")]
+    whatsapp_url: String,
+
+    /// Replacement for the built-in bridge script (for example mounted from a ConfigMap).
+    #[arg(long, env = "WAO_BRIDGE_SCRIPT")]
+    bridge_script: Option<PathBuf>,
+
+    /// How long WhatsApp shows the first QR code of a batch, and each next one (seconds).
+    #[arg(long, env = "WAO_QR_LIFETIMES", default_value = "60,20", value_delimiter = ',', num_args = 2)]
+    qr_lifetimes: Vec<u64>,
+
+    /// Log format.
+    #[arg(long, env = "WAO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,chromiumoxide=error".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
+    if let Err(e) = run(config).await {
+        error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(config: Config) -> Result<()> {
+    // First: own the profile, or refuse to start.
+    let _profile = profile::lock(&config.profile_dir)?;
+    let bridge_script =
+        browser::bridge_script(config.bridge_script.as_deref()).context("reading the bridge script")?;
+
+    let client = whatsapp_crds::kube_client("whatsapp-session").await.context("connecting to Kubernetes")?;
+    let api: Api<WhatsAppSession> = Api::namespaced(client, &config.namespace);
+    let session = api
+        .get(&config.session_name)
+        .await
+        .with_context(|| format!("reading WhatsAppSession {}/{}", config.namespace, config.session_name))?;
+
+    let (spec_tx, spec_rx) = watch::channel(session.spec.clone());
+    let watched = watcher(
+        api.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={}", config.session_name)),
+    );
+    tokio::spawn(async move {
+        let mut objects = std::pin::pin!(watched.default_backoff().applied_objects());
+        while let Some(next) = objects.next().await {
+            if let Ok(obj) = next {
+                spec_tx.send_if_modified(|spec| {
+                    let changed = *spec != obj.spec;
+                    *spec = obj.spec;
+                    changed
+                });
+            }
+        }
+    });
+
+    let metrics = Metrics::default();
+    let initial = Report::new(SessionState::Disconnected, "Starting", "the session pod is starting");
+    let (reports_tx, reports_rx) = watch::channel(initial);
+    let (commands_tx, commands_rx) = mpsc::channel(16);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let endpoint = config.pod_ip.as_ref().map(|ip| format!("http://{ip}:{}", config.listen.port()));
+    let reporter = tokio::spawn(status::report_forever(
+        api.clone(),
+        config.session_name.clone(),
+        endpoint,
+        reports_rx.clone(),
+    ));
+
+    // Readiness: the driver read the page recently.
+    let last_poll_ms = Arc::new(AtomicU64::new(0));
+
+    let options = LaunchOptions {
+        chromium: config.chromium.clone(),
+        profile_dir: config.profile_dir.clone(),
+        extra_args: session.spec.browser.extra_args.clone(),
+        url: config.whatsapp_url.clone(),
+        bridge_script,
+    };
+    let timings = QrTimings {
+        first: Duration::from_secs(config.qr_lifetimes[0]),
+        next: Duration::from_secs(config.qr_lifetimes[1]),
+    };
+    let driver = Driver {
+        options,
+        timings,
+        spec: spec_rx.clone(),
+        reports: reports_tx,
+        commands: commands_rx,
+        metrics: metrics.clone(),
+        last_poll_ms: last_poll_ms.clone(),
+    };
+    let driver = tokio::spawn(driver.run(shutdown_rx.clone()));
+
+    let state = api::ApiState {
+        hub_token: Arc::new(config.hub_token.clone()),
+        commands: commands_tx,
+        spec: spec_rx,
+        metrics,
+        last_poll_ms: last_poll_ms.clone(),
+        sends: Arc::new(tokio::sync::Mutex::new(api::Sends::load(
+            config.profile_dir.join("whatsapp-session-sent-keys.json"),
+        ))),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    info!(listen = %config.listen, session = %config.session_name, "serving");
+    let mut server_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = server_shutdown.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    wait_for_signal().await;
+    info!("stopping: closing the browser so the login is flushed to the profile");
+    let _ = shutdown_tx.send(true);
+    let _ = driver.await;
+    let _ = server.await;
+    reporter.abort();
+    // The last word in the status: this pod is gone.
+    let _ = tokio::time::timeout(Duration::from_secs(3), final_report(&api, &config.session_name)).await;
+    Ok(())
+}
+
+async fn final_report(api: &Api<WhatsAppSession>, name: &str) {
+    let report = Report::new(SessionState::Disconnected, "PodStopped", "the session pod stopped");
+    let mut body = status::patch(&report, None, std::time::SystemTime::now());
+    if let Some(status) = body["status"].as_object_mut() {
+        status.retain(|_, v| !v.is_null());
+    }
+    let params = kube::api::PatchParams::apply(status::FIELD_MANAGER).force();
+    let _ = api.patch_status(name, &params, &kube::api::Patch::Apply(&body)).await;
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -42,12 +42,17 @@ pub fn cluster() -> &'static TestCluster {
     })
 }
 
-/// Directory of the workspace's built binaries (`target/debug`), from the test executable's
-/// own location (`target/debug/deps/<test>`).
+/// Directory of the workspace's built binaries (`target/<profile>`), from this executable's
+/// own location: `target/<profile>/deps/<test>` for a test, `target/<profile>/<bin>` for a
+/// binary such as a benchmark.
 pub fn target_bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("test executable has a directory");
-    deps.parent().expect("deps has a parent").to_path_buf()
+    let dir = exe.parent().expect("the executable has a directory");
+    if dir.ends_with("deps") {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of one of the workspace's binaries; panics with the fix if it was not built.

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod harness;
 pub mod processes;
+pub mod simulator;
 
 use std::path::Path;
 use std::process::Command;

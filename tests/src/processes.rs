@@ -121,3 +121,82 @@ impl Drop for Operator {
         }
     }
 }
+
+/// A `whatsapp-session` process for one WhatsAppSession, run directly (as the pod runner
+/// will run it for a pod), against a WhatsApp Web simulator.
+pub struct SessionProcess {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    pub profile: PathBuf,
+}
+
+/// The hub token session processes are started with in tests.
+pub const TEST_HUB_TOKEN: &str = "test-hub-token";
+
+impl SessionProcess {
+    /// Starts the session `name` of `ns` on `profile`, with WhatsApp Web at `url`.
+    pub fn start(ns: &TestNamespace, name: &str, profile: &std::path::Path, url: &str) -> SessionProcess {
+        let dir = ns.cluster.dir.join("processes");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port().unwrap();
+        let log = dir.join(format!("{}-{name}-{port}.log", ns.name));
+        let child = Command::new(workspace_binary("whatsapp-session"))
+            .env("KUBECONFIG", &ns.cluster.kubeconfig)
+            .env("RUST_LOG", "info,chromiumoxide=error")
+            .env("WAO_SESSION_NAME", name)
+            .env("POD_NAMESPACE", &ns.name)
+            .env("POD_IP", "127.0.0.1")
+            .env("WAO_PROFILE_DIR", profile)
+            .env("WAO_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WAO_HUB_TOKEN", TEST_HUB_TOKEN)
+            .env("WAO_WHATSAPP_URL", url)
+            .env("HOME", profile.parent().unwrap_or(profile))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("starting whatsapp-session");
+        SessionProcess { child, port, log, profile: profile.to_path_buf() }
+    }
+
+    /// The base URL of its API.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it the way Kubernetes does: SIGTERM, then waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+
+    /// Waits for it to exit by itself (with a deadline) and returns its log.
+    pub async fn exited(&mut self, limit: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return Some(std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+}
+
+impl Drop for SessionProcess {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- session process log {} (last 40 lines) ----", self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}

@@ -5,8 +5,8 @@
 //! 2. the same child objects created directly through the API, in the same run, for scale;
 //! 3. the operator's RSS with N sessions, and its writes over an idle minute.
 //!
-//!     cargo build --release -p whatsapp-operator
-//!     cargo run --release -p whatsapp-tests --bin bench-operator -- 1000
+//! Run: `cargo build --release -p whatsapp-operator && cargo run --release -p whatsapp-tests
+//! --bin bench-operator -- 1000`.
 
 use std::time::{Duration, Instant};
 

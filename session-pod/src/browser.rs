@@ -1,0 +1,147 @@
+//! Chromium through chromiumoxide: launch on the session's profile, load WhatsApp Web with
+//! the bridge script, and call into the page. Every CDP call has a deadline: after Chromium
+//! dies, chromiumoxide calls can hang for minutes, so a missed deadline counts as a crash.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::page::Page;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+
+/// Flags this machine and a container need, plus the lean set that saves processes.
+const FLAGS: &[&str] = &[
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-startup-window",
+    "--renderer-process-limit=1",
+    "--disable-site-isolation-trials",
+    "--in-process-gpu",
+    "--enable-features=NetworkServiceInProcess2",
+    "--disable-features=PreloadTopChromeWebUI,SpareRendererForSitePerProcess,OptimizationHints,Translate,MediaRouter,BackForwardCache,LensOverlay,IsolateOrigins,site-per-process",
+    "--lang=en-US",
+];
+
+/// WhatsApp may refuse a user agent that says HeadlessChrome.
+const USER_AGENT: &str =
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36";
+
+/// Deadline of one call into the page.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrowserError {
+    #[error("launching Chromium ({0}): {1}")]
+    Launch(String, String),
+    #[error("Chromium did not answer within {0:?}: treating it as hung")]
+    Timeout(Duration),
+    #[error("Chromium: {0}")]
+    Cdp(String),
+    #[error("the page: {0}")]
+    Page(String),
+}
+
+/// What to launch.
+#[derive(Clone, Debug)]
+pub struct LaunchOptions {
+    pub chromium: PathBuf,
+    pub profile_dir: PathBuf,
+    pub extra_args: Vec<String>,
+    pub url: String,
+    pub bridge_script: String,
+}
+
+/// A running Chromium with WhatsApp Web open.
+pub struct Session {
+    browser: Browser,
+    page: Page,
+    handler: JoinHandle<()>,
+}
+
+impl Session {
+    pub async fn launch(options: &LaunchOptions) -> Result<Session, BrowserError> {
+        let launch_err = |e: String| BrowserError::Launch(options.chromium.display().to_string(), e);
+        let config = BrowserConfig::builder()
+            .chrome_executable(&options.chromium)
+            .user_data_dir(&options.profile_dir)
+            .new_headless_mode()
+            .no_sandbox()
+            .viewport(None)
+            .launch_timeout(Duration::from_secs(30))
+            .request_timeout(CALL_TIMEOUT)
+            .args(FLAGS.iter().map(|f| f.trim_start_matches('-').to_string()))
+            .args(options.extra_args.iter().map(|f| f.trim_start_matches('-').to_string()))
+            .build()
+            .map_err(launch_err)?;
+        let (browser, mut handler) = Browser::launch(config).await.map_err(|e| launch_err(e.to_string()))?;
+        let handler = tokio::spawn(async move {
+            while let Some(event) = handler.next().await {
+                if event.is_err() {
+                    break;
+                }
+            }
+        });
+        let page = within(browser.new_page("about:blank")).await?.map_err(cdp)?;
+        within(page.set_user_agent(USER_AGENT)).await?.map_err(cdp)?;
+        // Installed for every document, so a reload or a logout navigation keeps the bridge.
+        within(page.evaluate_on_new_document(options.bridge_script.as_str())).await?.map_err(cdp)?;
+        within(page.goto(options.url.as_str())).await?.map_err(cdp)?;
+        Ok(Session { browser, page, handler })
+    }
+
+    /// Evaluates `expression` in the page and decodes its (awaited) result.
+    pub async fn eval<T: DeserializeOwned>(&self, expression: &str) -> Result<T, BrowserError> {
+        let result =
+            within(self.page.evaluate(expression)).await?.map_err(|e| BrowserError::Page(e.to_string()))?;
+        result.into_value::<T>().map_err(|e| BrowserError::Page(e.to_string()))
+    }
+
+    /// False once Chromium exited or the CDP connection is gone.
+    pub fn alive(&mut self) -> bool {
+        !self.handler.is_finished() && matches!(self.browser.try_wait(), Ok(None))
+    }
+
+    /// Closes Chromium cleanly so it flushes the profile (the login); kills it if it hangs.
+    pub async fn close(mut self) {
+        let closed = tokio::time::timeout(Duration::from_secs(15), async {
+            let _ = self.browser.close().await;
+            let _ = self.browser.wait().await;
+        })
+        .await;
+        if closed.is_err() {
+            tracing::warn!("Chromium did not close in 15 s: killing it");
+            let _ = self.browser.kill().await;
+        }
+        self.handler.abort();
+    }
+
+    /// Kills Chromium at once (it is hung or crashed).
+    pub async fn kill(mut self) {
+        let _ = self.browser.kill().await;
+        let _ = self.browser.wait().await;
+        self.handler.abort();
+    }
+}
+
+fn cdp(e: chromiumoxide::error::CdpError) -> BrowserError {
+    BrowserError::Cdp(e.to_string())
+}
+
+async fn within<F: std::future::Future>(f: F) -> Result<F::Output, BrowserError> {
+    tokio::time::timeout(CALL_TIMEOUT, f).await.map_err(|_| BrowserError::Timeout(CALL_TIMEOUT))
+}
+
+/// The bridge script: from `override_path` when given (a ConfigMap), else the built-in one.
+pub fn bridge_script(override_path: Option<&Path>) -> std::io::Result<String> {
+    match override_path {
+        Some(path) => std::fs::read_to_string(path),
+        None => Ok(include_str!("../script/wa-bridge.js").to_string()),
+    }
+}

@@ -1,0 +1,83 @@
+//! Prometheus metrics of the session pod, served at `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+use whatsapp_crds::SessionState;
+
+use crate::tracker::Report;
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub state: IntGaugeVec,
+    pub qr_refreshes: IntCounter,
+    pub messages: IntCounterVec,
+    pub send_duration: HistogramVec,
+    pub browser_restarts: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let state = IntGaugeVec::new(
+            Opts::new("whatsapp_session_state", "1 for the state the session is in."),
+            &["state"],
+        )
+        .unwrap();
+        let qr_refreshes =
+            IntCounter::new("whatsapp_session_qr_codes_total", "QR codes shown by WhatsApp Web.").unwrap();
+        let messages = IntCounterVec::new(
+            Opts::new("whatsapp_session_messages_sent_total", "Send requests, by result."),
+            &["result"],
+        )
+        .unwrap();
+        let send_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "whatsapp_session_send_duration_seconds",
+                "Time from a send request to WhatsApp Web reporting it sent.",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["result"],
+        )
+        .unwrap();
+        let browser_restarts = IntCounter::new(
+            "whatsapp_session_browser_restarts_total",
+            "Chromium restarts after a crash or hang.",
+        )
+        .unwrap();
+        for c in [
+            Box::new(state.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(qr_refreshes.clone()),
+            Box::new(messages.clone()),
+            Box::new(send_duration.clone()),
+            Box::new(browser_restarts.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        for s in SessionState::ALL {
+            state.with_label_values(&[s.as_str()]).set(0);
+        }
+        Metrics { registry, state, qr_refreshes, messages, send_duration, browser_restarts }
+    }
+}
+
+impl Metrics {
+    /// Updates the state gauge and counts new QR codes, given the previous report.
+    pub fn observe(&self, report: &Report, previous: &Report) {
+        if report.state != previous.state {
+            self.state.with_label_values(&[previous.state.as_str()]).set(0);
+        }
+        self.state.with_label_values(&[report.state.as_str()]).set(1);
+        let new_code = report.qr.as_ref().map(|q| &q.code);
+        if new_code.is_some() && new_code != previous.qr.as_ref().map(|q| &q.code) {
+            self.qr_refreshes.inc();
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).expect("UTF-8")
+    }
+}

@@ -1,0 +1,197 @@
+//! The session pod's process with real Chromium, the WhatsApp Web simulator and the real
+//! control plane: QR in the status, linking, sending, restarts on the same profile.
+
+use std::time::Duration;
+
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use whatsapp_crds::{SessionState, WhatsAppSession, WhatsAppSessionStatus};
+use whatsapp_tests::harness::{TestNamespace, cluster, eventually};
+use whatsapp_tests::processes::{SessionProcess, TEST_HUB_TOKEN};
+use whatsapp_tests::simulator::{SimConfig, Simulator};
+
+const WAIT: Duration = Duration::from_secs(90);
+const PHONE: &str = "5491122334455";
+
+async fn create_session(ns: &TestNamespace, name: &str, spec: serde_json::Value) {
+    let session: WhatsAppSession = serde_json::from_value(json!({
+        "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    ns.api::<WhatsAppSession>().create(&PostParams::default(), &session).await.unwrap();
+}
+
+/// Waits for the status to satisfy `check`, returning it.
+async fn status_where(
+    ns: &TestNamespace,
+    name: &str,
+    what: &str,
+    check: impl Fn(&WhatsAppSessionStatus) -> bool,
+) -> WhatsAppSessionStatus {
+    let api: Api<WhatsAppSession> = ns.api();
+    eventually(what, WAIT, || async {
+        let s = api.get(name).await.map_err(|e| e.to_string())?;
+        Ok(s.status.filter(|st| check(st)))
+    })
+    .await
+}
+
+fn fast_simulator() -> SimConfig {
+    SimConfig { first_ref: Duration::from_secs(4), next_ref: Duration::from_secs(2), ..SimConfig::default() }
+}
+
+fn profile_dir(ns: &TestNamespace, name: &str) -> std::path::PathBuf {
+    let dir = ns.cluster.dir.join("profiles").join(&ns.name).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn send(
+    session: &SessionProcess,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new().post(format!("{}/v1/messages", session.url())).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(json!(null)))
+}
+
+#[tokio::test]
+async fn qr_scan_ready_send_and_restart_without_a_new_qr() {
+    let ns = cluster().namespace("session-e2e").await;
+    let sim = Simulator::start(fast_simulator()).await.unwrap();
+    create_session(&ns, "acme", json!({"clienteId": 1})).await;
+    let profile = profile_dir(&ns, "acme");
+    let mut process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+
+    // The QR appears in the status, with its attempt count and expiry.
+    let status = status_where(&ns, "acme", "a QR code in the status", |s| s.qr.is_some()).await;
+    assert_eq!(status.state, Some(SessionState::QrRequired));
+    let qr = status.qr.unwrap();
+    assert!(qr.code.starts_with("2@") && qr.code.split(',').count() == 4, "{}", qr.code);
+    assert!(qr.attempts >= 1);
+    assert_eq!(status.endpoint.as_deref(), Some(process.url().as_str()));
+
+    // The phone scans the code now on screen.
+    let current = status_where(&ns, "acme", "a QR", |s| s.qr.is_some()).await.qr.unwrap().code;
+    let mut scanned = sim.scan(&current, PHONE, "Acme");
+    if scanned.is_err() {
+        // It rotated between our read and the scan: take the next one.
+        let next =
+            status_where(&ns, "acme", "the next QR", |s| s.qr.as_ref().is_some_and(|q| q.code != current))
+                .await;
+        scanned = sim.scan(&next.qr.unwrap().code, PHONE, "Acme");
+    }
+    scanned.expect("scan");
+    let ready = status_where(&ns, "acme", "READY", |s| s.state == Some(SessionState::Ready)).await;
+    assert_eq!(ready.me.as_ref().map(|m| m.phone.as_str()), Some(PHONE));
+    assert!(ready.qr.is_none(), "no QR once linked");
+    assert!(ready.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+
+    // Sending: delivered once, even with the same idempotency key twice.
+    let body = json!({"to": "+54 9 11 5555-0000", "message": "hola", "idempotencyKey": "k-1"});
+    let (code, first) = send(&process, Some(TEST_HUB_TOKEN), body.clone()).await;
+    assert_eq!(code, 200, "{first}");
+    let (code, second) = send(&process, Some(TEST_HUB_TOKEN), body).await;
+    assert_eq!((code, &second["id"], &second["duplicate"]), (200, &first["id"], &json!(true)));
+    let received = sim.messages();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(
+        (received[0].to.as_str(), received[0].body.as_str(), received[0].from.as_str()),
+        ("5491155550000", "hola", PHONE)
+    );
+
+    // Bad numbers get clear errors; only the hub may send.
+    let (code, err) =
+        send(&process, Some(TEST_HUB_TOKEN), json!({"to": "00012345678", "message": "x"})).await;
+    assert_eq!((code, err["error"].as_str()), (422, Some("NOT_ON_WHATSAPP")));
+    let (code, err) = send(&process, Some(TEST_HUB_TOKEN), json!({"to": "12ab", "message": "x"})).await;
+    assert_eq!((code, err["error"].as_str()), (400, Some("INVALID_NUMBER")));
+    assert_eq!(send(&process, None, json!({"to": PHONE, "message": "x"})).await.0, 401);
+    assert_eq!(send(&process, Some("not-the-hub"), json!({"to": PHONE, "message": "x"})).await.0, 403);
+    assert_eq!(sim.messages().len(), 1, "refused sends sent nothing");
+
+    // Restart on the same profile: READY again, without a QR.
+    process.stop();
+    status_where(&ns, "acme", "DISCONNECTED after stopping", |s| s.state == Some(SessionState::Disconnected))
+        .await;
+    let process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    let again =
+        status_where(&ns, "acme", "READY after a restart", |s| s.state == Some(SessionState::Ready)).await;
+    assert_eq!(again.me.map(|m| m.phone), Some(PHONE.to_string()));
+    // The idempotency key survived the restart too.
+    let (code, replay) = send(
+        &process,
+        Some(TEST_HUB_TOKEN),
+        json!({"to": "5491155550000", "message": "hola", "idempotencyKey": "k-1"}),
+    )
+    .await;
+    assert_eq!((code, &replay["duplicate"]), (200, &json!(true)));
+    assert_eq!(sim.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_profile_refuses_to_start() {
+    let ns = cluster().namespace("session-lock").await;
+    let sim = Simulator::start(fast_simulator()).await.unwrap();
+    create_session(&ns, "acme", json!({"clienteId": 1})).await;
+    let profile = profile_dir(&ns, "acme");
+    let _first = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    status_where(&ns, "acme", "the first process to show a QR", |s| s.qr.is_some()).await;
+    let mut second = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    let log = second.exited(Duration::from_secs(20)).await.expect("the second process exits");
+    assert!(log.contains("in use by another session process"), "{log}");
+}
+
+#[tokio::test]
+async fn an_unscanned_qr_stops_after_max_attempts_with_a_clear_reason() {
+    let ns = cluster().namespace("session-qr-max").await;
+    let sim = Simulator::start(SimConfig {
+        first_ref: Duration::from_secs(2),
+        next_ref: Duration::from_secs(1),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    create_session(&ns, "acme", json!({"clienteId": 1, "qr": {"maxAttempts": 3}})).await;
+    let profile = profile_dir(&ns, "acme");
+    let _process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    let failed = status_where(&ns, "acme", "FAILED", |s| s.state == Some(SessionState::Failed)).await;
+    assert_eq!(failed.reason.as_deref(), Some("QRAttemptsExhausted"));
+    assert!(failed.message.unwrap_or_default().contains("3 QR codes"));
+    assert!(failed.qr.is_none());
+}
+
+#[tokio::test]
+async fn phone_code_pairing_links_the_session() {
+    let ns = cluster().namespace("session-code").await;
+    let sim = Simulator::start(fast_simulator()).await.unwrap();
+    create_session(
+        &ns,
+        "acme",
+        json!({"clienteId": 1, "pairing": {"method": "PhoneCode", "phoneNumber": PHONE}}),
+    )
+    .await;
+    let profile = profile_dir(&ns, "acme");
+    let _process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    let waiting = status_where(&ns, "acme", "a pairing code", |s| s.pairing_code.is_some()).await;
+    assert_eq!(waiting.state, Some(SessionState::QrRequired));
+    assert!(waiting.qr.is_none(), "no QR with phone-code pairing");
+    let code = waiting.pairing_code.unwrap();
+    assert_eq!(code.len(), 8);
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/control/enter-code", sim.addr))
+        .json(&json!({"phone": PHONE, "code": code}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let ready = status_where(&ns, "acme", "READY", |s| s.state == Some(SessionState::Ready)).await;
+    assert_eq!(ready.me.map(|m| m.phone), Some(PHONE.to_string()));
+    assert!(ready.pairing_code.is_none());
+}
