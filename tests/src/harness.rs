@@ -129,6 +129,20 @@ impl TestCluster {
         TestNamespace { name, client, cluster: self }
     }
 
+    /// The API server URL, from the kubeconfig.
+    pub fn server(&self) -> String {
+        let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .expect("server in kubeconfig")
+            .to_string()
+    }
+
+    /// The cluster CA certificate (PEM).
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pki/ca.crt")).expect("ca.crt")
+    }
+
     /// Prints the tail of every control-plane component's log.
     pub fn dump_logs(&self) {
         for component in cluster::COMPONENTS {
@@ -155,6 +169,18 @@ impl TestNamespace {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// A pod runner for the session pods of this namespace, with WhatsApp Web at `whatsapp_url`.
+    pub fn pod_runner(&self, whatsapp_url: &str) -> crate::podrunner::PodRunner {
+        let config = crate::podrunner::RunnerConfig {
+            server: self.cluster.server(),
+            ca_pem: self.cluster.ca_pem(),
+            work_dir: self.cluster.dir.join("pods"),
+            namespace: Some(self.name.clone()),
+            extra_env: vec![("WAO_WHATSAPP_URL".into(), whatsapp_url.into())],
+        };
+        crate::podrunner::PodRunner::start(self.client.clone(), config)
     }
 
     /// `kubectl apply -f -` of a YAML manifest in this namespace, as a user would.

@@ -195,3 +195,82 @@ async fn phone_code_pairing_links_the_session() {
     assert_eq!(ready.me.map(|m| m.phone), Some(PHONE.to_string()));
     assert!(ready.pairing_code.is_none());
 }
+
+/// The hub's token for a session, as the hub derives it (the operator's Secret holds the same).
+async fn hub_token_of(ns: &TestNamespace, name: &str) -> String {
+    let secret =
+        ns.api::<k8s_openapi::api::core::v1::Secret>().get(&format!("{name}-hub-token")).await.unwrap();
+    String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap()
+}
+
+async fn pod_ready(ns: &TestNamespace, pod: &str) -> Option<(String, bool)> {
+    let p = ns.api::<k8s_openapi::api::core::v1::Pod>().get_opt(pod).await.ok()??;
+    let ready = p.status?.conditions?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    Some((p.metadata.uid?, ready))
+}
+
+#[tokio::test]
+async fn through_the_operator_a_session_links_sends_and_survives_crashes_and_pod_loss() {
+    let ns = cluster().namespace("session-op").await;
+    let sim = Simulator::start(fast_simulator()).await.unwrap();
+    let _operator = whatsapp_tests::processes::Operator::start(&ns, "op", "op", &[]);
+    let runner = ns.pod_runner(&sim.url());
+    let applied = ns.apply("apiVersion: whatsapp.leadmaster.dev/v1alpha1\nkind: WhatsAppSession\nmetadata:\n  name: acme\nspec:\n  clienteId: 7\n");
+    assert!(applied.success, "{applied:?}");
+
+    // QR in the status -> the phone scans -> READY, with the pod Ready too.
+    let with_qr = status_where(&ns, "acme", "a QR code", |s| s.qr.is_some()).await;
+    let code = with_qr.qr.unwrap().code;
+    if sim.scan(&code, PHONE, "Acme").is_err() {
+        let next =
+            status_where(&ns, "acme", "the next QR", |s| s.qr.as_ref().is_some_and(|q| q.code != code)).await;
+        sim.scan(&next.qr.unwrap().code, PHONE, "Acme").expect("scan");
+    }
+    let ready = status_where(&ns, "acme", "READY", |s| s.state == Some(SessionState::Ready)).await;
+    assert_eq!(ready.me.map(|m| m.phone), Some(PHONE.to_string()));
+    let (first_uid, _) =
+        eventually("pod Ready", WAIT, || async { Ok(pod_ready(&ns, "acme-0").await.filter(|(_, r)| *r)) })
+            .await;
+    run_kubectl_wait(&ns, "PodReady");
+
+    // A send through the endpoint the status publishes, with the hub's token.
+    let endpoint = ready.endpoint.expect("endpoint in the status");
+    let token = hub_token_of(&ns, "acme").await;
+    let response = reqwest::Client::new()
+        .post(format!("{endpoint}/v1/messages"))
+        .bearer_auth(&token)
+        .json(&json!({"to": "5491100001111", "message": "desde el operador"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(sim.messages().last().map(|m| m.body.clone()), Some("desde el operador".into()));
+
+    // The session process crashes: the runner restarts it; the login is on the volume.
+    assert!(runner.kill_process(&ns.name, "acme-0"));
+    status_where(&ns, "acme", "not READY after the crash", |s| s.state != Some(SessionState::Ready)).await;
+    let back =
+        status_where(&ns, "acme", "READY after the crash", |s| s.state == Some(SessionState::Ready)).await;
+    assert!(back.qr.is_none());
+
+    // The pod is deleted: the StatefulSet makes a new one on the same claim, READY again.
+    ns.api::<k8s_openapi::api::core::v1::Pod>().delete("acme-0", &Default::default()).await.unwrap();
+    eventually("a new pod, Ready", WAIT, || async {
+        Ok(pod_ready(&ns, "acme-0").await.filter(|(uid, ready)| *uid != first_uid && *ready))
+    })
+    .await;
+    let again =
+        status_where(&ns, "acme", "READY on the new pod", |s| s.state == Some(SessionState::Ready)).await;
+    assert_eq!(again.me.map(|m| m.phone), Some(PHONE.to_string()));
+    assert_eq!(sim.messages().len(), 1);
+}
+
+fn run_kubectl_wait(ns: &TestNamespace, condition: &str) {
+    whatsapp_tests::run(ns.kubectl().args([
+        "wait",
+        &format!("--for=condition={condition}"),
+        "--timeout=60s",
+        "was/acme",
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+}
