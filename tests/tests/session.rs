@@ -135,6 +135,82 @@ async fn qr_scan_ready_send_and_restart_without_a_new_qr() {
     assert_eq!(sim.messages().len(), 1);
 }
 
+/// Scans whichever QR the session shows (retrying once if it rotated meanwhile) and waits for
+/// READY.
+async fn link(ns: &TestNamespace, sim: &Simulator, name: &str) -> WhatsAppSessionStatus {
+    let shown = status_where(ns, name, "a QR code", |s| s.qr.is_some()).await.qr.unwrap().code;
+    if sim.scan(&shown, PHONE, "Acme").is_err() {
+        let next =
+            status_where(ns, name, "the next QR", |s| s.qr.as_ref().is_some_and(|q| q.code != shown)).await;
+        sim.scan(&next.qr.unwrap().code, PHONE, "Acme").expect("scan");
+    }
+    status_where(ns, name, "READY", |s| s.state == Some(SessionState::Ready)).await
+}
+
+/// The main Chromium process running on `profile`.
+fn chromium_pid(profile: &std::path::Path) -> Option<i32> {
+    let flag = format!("--user-data-dir={}", profile.display());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let args: Vec<String> =
+            cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        (args.iter().any(|a| *a == flag) && !args.iter().any(|a| a.starts_with("--type="))).then_some(pid)
+    })
+}
+
+#[tokio::test]
+async fn a_killed_browser_recovers_and_logout_and_conflict_are_reported() {
+    let ns = cluster().namespace("session-faults").await;
+    let sim = Simulator::start(fast_simulator()).await.unwrap();
+    create_session(&ns, "acme", json!({"clienteId": 1})).await;
+    let profile = profile_dir(&ns, "acme");
+    let process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    link(&ns, &sim, "acme").await;
+
+    // Chromium is killed: the driver notices, restarts it, and the login is still there.
+    let pid = chromium_pid(&profile).expect("Chromium runs on the profile");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let crashed =
+        status_where(&ns, "acme", "the crash reported", |s| s.reason.as_deref() == Some("BrowserCrashed"))
+            .await;
+    assert_eq!(crashed.state, Some(SessionState::Disconnected));
+    let back =
+        status_where(&ns, "acme", "READY after the crash", |s| s.state == Some(SessionState::Ready)).await;
+    assert!(back.qr.is_none());
+    let metrics = reqwest::get(format!("{}/metrics", process.url())).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("whatsapp_session_browser_restarts_total 1"), "{metrics}");
+
+    // Logged out from the phone: a QR again, with the reason.
+    sim.logout_from_phone(PHONE).unwrap();
+    let out = status_where(&ns, "acme", "QR after the logout", |s| s.qr.is_some()).await;
+    assert_eq!((out.state, out.reason.as_deref()), (Some(SessionState::QrRequired), Some("LoggedOut")));
+    assert!(out.me.is_none());
+
+    // Linked again, then the account is opened elsewhere: a conflict, reported.
+    link(&ns, &sim, "acme").await;
+    let conflict = reqwest::Client::new()
+        .post(format!("http://{}/control/conflict", sim.addr))
+        .json(&json!({"phone": PHONE}))
+        .send()
+        .await
+        .unwrap();
+    assert!(conflict.status().is_success());
+    let reported =
+        status_where(&ns, "acme", "the conflict", |s| s.reason.as_deref() == Some("Conflict")).await;
+    assert_eq!(reported.state, Some(SessionState::Disconnected));
+
+    // Logout through the hub-only API.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/logout", process.url()))
+        .bearer_auth(TEST_HUB_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    status_where(&ns, "acme", "QR after the API logout", |s| s.qr.is_some()).await;
+}
+
 #[tokio::test]
 async fn a_second_process_on_the_same_profile_refuses_to_start() {
     let ns = cluster().namespace("session-lock").await;
