@@ -155,7 +155,7 @@ fn chromium_pid(profile: &std::path::Path) -> Option<i32> {
         let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
         let args: Vec<String> =
             cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        (args.iter().any(|a| *a == flag) && !args.iter().any(|a| a.starts_with("--type="))).then_some(pid)
+        (args.contains(&flag) && !args.iter().any(|a| a.starts_with("--type="))).then_some(pid)
     })
 }
 
