@@ -43,7 +43,13 @@ pub struct Settings {
     /// Key from which each session's hub token is derived (HMAC-SHA256 of `namespace/name`).
     /// The hub holds the same key, so it needs no access to Secrets.
     pub hub_token_key: Vec<u8>,
+    /// ConfigMap (in each session's namespace, optional) whose `wa-bridge.js` replaces the
+    /// session pod's built-in bridge script, to follow a WhatsApp Web change without a rebuild.
+    pub bridge_script_configmap: Option<String>,
 }
+
+/// Where the bridge-script ConfigMap is mounted in the session pod.
+pub const BRIDGE_MOUNT: &str = "/etc/whatsapp-session/bridge";
 
 /// Names of a session's children.
 pub struct Names {
@@ -237,6 +243,21 @@ fn statefulset(
     if let Some(policy) = &settings.image_pull_policy {
         container["imagePullPolicy"] = json!(policy);
     }
+    let mut volumes = vec![
+        json!({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}}),
+        json!({"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "128Mi"}}),
+    ];
+    if let Some(configmap) = &settings.bridge_script_configmap {
+        volumes.push(json!({"name": "bridge", "configMap": {"name": configmap, "optional": true}}));
+        container["volumeMounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(json!({"name": "bridge", "mountPath": BRIDGE_MOUNT, "readOnly": true}));
+        container["env"]
+            .as_array_mut()
+            .expect("env")
+            .push(json!({"name": "WAO_BRIDGE_SCRIPT", "value": format!("{BRIDGE_MOUNT}/wa-bridge.js")}));
+    }
 
     let mut sts: StatefulSet = from_json(json!({
         "spec": {
@@ -266,10 +287,7 @@ fn statefulset(
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
-                    "volumes": [
-                        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
-                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "128Mi"}},
-                    ],
+                    "volumes": volumes,
                 }
             },
             "volumeClaimTemplates": [{

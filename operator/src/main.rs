@@ -50,6 +50,11 @@ struct Config {
     #[arg(long, env = "WAO_HUB_TOKEN_KEY_FILE")]
     hub_token_key_file: PathBuf,
 
+    /// ConfigMap whose `wa-bridge.js` replaces the session pods' built-in bridge script (looked
+    /// up in each session's namespace; optional there).
+    #[arg(long, env = "WAO_BRIDGE_SCRIPT_CONFIGMAP")]
+    bridge_script_configmap: Option<String>,
+
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "WAO_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -106,6 +111,7 @@ async fn run(config: Config) -> Result<()> {
         session_image: config.session_image.clone(),
         image_pull_policy: config.session_image_pull_policy.clone(),
         hub_token_key: key,
+        bridge_script_configmap: config.bridge_script_configmap.clone(),
     };
     let identity = config.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

@@ -56,6 +56,8 @@ pub struct LaunchOptions {
     pub extra_args: Vec<String>,
     pub url: String,
     pub bridge_script: String,
+    /// A pinned WhatsApp Web build: served for the top-level page instead of the live one.
+    pub pinned_page: Option<String>,
 }
 
 /// A running Chromium with WhatsApp Web open.
@@ -92,6 +94,9 @@ impl Session {
         within(page.set_user_agent(USER_AGENT)).await?.map_err(cdp)?;
         // Installed for every document, so a reload or a logout navigation keeps the bridge.
         within(page.evaluate_on_new_document(options.bridge_script.as_str())).await?.map_err(cdp)?;
+        if let Some(html) = &options.pinned_page {
+            serve_pinned_page(&page, &options.url, html).await?;
+        }
         within(page.goto(options.url.as_str())).await?.map_err(cdp)?;
         Ok(Session { browser, page, handler })
     }
@@ -130,6 +135,61 @@ impl Session {
     }
 }
 
+/// Intercepts the top-level WhatsApp Web document (CDP Fetch domain) and answers it with the
+/// pinned build's page; everything else the page loads goes to the network as usual.
+async fn serve_pinned_page(page: &Page, url: &str, html: &str) -> Result<(), BrowserError> {
+    use base64::Engine;
+    use chromiumoxide::cdp::browser_protocol::fetch::{
+        EnableParams, EventRequestPaused, FulfillRequestParams,
+    };
+    let mut paused = within(page.event_listener::<EventRequestPaused>()).await?.map_err(cdp)?;
+    let enable: EnableParams = serde_json::from_value(serde_json::json!({
+        "patterns": [{"urlPattern": format!("{}*", url.trim_end_matches('/')), "resourceType": "Document", "requestStage": "Request"}]
+    }))
+    .map_err(|e| BrowserError::Cdp(e.to_string()))?;
+    within(page.execute(enable)).await?.map_err(cdp)?;
+    let body = base64::engine::general_purpose::STANDARD.encode(html);
+    let page = page.clone();
+    tokio::spawn(async move {
+        while let Some(event) = paused.next().await {
+            let reply = serde_json::json!({
+                "requestId": event.request_id,
+                "responseCode": 200,
+                "responseHeaders": [{"name": "Content-Type", "value": "text/html; charset=utf-8"}],
+                "body": body,
+            });
+            if let Ok(fulfil) = serde_json::from_value::<FulfillRequestParams>(reply)
+                && page.execute(fulfil).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The page of a pinned WhatsApp Web build: from the cache on the profile volume, else
+/// downloaded from `url_template` (`{version}` replaced) and cached.
+pub async fn pinned_page(version: &str, url_template: &str, cache_dir: &Path) -> Result<String, String> {
+    let cached = cache_dir.join(format!("whatsapp-web-{version}.html"));
+    if let Ok(html) = std::fs::read_to_string(&cached) {
+        return Ok(html);
+    }
+    let url = url_template.replace("{version}", version);
+    let response = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| format!("downloading WhatsApp Web {version} from {url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("WhatsApp Web {version} is not available at {url} ({})", response.status()));
+    }
+    let html = response.text().await.map_err(|e| format!("reading WhatsApp Web {version}: {e}"))?;
+    let _ = std::fs::write(&cached, &html);
+    Ok(html)
+}
+
 fn cdp(e: chromiumoxide::error::CdpError) -> BrowserError {
     BrowserError::Cdp(e.to_string())
 }
@@ -138,10 +198,17 @@ async fn within<F: std::future::Future>(f: F) -> Result<F::Output, BrowserError>
     tokio::time::timeout(CALL_TIMEOUT, f).await.map_err(|_| BrowserError::Timeout(CALL_TIMEOUT))
 }
 
-/// The bridge script: from `override_path` when given (a ConfigMap), else the built-in one.
+/// The built-in bridge script.
+pub const BUILT_IN_BRIDGE: &str = include_str!("../script/wa-bridge.js");
+
+/// The bridge script: the file at `override_path` when it exists (an optional ConfigMap),
+/// else the built-in one.
 pub fn bridge_script(override_path: Option<&Path>) -> std::io::Result<String> {
     match override_path {
-        Some(path) => std::fs::read_to_string(path),
-        None => Ok(include_str!("../script/wa-bridge.js").to_string()),
+        Some(path) if path.exists() => {
+            tracing::info!(path = %path.display(), "using the replacement bridge script");
+            std::fs::read_to_string(path)
+        }
+        _ => Ok(BUILT_IN_BRIDGE.to_string()),
     }
 }

@@ -40,6 +40,8 @@ pub struct Driver {
     pub reports: watch::Sender<Report>,
     pub commands: mpsc::Receiver<Command>,
     pub metrics: Metrics,
+    /// Where pinned WhatsApp Web builds are downloaded from (`{version}` is replaced).
+    pub web_version_url: String,
     /// Milliseconds since the epoch of the last successful read of the page (readiness).
     pub last_poll_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -50,6 +52,29 @@ impl Driver {
         let mut backoff = Duration::from_secs(1);
         loop {
             self.report(Report::new(SessionState::Connecting, "StartingBrowser", "starting Chromium"));
+            // The browser settings of the spec apply at each launch.
+            let browser_spec = self.spec.borrow().browser.clone();
+            self.options.extra_args = browser_spec.extra_args.clone();
+            self.options.pinned_page = match &browser_spec.web_version {
+                None => None,
+                Some(version) => match crate::browser::pinned_page(
+                    version,
+                    &self.web_version_url,
+                    &self.options.profile_dir,
+                )
+                .await
+                {
+                    Ok(html) => Some(html),
+                    Err(why) => {
+                        warn!(%why, "the pinned WhatsApp Web build is not available");
+                        self.report(Report::new(SessionState::Disconnected, "WebVersionUnavailable", why));
+                        if self.pause(&mut backoff, &mut shutdown).await {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
             let launched = tokio::select! {
                 s = Session::launch(&self.options) => s,
                 _ = stopped(&mut shutdown) => return,
@@ -138,6 +163,9 @@ impl Driver {
                             self.last_poll_ms.store(now_ms, std::sync::atomic::Ordering::Relaxed);
                             let snapshot = snapshot.unwrap_or_default();
                             let spec = self.spec.borrow().clone();
+                            if let Some(version) = &snapshot.web_version {
+                                self.metrics.web_version(version);
+                            }
                             let (report, action) = tracker.observe(&snapshot, &spec, SystemTime::now());
                             self.metrics.observe(&report, &self.reports.borrow());
                             self.report(report);

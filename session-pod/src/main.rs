@@ -66,6 +66,15 @@ struct Config {
     #[arg(long, env = "WAO_WHATSAPP_URL", default_value = "https://web.whatsapp.com/")]
     whatsapp_url: String,
 
+    /// Where a pinned WhatsApp Web build (spec.browser.webVersion) is downloaded from;
+    /// `{version}` is replaced. Downloaded builds are cached on the profile volume.
+    #[arg(
+        long,
+        env = "WAO_WEB_VERSION_URL",
+        default_value = "https://raw.githubusercontent.com/wppconnect-team/wa-version/main/html/{version}.html"
+    )]
+    web_version_url: String,
+
     /// Replacement for the built-in bridge script (for example mounted from a ConfigMap).
     #[arg(long, env = "WAO_BRIDGE_SCRIPT")]
     bridge_script: Option<PathBuf>,
@@ -147,9 +156,10 @@ async fn run(config: Config) -> Result<()> {
     let options = LaunchOptions {
         chromium: config.chromium.clone(),
         profile_dir: config.profile_dir.clone(),
-        extra_args: session.spec.browser.extra_args.clone(),
+        extra_args: Vec::new(),
         url: config.whatsapp_url.clone(),
         bridge_script,
+        pinned_page: None,
     };
     let timings = QrTimings {
         first: Duration::from_secs(config.qr_lifetimes[0]),
@@ -162,6 +172,7 @@ async fn run(config: Config) -> Result<()> {
         reports: reports_tx,
         commands: commands_rx,
         metrics: metrics.clone(),
+        web_version_url: config.web_version_url.clone(),
         last_poll_ms: last_poll_ms.clone(),
     };
     let driver = tokio::spawn(driver.run(shutdown_rx.clone()));

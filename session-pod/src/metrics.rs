@@ -15,6 +15,7 @@ pub struct Metrics {
     pub messages: IntCounterVec,
     pub send_duration: HistogramVec,
     pub browser_restarts: IntCounter,
+    web_version: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -46,19 +47,25 @@ impl Default for Metrics {
             "Chromium restarts after a crash or hang.",
         )
         .unwrap();
+        let web_version = IntGaugeVec::new(
+            Opts::new("whatsapp_session_web_version_info", "The WhatsApp Web build the page runs (value 1)."),
+            &["version"],
+        )
+        .unwrap();
         for c in [
             Box::new(state.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(qr_refreshes.clone()),
             Box::new(messages.clone()),
             Box::new(send_duration.clone()),
             Box::new(browser_restarts.clone()),
+            Box::new(web_version.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
         for s in SessionState::ALL {
             state.with_label_values(&[s.as_str()]).set(0);
         }
-        Metrics { registry, state, qr_refreshes, messages, send_duration, browser_restarts }
+        Metrics { registry, state, qr_refreshes, messages, send_duration, browser_restarts, web_version }
     }
 }
 
@@ -73,6 +80,15 @@ impl Metrics {
         if new_code.is_some() && new_code != previous.qr.as_ref().map(|q| &q.code) {
             self.qr_refreshes.inc();
         }
+    }
+
+    /// Records the WhatsApp Web build in use (one series).
+    pub fn web_version(&self, version: &str) {
+        if self.web_version.get_metric_with_label_values(&[version]).map(|g| g.get()).unwrap_or(0) == 1 {
+            return;
+        }
+        self.web_version.reset();
+        self.web_version.with_label_values(&[version]).set(1);
     }
 
     pub fn render(&self) -> String {

@@ -137,6 +137,17 @@ pub const TEST_HUB_TOKEN: &str = "test-hub-token";
 impl SessionProcess {
     /// Starts the session `name` of `ns` on `profile`, with WhatsApp Web at `url`.
     pub fn start(ns: &TestNamespace, name: &str, profile: &std::path::Path, url: &str) -> SessionProcess {
+        Self::start_with(ns, name, profile, url, &[])
+    }
+
+    /// [`SessionProcess::start`] with extra environment variables.
+    pub fn start_with(
+        ns: &TestNamespace,
+        name: &str,
+        profile: &std::path::Path,
+        url: &str,
+        env: &[(&str, &str)],
+    ) -> SessionProcess {
         let dir = ns.cluster.dir.join("processes");
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port().unwrap();
@@ -152,6 +163,7 @@ impl SessionProcess {
             .env("WAO_HUB_TOKEN", TEST_HUB_TOKEN)
             .env("WAO_WHATSAPP_URL", url)
             .env("HOME", profile.parent().unwrap_or(profile))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap())

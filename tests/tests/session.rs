@@ -350,3 +350,49 @@ fn run_kubectl_wait(ns: &TestNamespace, condition: &str) {
     ]))
     .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[tokio::test]
+async fn a_pinned_web_version_is_served_instead_of_the_live_page() {
+    let ns = cluster().namespace("session-pin").await;
+    let sim = Simulator::start(fast_simulator()).await.unwrap();
+    let pinned = "2.3000.1011111111";
+    create_session(&ns, "pinned", json!({"clienteId": 1, "browser": {"webVersion": pinned}})).await;
+    create_session(&ns, "live", json!({"clienteId": 2})).await;
+    let template = format!("http://{}/versions/{{version}}.html", sim.addr);
+    let env = [("WAO_WEB_VERSION_URL", template.as_str())];
+    let with_pin = SessionProcess::start_with(&ns, "pinned", &profile_dir(&ns, "pinned"), &sim.url(), &env);
+    let without = SessionProcess::start_with(&ns, "live", &profile_dir(&ns, "live"), &sim.url(), &env);
+    status_where(&ns, "pinned", "a QR on the pinned build", |s| s.qr.is_some()).await;
+    status_where(&ns, "live", "a QR on the live build", |s| s.qr.is_some()).await;
+    let version_of = |process: &SessionProcess| {
+        let url = format!("{}/metrics", process.url());
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("whatsapp_session_web_version_info{version=\""))
+                .and_then(|l| l.split('"').next())
+                .map(String::from)
+        }
+    };
+    assert_eq!(version_of(&with_pin).await.as_deref(), Some(pinned));
+    assert_eq!(version_of(&without).await.as_deref(), Some(SimConfig::default().version.as_str()));
+    assert!(
+        with_pin.profile.join(format!("whatsapp-web-{pinned}.html")).exists(),
+        "the build is cached on the volume"
+    );
+
+    // A build nobody has: reported, not a crash loop.
+    create_session(&ns, "missing", json!({"clienteId": 3, "browser": {"webVersion": "2.3000.1"}})).await;
+    let _missing = SessionProcess::start_with(
+        &ns,
+        "missing",
+        &profile_dir(&ns, "missing"),
+        &sim.url(),
+        &[("WAO_WEB_VERSION_URL", &format!("http://{}/nothing/{{version}}", sim.addr))],
+    );
+    let reported = status_where(&ns, "missing", "the missing build reported", |s| {
+        s.reason.as_deref() == Some("WebVersionUnavailable")
+    })
+    .await;
+    assert_eq!(reported.state, Some(SessionState::Disconnected));
+}

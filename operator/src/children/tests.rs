@@ -6,6 +6,7 @@ fn settings() -> Settings {
         session_image: "registry.example/whatsapp-session:1".into(),
         image_pull_policy: None,
         hub_token_key: b"0123456789abcdef0123456789abcdef".to_vec(),
+        bridge_script_configmap: None,
     }
 }
 
@@ -196,4 +197,24 @@ fn a_session_without_uid_is_an_error_not_a_panic() {
     let mut s = session(json!({"clienteId": 1}));
     s.metadata.uid = None;
     assert!(matches!(desired(&s, &settings()), Err(Error::MissingField(_))));
+}
+
+#[test]
+fn a_bridge_script_configmap_is_mounted_optionally() {
+    let s = Settings { bridge_script_configmap: Some("wa-bridge".into()), ..settings() };
+    let sts = sts_json(&desired(&session(json!({"clienteId": 1})), &s).unwrap());
+    let pod = &sts["spec"]["template"]["spec"];
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "bridge").unwrap();
+    assert_eq!(volume["configMap"], json!({"name": "wa-bridge", "optional": true}));
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "WAO_BRIDGE_SCRIPT" && e["value"] == format!("{BRIDGE_MOUNT}/wa-bridge.js")));
+    // Without the setting, nothing is mounted.
+    let plain = sts_json(&desired(&session(json!({"clienteId": 1})), &settings()).unwrap());
+    assert!(
+        !plain["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "bridge")
+    );
 }

@@ -206,6 +206,7 @@ fn random_b64(seed: u64) -> String {
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
+        .route("/versions/{file}", get(pinned_build))
         .route("/sim/config", get(sim_config))
         .route("/sim/events", get(sim_events))
         .route("/sim/refs", post(sim_refs))
@@ -228,6 +229,18 @@ type S = State<Arc<Shared>>;
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": code, "message": message}))).into_response()
+}
+
+/// A cache of older WhatsApp Web builds, like the public ones pinning drivers use:
+/// `/versions/<version>.html` is the page claiming that build.
+async fn pinned_build(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match file.strip_suffix(".html").filter(|v| v.chars().all(|c| c.is_ascii_digit() || c == '.')) {
+        Some(version) => {
+            let marker = format!("<script>window.__SIM_VERSION__ = {};</script>\n<script>", json!(version));
+            Html(PAGE.replacen("<script>", &marker, 1)).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, "NO_SUCH_BUILD", "no such WhatsApp Web build"),
+    }
 }
 
 async fn sim_config(State(s): S) -> Json<Value> {
