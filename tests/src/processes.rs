@@ -172,6 +172,11 @@ impl SessionProcess {
         SessionProcess { child, port, log, profile: profile.to_path_buf() }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The base URL of its API.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
