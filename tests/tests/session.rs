@@ -200,7 +200,16 @@ async fn a_killed_browser_recovers_and_logout_and_conflict_are_reported() {
         status_where(&ns, "acme", "the conflict", |s| s.reason.as_deref() == Some("Conflict")).await;
     assert_eq!(reported.state, Some(SessionState::Disconnected));
 
-    // Logout through the hub-only API.
+    // Logout through the hub-only API: refused to anyone but the hub.
+    let logout = |token: Option<&'static str>| {
+        let mut request = reqwest::Client::new().post(format!("{}/v1/logout", process.url()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(logout(None).await, 401);
+    assert_eq!(logout(Some("not-the-hub")).await, 403);
     let response = reqwest::Client::new()
         .post(format!("{}/v1/logout", process.url()))
         .bearer_auth(TEST_HUB_TOKEN)
