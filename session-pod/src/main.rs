@@ -213,10 +213,7 @@ async fn run(config: Config) -> Result<()> {
 
 async fn final_report(api: &Api<WhatsAppSession>, name: &str) {
     let report = Report::new(SessionState::Disconnected, "PodStopped", "the session pod stopped");
-    let mut body = status::patch(&report, None, std::time::SystemTime::now());
-    if let Some(status) = body["status"].as_object_mut() {
-        status.retain(|_, v| !v.is_null());
-    }
+    let body = status::patch(&report, None, std::time::SystemTime::now());
     let params = kube::api::PatchParams::apply(status::FIELD_MANAGER).force();
     let _ = api.patch_status(name, &params, &kube::api::Patch::Apply(&body)).await;
 }

@@ -24,7 +24,9 @@ fn time(t: SystemTime) -> Time {
     Time(Timestamp::from_second(ts.as_secs() as i64).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-/// The status patch for a report. `since` is when the state last changed.
+/// The status patch for a report. `since` is when the state last changed. Fields the
+/// report does not have are left out, so this field manager releases them (a QR disappears
+/// once linked).
 pub fn patch(report: &Report, endpoint: Option<&str>, since: SystemTime) -> serde_json::Value {
     let ready = report.state == SessionState::Ready;
     let condition = Condition {
@@ -39,14 +41,13 @@ pub fn patch(report: &Report, endpoint: Option<&str>, since: SystemTime) -> serd
         json!({"code": q.code, "attempts": q.attempts, "updatedAt": time(q.shown_at), "expiresAt": time(q.expires_at)})
     });
     let me = report.me.as_ref().map(|m| json!({"phone": m.phone, "pushName": m.push_name}));
-    json!({
+    let mut body = json!({
         "apiVersion": "whatsapp.leadmaster.dev/v1alpha1",
         "kind": "WhatsAppSession",
         "status": {
             "state": report.state,
             "reason": report.reason,
             "message": report.message,
-            // Absent fields are released by this manager, so a QR disappears once linked.
             "qr": qr,
             "pairingCode": report.pairing_code,
             "me": me,
@@ -54,7 +55,11 @@ pub fn patch(report: &Report, endpoint: Option<&str>, since: SystemTime) -> serd
             "conditions": [condition],
             "lastStateChange": time(since),
         }
-    })
+    });
+    if let Some(status) = body["status"].as_object_mut() {
+        status.retain(|_, v| !v.is_null());
+    }
+    body
 }
 
 /// Patches the status each time the report changes, until the channel closes.
@@ -74,11 +79,7 @@ pub async fn report_forever(
             info!(state = %report.state, reason = %report.reason, "state changed");
             last_state = Some(report.state);
         }
-        let mut body = patch(&report, endpoint.as_deref(), since);
-        // JSON nulls would be written as nulls: drop them so apply leaves those fields unset.
-        if let Some(status) = body["status"].as_object_mut() {
-            status.retain(|_, v| !v.is_null());
-        }
+        let body = patch(&report, endpoint.as_deref(), since);
         let mut delay = Duration::from_millis(500);
         while let Err(error) = api.patch_status(&name, &params, &Patch::Apply(&body)).await {
             warn!(%error, "writing the session status failed; retrying");

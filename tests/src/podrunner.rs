@@ -104,12 +104,11 @@ impl Drop for PodRunner {
         for (pod, mut p) in processes.drain() {
             stop(&mut p.child, Duration::from_secs(20));
             if std::thread::panicking() {
-                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("---- session process of pod {pod} (restarts {}; last 40 lines) ----", p.restarts);
-                for line in tail.into_iter().rev() {
-                    eprintln!("{line}");
-                }
+                crate::processes::print_log_tail(
+                    &format!("session process of pod {pod}, {} restarts", p.restarts),
+                    &p.log,
+                    40,
+                );
             }
         }
     }

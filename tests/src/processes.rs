@@ -90,6 +90,16 @@ impl Operator {
     }
 }
 
+/// Prints the last `lines` lines of a log file under a title (on a test failure).
+pub fn print_log_tail(title: &str, path: &std::path::Path, lines: usize) {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+    eprintln!("---- {title} ({}; last {lines} lines) ----", path.display());
+    for line in tail.into_iter().rev() {
+        eprintln!("{line}");
+    }
+}
+
 /// Resident memory of a process, in KiB, 0 if it is gone.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -112,12 +122,7 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("---- operator {} log (last 60 lines) ----", self.name);
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
+            print_log_tail(&format!("operator {}", self.name), &self.log, 60);
         }
     }
 }
@@ -208,12 +213,7 @@ impl Drop for SessionProcess {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("---- session process log {} (last 40 lines) ----", self.log.display());
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
+            print_log_tail("session process", &self.log, 40);
         }
     }
 }
