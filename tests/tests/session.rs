@@ -181,6 +181,17 @@ async fn a_killed_browser_recovers_and_logout_and_conflict_are_reported() {
     let metrics = reqwest::get(format!("{}/metrics", process.url())).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("whatsapp_session_browser_restarts_total 1"), "{metrics}");
 
+    // Chromium hangs (frozen, not dead): calls miss their deadline, it is killed and restarted.
+    let pid = chromium_pid(&profile).expect("Chromium runs on the profile");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    status_where(&ns, "acme", "the hang reported", |s| {
+        s.reason.as_deref() == Some("BrowserCrashed")
+            && s.message.as_deref().is_some_and(|m| m.contains("stopped answering"))
+    })
+    .await;
+    status_where(&ns, "acme", "READY after the hang", |s| s.state == Some(SessionState::Ready)).await;
+    assert_ne!(chromium_pid(&profile), Some(pid), "a new Chromium");
+
     // Logged out from the phone: a QR again, with the reason.
     sim.logout_from_phone(PHONE).unwrap();
     let out = status_where(&ns, "acme", "QR after the logout", |s| s.qr.is_some()).await;
