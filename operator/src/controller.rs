@@ -323,11 +323,11 @@ impl Reconciler<'_> {
     async fn replace_statefulset(&mut self, existing: &StatefulSet, namespace: &str) -> Result<()> {
         let api: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), namespace);
         let name = existing.name_any();
-        let keep = json!({
-            "apiVersion": "apps/v1", "kind": "StatefulSet",
-            "spec": {"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"}}
-        });
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&keep)).await?;
+        // A merge patch, not an apply: applying this fragment as our field manager would
+        // release every other field we own.
+        let keep = json!({"spec": {"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"}}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&keep)).await?;
+        self.wrote("StatefulSet");
         let orphan =
             DeleteParams { propagation_policy: Some(PropagationPolicy::Orphan), ..DeleteParams::default() };
         api.delete(&name, &orphan).await?;
@@ -342,8 +342,9 @@ impl Reconciler<'_> {
         Ok(())
     }
 
-    /// Grows the existing claim when the spec asks for more (needs a StorageClass that allows
-    /// expansion; the API server says so otherwise).
+    /// Grows the existing claim when the spec asks for more. Only a StorageClass that allows
+    /// expansion can; otherwise the refusal is told in a Warning event, and the session keeps
+    /// running on its current volume.
     async fn resize_claim(&mut self, namespace: &str) -> Result<()> {
         let names = Names::of(&self.session.name_any());
         let claim = self.ctx.caches.claims.get(&ObjectRef::new(&names.claim).within(namespace));
@@ -355,8 +356,22 @@ impl Reconciler<'_> {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), namespace);
             let grow =
                 json!({"spec": {"resources": {"requests": {"storage": self.session.spec.storage.size.0}}}});
-            api.patch(&names.claim, &PatchParams::default(), &Patch::Merge(&grow)).await?;
-            self.wrote("PersistentVolumeClaim");
+            match api.patch(&names.claim, &PatchParams::default(), &Patch::Merge(&grow)).await {
+                Ok(_) => self.wrote("PersistentVolumeClaim"),
+                Err(kube::Error::Api(status)) if (400..500).contains(&status.code) => {
+                    let note = format!(
+                        "volume {} cannot grow to {}: {}",
+                        names.claim, self.session.spec.storage.size.0, status.message
+                    );
+                    self.publish_typed(
+                        kube::runtime::events::EventType::Warning,
+                        "StorageResizeFailed",
+                        note,
+                    )
+                    .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }

@@ -387,3 +387,48 @@ async fn a_missing_storage_class_is_reported_without_a_hot_loop_and_heals() {
     wait_condition(&ns, "acme", "PodReady");
     classes.delete(&class, &DeleteParams::default()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_frozen_statefulset_field_change_replaces_it_and_keeps_pod_and_volume() {
+    let ns = cluster().namespace("op-frozen").await;
+    let _op = Operator::start(&ns, "op", "op", &[]);
+    create(&ns, "acme", "  clienteId: 1\n");
+    wait_condition(&ns, "acme", "PodReady");
+    let pvcs: Api<PersistentVolumeClaim> = ns.api();
+    let claim = pvcs.get("profile-acme-0").await.unwrap();
+    let sts_uid = ns.api::<StatefulSet>().get("acme").await.unwrap().metadata.uid;
+
+    // The claim template's size cannot change in place.
+    create(&ns, "acme", "  clienteId: 1\n  storage:\n    size: 2Gi\n");
+    let statefulsets: Api<StatefulSet> = ns.api();
+    eventually("a new StatefulSet with the new template", WAIT, || async {
+        let sts = statefulsets.get_opt("acme").await.map_err(|e| e.to_string())?;
+        Ok(sts.filter(|s| {
+            s.metadata.uid != sts_uid
+                && s.spec.as_ref().and_then(|s| s.volume_claim_templates.as_ref()).is_some_and(|c| {
+                    c[0].spec
+                        .as_ref()
+                        .and_then(|s| s.resources.as_ref())
+                        .and_then(|r| r.requests.as_ref())
+                        .is_some_and(|r| r["storage"].0 == "2Gi")
+                })
+        }))
+    })
+    .await;
+    wait_event(&ns, "acme", "StatefulSetReplaced").await;
+    // The host-path class cannot expand volumes: said in an event, the session keeps running.
+    wait_event(&ns, "acme", "StorageResizeFailed").await;
+    wait_condition(&ns, "acme", "Reconciled");
+    wait_condition(&ns, "acme", "PodReady");
+    let kept = pvcs.get("profile-acme-0").await.unwrap();
+    assert_eq!(kept.metadata.uid, claim.metadata.uid, "the login volume was kept");
+    let retention = statefulsets
+        .get("acme")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .persistent_volume_claim_retention_policy
+        .unwrap();
+    assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+}
