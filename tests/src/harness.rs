@@ -203,6 +203,41 @@ impl TestNamespace {
         }
     }
 
+    /// Creates a WhatsAppSession with this spec (JSON) through the API.
+    pub async fn create_session(&self, name: &str, spec: serde_json::Value) {
+        let session: whatsapp_crds::WhatsAppSession = serde_json::from_value(serde_json::json!({
+            "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("a WhatsAppSession");
+        self.api::<whatsapp_crds::WhatsAppSession>()
+            .create(&PostParams::default(), &session)
+            .await
+            .expect("creating the WhatsAppSession");
+    }
+
+    /// Waits (up to 2 minutes) until the session's status satisfies `check`, and returns it.
+    pub async fn wait_status(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&whatsapp_crds::WhatsAppSessionStatus) -> bool,
+    ) -> whatsapp_crds::WhatsAppSessionStatus {
+        let api = self.api::<whatsapp_crds::WhatsAppSession>();
+        eventually(&format!("{name}: {what}"), Duration::from_secs(120), || async {
+            let session = api.get(name).await.map_err(|e| e.to_string())?;
+            Ok(session.status.filter(|s| check(s)))
+        })
+        .await
+    }
+
+    /// A browser-profile directory for a session run by hand (a stand-in for its volume).
+    pub fn profile_dir(&self, name: &str) -> PathBuf {
+        let dir = self.cluster.dir.join("profiles").join(&self.name).join(name);
+        std::fs::create_dir_all(&dir).expect("creating the profile directory");
+        dir
+    }
+
     /// `kubectl -n <this namespace>`.
     pub fn kubectl(&self) -> Command {
         let mut cmd = self.cluster.kubectl();

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, PostParams};
 use serde_json::json;
-use whatsapp_crds::{SessionState, WhatsAppSession, WhatsAppSessionStatus};
+use whatsapp_crds::{SessionState, WhatsAppSessionStatus};
 use whatsapp_tests::harness::{TestNamespace, cluster, eventually};
 use whatsapp_tests::processes::{SessionProcess, TEST_HUB_TOKEN};
 use whatsapp_tests::simulator::{SimConfig, Simulator};
@@ -13,38 +12,8 @@ use whatsapp_tests::simulator::{SimConfig, Simulator};
 const WAIT: Duration = Duration::from_secs(90);
 const PHONE: &str = "5491122334455";
 
-async fn create_session(ns: &TestNamespace, name: &str, spec: serde_json::Value) {
-    let session: WhatsAppSession = serde_json::from_value(json!({
-        "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap();
-    ns.api::<WhatsAppSession>().create(&PostParams::default(), &session).await.unwrap();
-}
-
-/// Waits for the status to satisfy `check`, returning it.
-async fn status_where(
-    ns: &TestNamespace,
-    name: &str,
-    what: &str,
-    check: impl Fn(&WhatsAppSessionStatus) -> bool,
-) -> WhatsAppSessionStatus {
-    let api: Api<WhatsAppSession> = ns.api();
-    eventually(what, WAIT, || async {
-        let s = api.get(name).await.map_err(|e| e.to_string())?;
-        Ok(s.status.filter(|st| check(st)))
-    })
-    .await
-}
-
 fn fast_simulator() -> SimConfig {
     SimConfig { first_ref: Duration::from_secs(4), next_ref: Duration::from_secs(2), ..SimConfig::default() }
-}
-
-fn profile_dir(ns: &TestNamespace, name: &str) -> std::path::PathBuf {
-    let dir = ns.cluster.dir.join("profiles").join(&ns.name).join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 async fn send(
@@ -65,12 +34,12 @@ async fn send(
 async fn qr_scan_ready_send_and_restart_without_a_new_qr() {
     let ns = cluster().namespace("session-e2e").await;
     let sim = Simulator::start(fast_simulator()).await.unwrap();
-    create_session(&ns, "acme", json!({"clienteId": 1})).await;
-    let profile = profile_dir(&ns, "acme");
+    ns.create_session("acme", json!({"clienteId": 1})).await;
+    let profile = ns.profile_dir("acme");
     let mut process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
 
     // The QR appears in the status, with its attempt count and expiry.
-    let status = status_where(&ns, "acme", "a QR code in the status", |s| s.qr.is_some()).await;
+    let status = ns.wait_status("acme", "a QR code in the status", |s| s.qr.is_some()).await;
     assert_eq!(status.state, Some(SessionState::QrRequired));
     let qr = status.qr.unwrap();
     assert!(qr.code.starts_with("2@") && qr.code.split(',').count() == 4, "{}", qr.code);
@@ -78,17 +47,16 @@ async fn qr_scan_ready_send_and_restart_without_a_new_qr() {
     assert_eq!(status.endpoint.as_deref(), Some(process.url().as_str()));
 
     // The phone scans the code now on screen.
-    let current = status_where(&ns, "acme", "a QR", |s| s.qr.is_some()).await.qr.unwrap().code;
+    let current = ns.wait_status("acme", "a QR", |s| s.qr.is_some()).await.qr.unwrap().code;
     let mut scanned = sim.scan(&current, PHONE, "Acme");
     if scanned.is_err() {
         // It rotated between our read and the scan: take the next one.
         let next =
-            status_where(&ns, "acme", "the next QR", |s| s.qr.as_ref().is_some_and(|q| q.code != current))
-                .await;
+            ns.wait_status("acme", "the next QR", |s| s.qr.as_ref().is_some_and(|q| q.code != current)).await;
         scanned = sim.scan(&next.qr.unwrap().code, PHONE, "Acme");
     }
     scanned.expect("scan");
-    let ready = status_where(&ns, "acme", "READY", |s| s.state == Some(SessionState::Ready)).await;
+    let ready = ns.wait_status("acme", "READY", |s| s.state == Some(SessionState::Ready)).await;
     assert_eq!(ready.me.as_ref().map(|m| m.phone.as_str()), Some(PHONE));
     assert!(ready.qr.is_none(), "no QR once linked");
     assert!(ready.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
@@ -118,11 +86,11 @@ async fn qr_scan_ready_send_and_restart_without_a_new_qr() {
 
     // Restart on the same profile: READY again, without a QR.
     process.stop();
-    status_where(&ns, "acme", "DISCONNECTED after stopping", |s| s.state == Some(SessionState::Disconnected))
+    ns.wait_status("acme", "DISCONNECTED after stopping", |s| s.state == Some(SessionState::Disconnected))
         .await;
     let process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
     let again =
-        status_where(&ns, "acme", "READY after a restart", |s| s.state == Some(SessionState::Ready)).await;
+        ns.wait_status("acme", "READY after a restart", |s| s.state == Some(SessionState::Ready)).await;
     assert_eq!(again.me.map(|m| m.phone), Some(PHONE.to_string()));
     // The idempotency key survived the restart too.
     let (code, replay) = send(
@@ -138,13 +106,13 @@ async fn qr_scan_ready_send_and_restart_without_a_new_qr() {
 /// Scans whichever QR the session shows (retrying once if it rotated meanwhile) and waits for
 /// READY.
 async fn link(ns: &TestNamespace, sim: &Simulator, name: &str) -> WhatsAppSessionStatus {
-    let shown = status_where(ns, name, "a QR code", |s| s.qr.is_some()).await.qr.unwrap().code;
+    let shown = ns.wait_status(name, "a QR code", |s| s.qr.is_some()).await.qr.unwrap().code;
     if sim.scan(&shown, PHONE, "Acme").is_err() {
         let next =
-            status_where(ns, name, "the next QR", |s| s.qr.as_ref().is_some_and(|q| q.code != shown)).await;
+            ns.wait_status(name, "the next QR", |s| s.qr.as_ref().is_some_and(|q| q.code != shown)).await;
         sim.scan(&next.qr.unwrap().code, PHONE, "Acme").expect("scan");
     }
-    status_where(ns, name, "READY", |s| s.state == Some(SessionState::Ready)).await
+    ns.wait_status(name, "READY", |s| s.state == Some(SessionState::Ready)).await
 }
 
 /// The main Chromium process running on `profile`.
@@ -163,8 +131,8 @@ fn chromium_pid(profile: &std::path::Path) -> Option<i32> {
 async fn a_killed_browser_recovers_and_logout_and_conflict_are_reported() {
     let ns = cluster().namespace("session-faults").await;
     let sim = Simulator::start(fast_simulator()).await.unwrap();
-    create_session(&ns, "acme", json!({"clienteId": 1})).await;
-    let profile = profile_dir(&ns, "acme");
+    ns.create_session("acme", json!({"clienteId": 1})).await;
+    let profile = ns.profile_dir("acme");
     let process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
     link(&ns, &sim, "acme").await;
 
@@ -172,11 +140,10 @@ async fn a_killed_browser_recovers_and_logout_and_conflict_are_reported() {
     let pid = chromium_pid(&profile).expect("Chromium runs on the profile");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     let crashed =
-        status_where(&ns, "acme", "the crash reported", |s| s.reason.as_deref() == Some("BrowserCrashed"))
-            .await;
+        ns.wait_status("acme", "the crash reported", |s| s.reason.as_deref() == Some("BrowserCrashed")).await;
     assert_eq!(crashed.state, Some(SessionState::Disconnected));
     let back =
-        status_where(&ns, "acme", "READY after the crash", |s| s.state == Some(SessionState::Ready)).await;
+        ns.wait_status("acme", "READY after the crash", |s| s.state == Some(SessionState::Ready)).await;
     assert!(back.qr.is_none());
     let metrics = reqwest::get(format!("{}/metrics", process.url())).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("whatsapp_session_browser_restarts_total 1"), "{metrics}");
@@ -184,17 +151,17 @@ async fn a_killed_browser_recovers_and_logout_and_conflict_are_reported() {
     // Chromium hangs (frozen, not dead): calls miss their deadline, it is killed and restarted.
     let pid = chromium_pid(&profile).expect("Chromium runs on the profile");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGSTOP).unwrap();
-    status_where(&ns, "acme", "the hang reported", |s| {
+    ns.wait_status("acme", "the hang reported", |s| {
         s.reason.as_deref() == Some("BrowserCrashed")
             && s.message.as_deref().is_some_and(|m| m.contains("stopped answering"))
     })
     .await;
-    status_where(&ns, "acme", "READY after the hang", |s| s.state == Some(SessionState::Ready)).await;
+    ns.wait_status("acme", "READY after the hang", |s| s.state == Some(SessionState::Ready)).await;
     assert_ne!(chromium_pid(&profile), Some(pid), "a new Chromium");
 
     // Logged out from the phone: a QR again, with the reason.
     sim.logout_from_phone(PHONE).unwrap();
-    let out = status_where(&ns, "acme", "QR after the logout", |s| s.qr.is_some()).await;
+    let out = ns.wait_status("acme", "QR after the logout", |s| s.qr.is_some()).await;
     assert_eq!((out.state, out.reason.as_deref()), (Some(SessionState::QrRequired), Some("LoggedOut")));
     assert!(out.me.is_none());
 
@@ -207,8 +174,7 @@ async fn a_killed_browser_recovers_and_logout_and_conflict_are_reported() {
         .await
         .unwrap();
     assert!(conflict.status().is_success());
-    let reported =
-        status_where(&ns, "acme", "the conflict", |s| s.reason.as_deref() == Some("Conflict")).await;
+    let reported = ns.wait_status("acme", "the conflict", |s| s.reason.as_deref() == Some("Conflict")).await;
     assert_eq!(reported.state, Some(SessionState::Disconnected));
 
     // Logout through the hub-only API: refused to anyone but the hub.
@@ -228,17 +194,17 @@ async fn a_killed_browser_recovers_and_logout_and_conflict_are_reported() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 204);
-    status_where(&ns, "acme", "QR after the API logout", |s| s.qr.is_some()).await;
+    ns.wait_status("acme", "QR after the API logout", |s| s.qr.is_some()).await;
 }
 
 #[tokio::test]
 async fn a_second_process_on_the_same_profile_refuses_to_start() {
     let ns = cluster().namespace("session-lock").await;
     let sim = Simulator::start(fast_simulator()).await.unwrap();
-    create_session(&ns, "acme", json!({"clienteId": 1})).await;
-    let profile = profile_dir(&ns, "acme");
+    ns.create_session("acme", json!({"clienteId": 1})).await;
+    let profile = ns.profile_dir("acme");
     let _first = SessionProcess::start(&ns, "acme", &profile, &sim.url());
-    status_where(&ns, "acme", "the first process to show a QR", |s| s.qr.is_some()).await;
+    ns.wait_status("acme", "the first process to show a QR", |s| s.qr.is_some()).await;
     let mut second = SessionProcess::start(&ns, "acme", &profile, &sim.url());
     let log = second.exited(Duration::from_secs(20)).await.expect("the second process exits");
     assert!(log.contains("in use by another session process"), "{log}");
@@ -254,10 +220,10 @@ async fn an_unscanned_qr_stops_after_max_attempts_with_a_clear_reason() {
     })
     .await
     .unwrap();
-    create_session(&ns, "acme", json!({"clienteId": 1, "qr": {"maxAttempts": 3}})).await;
-    let profile = profile_dir(&ns, "acme");
+    ns.create_session("acme", json!({"clienteId": 1, "qr": {"maxAttempts": 3}})).await;
+    let profile = ns.profile_dir("acme");
     let _process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
-    let failed = status_where(&ns, "acme", "FAILED", |s| s.state == Some(SessionState::Failed)).await;
+    let failed = ns.wait_status("acme", "FAILED", |s| s.state == Some(SessionState::Failed)).await;
     assert_eq!(failed.reason.as_deref(), Some("QRAttemptsExhausted"));
     assert!(failed.message.unwrap_or_default().contains("3 QR codes"));
     assert!(failed.qr.is_none());
@@ -267,15 +233,14 @@ async fn an_unscanned_qr_stops_after_max_attempts_with_a_clear_reason() {
 async fn phone_code_pairing_links_the_session() {
     let ns = cluster().namespace("session-code").await;
     let sim = Simulator::start(fast_simulator()).await.unwrap();
-    create_session(
-        &ns,
+    ns.create_session(
         "acme",
         json!({"clienteId": 1, "pairing": {"method": "PhoneCode", "phoneNumber": PHONE}}),
     )
     .await;
-    let profile = profile_dir(&ns, "acme");
+    let profile = ns.profile_dir("acme");
     let _process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
-    let waiting = status_where(&ns, "acme", "a pairing code", |s| s.pairing_code.is_some()).await;
+    let waiting = ns.wait_status("acme", "a pairing code", |s| s.pairing_code.is_some()).await;
     assert_eq!(waiting.state, Some(SessionState::QrRequired));
     assert!(waiting.qr.is_none(), "no QR with phone-code pairing");
     let code = waiting.pairing_code.unwrap();
@@ -287,7 +252,7 @@ async fn phone_code_pairing_links_the_session() {
         .await
         .unwrap();
     assert!(response.status().is_success());
-    let ready = status_where(&ns, "acme", "READY", |s| s.state == Some(SessionState::Ready)).await;
+    let ready = ns.wait_status("acme", "READY", |s| s.state == Some(SessionState::Ready)).await;
     assert_eq!(ready.me.map(|m| m.phone), Some(PHONE.to_string()));
     assert!(ready.pairing_code.is_none());
 }
@@ -315,14 +280,14 @@ async fn through_the_operator_a_session_links_sends_and_survives_crashes_and_pod
     assert!(applied.success, "{applied:?}");
 
     // QR in the status -> the phone scans -> READY, with the pod Ready too.
-    let with_qr = status_where(&ns, "acme", "a QR code", |s| s.qr.is_some()).await;
+    let with_qr = ns.wait_status("acme", "a QR code", |s| s.qr.is_some()).await;
     let code = with_qr.qr.unwrap().code;
     if sim.scan(&code, PHONE, "Acme").is_err() {
         let next =
-            status_where(&ns, "acme", "the next QR", |s| s.qr.as_ref().is_some_and(|q| q.code != code)).await;
+            ns.wait_status("acme", "the next QR", |s| s.qr.as_ref().is_some_and(|q| q.code != code)).await;
         sim.scan(&next.qr.unwrap().code, PHONE, "Acme").expect("scan");
     }
-    let ready = status_where(&ns, "acme", "READY", |s| s.state == Some(SessionState::Ready)).await;
+    let ready = ns.wait_status("acme", "READY", |s| s.state == Some(SessionState::Ready)).await;
     assert_eq!(ready.me.map(|m| m.phone), Some(PHONE.to_string()));
     let (first_uid, _) =
         eventually("pod Ready", WAIT, || async { Ok(pod_ready(&ns, "acme-0").await.filter(|(_, r)| *r)) })
@@ -344,9 +309,9 @@ async fn through_the_operator_a_session_links_sends_and_survives_crashes_and_pod
 
     // The session process crashes: the runner restarts it; the login is on the volume.
     assert!(runner.kill_process(&ns.name, "acme-0"));
-    status_where(&ns, "acme", "not READY after the crash", |s| s.state != Some(SessionState::Ready)).await;
+    ns.wait_status("acme", "not READY after the crash", |s| s.state != Some(SessionState::Ready)).await;
     let back =
-        status_where(&ns, "acme", "READY after the crash", |s| s.state == Some(SessionState::Ready)).await;
+        ns.wait_status("acme", "READY after the crash", |s| s.state == Some(SessionState::Ready)).await;
     assert!(back.qr.is_none());
 
     // The pod is deleted: the StatefulSet makes a new one on the same claim, READY again.
@@ -356,7 +321,7 @@ async fn through_the_operator_a_session_links_sends_and_survives_crashes_and_pod
     })
     .await;
     let again =
-        status_where(&ns, "acme", "READY on the new pod", |s| s.state == Some(SessionState::Ready)).await;
+        ns.wait_status("acme", "READY on the new pod", |s| s.state == Some(SessionState::Ready)).await;
     assert_eq!(again.me.map(|m| m.phone), Some(PHONE.to_string()));
     assert_eq!(sim.messages().len(), 1);
 }
@@ -376,14 +341,14 @@ async fn a_pinned_web_version_is_served_instead_of_the_live_page() {
     let ns = cluster().namespace("session-pin").await;
     let sim = Simulator::start(fast_simulator()).await.unwrap();
     let pinned = "2.3000.1011111111";
-    create_session(&ns, "pinned", json!({"clienteId": 1, "browser": {"webVersion": pinned}})).await;
-    create_session(&ns, "live", json!({"clienteId": 2})).await;
+    ns.create_session("pinned", json!({"clienteId": 1, "browser": {"webVersion": pinned}})).await;
+    ns.create_session("live", json!({"clienteId": 2})).await;
     let template = format!("http://{}/versions/{{version}}.html", sim.addr);
     let env = [("WAO_WEB_VERSION_URL", template.as_str())];
-    let with_pin = SessionProcess::start_with(&ns, "pinned", &profile_dir(&ns, "pinned"), &sim.url(), &env);
-    let without = SessionProcess::start_with(&ns, "live", &profile_dir(&ns, "live"), &sim.url(), &env);
-    status_where(&ns, "pinned", "a QR on the pinned build", |s| s.qr.is_some()).await;
-    status_where(&ns, "live", "a QR on the live build", |s| s.qr.is_some()).await;
+    let with_pin = SessionProcess::start_with(&ns, "pinned", &ns.profile_dir("pinned"), &sim.url(), &env);
+    let without = SessionProcess::start_with(&ns, "live", &ns.profile_dir("live"), &sim.url(), &env);
+    ns.wait_status("pinned", "a QR on the pinned build", |s| s.qr.is_some()).await;
+    ns.wait_status("live", "a QR on the live build", |s| s.qr.is_some()).await;
     let version_of = |process: &SessionProcess| {
         let url = format!("{}/metrics", process.url());
         async move {
@@ -402,17 +367,18 @@ async fn a_pinned_web_version_is_served_instead_of_the_live_page() {
     );
 
     // A build nobody has: reported, not a crash loop.
-    create_session(&ns, "missing", json!({"clienteId": 3, "browser": {"webVersion": "2.3000.1"}})).await;
+    ns.create_session("missing", json!({"clienteId": 3, "browser": {"webVersion": "2.3000.1"}})).await;
     let _missing = SessionProcess::start_with(
         &ns,
         "missing",
-        &profile_dir(&ns, "missing"),
+        &ns.profile_dir("missing"),
         &sim.url(),
         &[("WAO_WEB_VERSION_URL", &format!("http://{}/nothing/{{version}}", sim.addr))],
     );
-    let reported = status_where(&ns, "missing", "the missing build reported", |s| {
-        s.reason.as_deref() == Some("WebVersionUnavailable")
-    })
-    .await;
+    let reported = ns
+        .wait_status("missing", "the missing build reported", |s| {
+            s.reason.as_deref() == Some("WebVersionUnavailable")
+        })
+        .await;
     assert_eq!(reported.state, Some(SessionState::Disconnected));
 }

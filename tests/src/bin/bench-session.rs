@@ -11,10 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, PostParams};
 use serde_json::json;
-use whatsapp_crds::{SessionState, WhatsAppSession, WhatsAppSessionStatus};
-use whatsapp_tests::harness::{TestNamespace, cluster, eventually};
+use whatsapp_crds::SessionState;
+use whatsapp_tests::harness::cluster;
 use whatsapp_tests::processes::{Operator, SessionProcess, TEST_HUB_TOKEN};
 use whatsapp_tests::simulator::{SimConfig, Simulator};
 
@@ -31,10 +30,10 @@ async fn main() -> anyhow::Result<()> {
     let mut to_qr = Vec::new();
     for i in 0..RUNS {
         let name = format!("qr{i}");
-        create(&ns, &name, json!({"clienteId": i + 1})).await;
+        ns.create_session(&name, json!({"clienteId": i + 1})).await;
         let t = Instant::now();
-        let _p = SessionProcess::start(&ns, &name, &profile(&ns, &name), &sim.url());
-        wait(&ns, &name, |s| s.qr.is_some()).await;
+        let _p = SessionProcess::start(&ns, &name, &ns.profile_dir(&name), &sim.url());
+        ns.wait_status(&name, "the benchmark condition", |s| s.qr.is_some()).await;
         to_qr.push(t.elapsed());
     }
     println!("process start -> QR in status: {}", summary(&to_qr));
@@ -44,8 +43,8 @@ async fn main() -> anyhow::Result<()> {
         let _op = Operator::start(&ns, "op", "op", &[]);
         let _runner = ns.pod_runner(&sim.url());
         let t = Instant::now();
-        create(&ns, "viaop", json!({"clienteId": 99})).await;
-        wait(&ns, "viaop", |s| s.qr.is_some()).await;
+        ns.create_session("viaop", json!({"clienteId": 99})).await;
+        ns.wait_status("viaop", "the benchmark condition", |s| s.qr.is_some()).await;
         println!(
             "CR created -> QR in status (operator, StatefulSet, scheduling, pod runner): {:.2}s",
             t.elapsed().as_secs_f64()
@@ -53,20 +52,20 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Link one session, then restarts and sends.
-    create(&ns, "main", json!({"clienteId": 500, "send": {"ratePerMinute": 180}})).await;
-    let dir = profile(&ns, "main");
+    ns.create_session("main", json!({"clienteId": 500, "send": {"ratePerMinute": 180}})).await;
+    let dir = ns.profile_dir("main");
     let mut process = SessionProcess::start(&ns, "main", &dir, &sim.url());
-    let qr = wait(&ns, "main", |s| s.qr.is_some()).await.qr.unwrap().code;
+    let qr = ns.wait_status("main", "the benchmark condition", |s| s.qr.is_some()).await.qr.unwrap().code;
     sim.scan(&qr, PHONE, "Bench").map_err(anyhow::Error::msg)?;
-    wait(&ns, "main", |s| s.state == Some(SessionState::Ready)).await;
+    ns.wait_status("main", "the benchmark condition", |s| s.state == Some(SessionState::Ready)).await;
 
     let mut restarts = Vec::new();
     for _ in 0..RUNS {
         process.stop();
-        wait(&ns, "main", |s| s.state != Some(SessionState::Ready)).await;
+        ns.wait_status("main", "the benchmark condition", |s| s.state != Some(SessionState::Ready)).await;
         let t = Instant::now();
         process = SessionProcess::start(&ns, "main", &dir, &sim.url());
-        wait(&ns, "main", |s| s.state == Some(SessionState::Ready)).await;
+        ns.wait_status("main", "the benchmark condition", |s| s.state == Some(SessionState::Ready)).await;
         restarts.push(t.elapsed());
     }
     println!("process restart -> READY (no QR): {}", summary(&restarts));
@@ -96,33 +95,6 @@ async fn main() -> anyhow::Result<()> {
         bare as f64 / 1024.0
     );
     Ok(())
-}
-
-async fn create(ns: &TestNamespace, name: &str, spec: serde_json::Value) {
-    let s: WhatsAppSession = serde_json::from_value(json!({
-        "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap();
-    ns.api::<WhatsAppSession>().create(&PostParams::default(), &s).await.unwrap();
-}
-
-fn profile(ns: &TestNamespace, name: &str) -> std::path::PathBuf {
-    let dir = ns.cluster.dir.join("profiles").join(&ns.name).join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-async fn wait(
-    ns: &TestNamespace,
-    name: &str,
-    check: impl Fn(&WhatsAppSessionStatus) -> bool,
-) -> WhatsAppSessionStatus {
-    let api: Api<WhatsAppSession> = ns.api();
-    eventually(name, Duration::from_secs(120), || async {
-        Ok(api.get(name).await.map_err(|e| e.to_string())?.status.filter(|s| check(s)))
-    })
-    .await
 }
 
 fn summary(samples: &[Duration]) -> String {
