@@ -19,58 +19,83 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new().expect("the metric definitions are static and valid")
+    }
+}
+
+/// Registers a new collector and hands it back.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: prometheus::Result<C>,
+) -> prometheus::Result<C> {
+    let collector = collector?;
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
+impl Metrics {
+    fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let reconciliations = IntCounter::with_opts(Opts::new(
-            "whatsapp_operator_reconciliations_total",
-            "Reconciliations of WhatsAppSession resources.",
-        ))
-        .unwrap();
-        let reconcile_errors = IntCounterVec::new(
-            Opts::new(
-                "whatsapp_operator_reconcile_errors_total",
-                "Failed reconciliations, by error category.",
+        let reconciliations = registered(
+            &registry,
+            IntCounter::with_opts(Opts::new(
+                "whatsapp_operator_reconciliations_total",
+                "Reconciliations of WhatsAppSession resources.",
+            )),
+        )?;
+        let reconcile_errors = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "whatsapp_operator_reconcile_errors_total",
+                    "Failed reconciliations, by error category.",
+                ),
+                &["category"],
             ),
-            &["category"],
-        )
-        .unwrap();
-        let reconcile_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "whatsapp_operator_reconcile_duration_seconds",
-                "Time to reconcile one session.",
-            )
-            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
-        )
-        .unwrap();
-        let writes = IntCounterVec::new(
-            Opts::new(
-                "whatsapp_operator_kube_writes_total",
-                "Writes the operator made to the Kubernetes API, by kind.",
+        )?;
+        let reconcile_duration = registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "whatsapp_operator_reconcile_duration_seconds",
+                    "Time to reconcile one session.",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             ),
-            &["kind"],
-        )
-        .unwrap();
-        let sessions = IntGaugeVec::new(
-            Opts::new(
-                "whatsapp_operator_sessions",
-                "WhatsAppSession resources by the state their pod reports.",
+        )?;
+        let writes = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "whatsapp_operator_kube_writes_total",
+                    "Writes the operator made to the Kubernetes API, by kind.",
+                ),
+                &["kind"],
             ),
-            &["state"],
-        )
-        .unwrap();
-        let leader =
-            IntGauge::new("whatsapp_operator_leader", "1 while this replica holds the leader lease.")
-                .unwrap();
-        for c in [
-            Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(reconcile_errors.clone()),
-            Box::new(reconcile_duration.clone()),
-            Box::new(writes.clone()),
-            Box::new(sessions.clone()),
-            Box::new(leader.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
-        Metrics { registry, reconciliations, reconcile_errors, reconcile_duration, writes, sessions, leader }
+        )?;
+        let sessions = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "whatsapp_operator_sessions",
+                    "WhatsAppSession resources by the state their pod reports.",
+                ),
+                &["state"],
+            ),
+        )?;
+        let leader = registered(
+            &registry,
+            IntGauge::new("whatsapp_operator_leader", "1 while this replica holds the leader lease."),
+        )?;
+        Ok(Metrics {
+            registry,
+            reconciliations,
+            reconcile_errors,
+            reconcile_duration,
+            writes,
+            sessions,
+            leader,
+        })
     }
 }
 

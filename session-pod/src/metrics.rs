@@ -20,52 +20,73 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new().expect("the metric definitions are static and valid")
+    }
+}
+
+/// Registers a new collector and hands it back.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: prometheus::Result<C>,
+) -> prometheus::Result<C> {
+    let collector = collector?;
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
+impl Metrics {
+    fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let state = IntGaugeVec::new(
-            Opts::new("whatsapp_session_state", "1 for the state the session is in."),
-            &["state"],
-        )
-        .unwrap();
-        let qr_refreshes =
-            IntCounter::new("whatsapp_session_qr_codes_total", "QR codes shown by WhatsApp Web.").unwrap();
-        let messages = IntCounterVec::new(
-            Opts::new("whatsapp_session_messages_sent_total", "Send requests, by result."),
-            &["result"],
-        )
-        .unwrap();
-        let send_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "whatsapp_session_send_duration_seconds",
-                "Time from a send request to WhatsApp Web reporting it sent.",
-            )
-            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
-            &["result"],
-        )
-        .unwrap();
-        let browser_restarts = IntCounter::new(
-            "whatsapp_session_browser_restarts_total",
-            "Chromium restarts after a crash or hang.",
-        )
-        .unwrap();
-        let web_version = IntGaugeVec::new(
-            Opts::new("whatsapp_session_web_version_info", "The WhatsApp Web build the page runs (value 1)."),
-            &["version"],
-        )
-        .unwrap();
-        for c in [
-            Box::new(state.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(qr_refreshes.clone()),
-            Box::new(messages.clone()),
-            Box::new(send_duration.clone()),
-            Box::new(browser_restarts.clone()),
-            Box::new(web_version.clone()),
-        ] {
-            registry.register(c).expect("unique metric names");
-        }
+        let state = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("whatsapp_session_state", "1 for the state the session is in."),
+                &["state"],
+            ),
+        )?;
+        let qr_refreshes = registered(
+            &registry,
+            IntCounter::new("whatsapp_session_qr_codes_total", "QR codes shown by WhatsApp Web."),
+        )?;
+        let messages = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("whatsapp_session_messages_sent_total", "Send requests, by result."),
+                &["result"],
+            ),
+        )?;
+        let send_duration = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "whatsapp_session_send_duration_seconds",
+                    "Time from a send request to WhatsApp Web reporting it sent.",
+                )
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &["result"],
+            ),
+        )?;
+        let browser_restarts = registered(
+            &registry,
+            IntCounter::new(
+                "whatsapp_session_browser_restarts_total",
+                "Chromium restarts after a crash or hang.",
+            ),
+        )?;
+        let web_version = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "whatsapp_session_web_version_info",
+                    "The WhatsApp Web build the page runs (value 1).",
+                ),
+                &["version"],
+            ),
+        )?;
         for s in SessionState::ALL {
             state.with_label_values(&[s.as_str()]).set(0);
         }
-        Metrics { registry, state, qr_refreshes, messages, send_duration, browser_restarts, web_version }
+        Ok(Metrics { registry, state, qr_refreshes, messages, send_duration, browser_restarts, web_version })
     }
 }
 
