@@ -136,6 +136,7 @@ pub async fn run(
         claims,
         storage_classes,
     };
+    let metrics_for_gauge = metrics.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -152,6 +153,18 @@ pub async fn run(
     };
     // A new or removed storage class may fix a session waiting for it.
     let class_sessions = sessions.clone();
+
+    // Sessions by state, counted off the reconcile path: every few seconds from the cache.
+    let _gauge = {
+        let (store, metrics) = (sessions.clone(), metrics_for_gauge);
+        AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.set_sessions(store.state().iter().map(|s| s.status.as_ref().and_then(|st| st.state)));
+            }
+        }))
+    };
 
     Controller::for_stream(session_stream, sessions)
         .owns_stream(sts_stream)
@@ -176,6 +189,15 @@ pub async fn run(
         .await;
 }
 
+/// Stops a background task when the controller stops, however it stops (a lost lease drops it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn reconcile(session: Arc<WhatsAppSession>, ctx: Arc<Context>) -> Result<Action> {
     let span = info_span!("reconcile", session = %session.name_any(), namespace = field::Empty, writes = field::Empty);
     if let Some(ns) = session.namespace() {
@@ -185,8 +207,6 @@ async fn reconcile(session: Arc<WhatsAppSession>, ctx: Arc<Context>) -> Result<A
     ctx.metrics.reconciliations.inc();
     let result = Reconciler { ctx: &ctx, session: &session, writes: 0 }.run().instrument(span).await;
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
-    ctx.metrics
-        .set_sessions(ctx.caches.sessions.state().iter().map(|s| s.status.as_ref().and_then(|st| st.state)));
     result
 }
 
