@@ -6,9 +6,11 @@
 //! messages written here.
 
 mod client;
+mod hub_token;
 mod session;
 
 pub use client::kube_client;
+pub use hub_token::{MIN_HUB_TOKEN_KEY_BYTES, hub_token};
 pub use session::*;
 
 /// API group of every resource this project defines.

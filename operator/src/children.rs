@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use hmac::{Hmac, Mac};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
@@ -12,7 +11,7 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use whatsapp_crds::{GROUP, VolumePolicy, WhatsAppSession};
+use whatsapp_crds::{GROUP, VolumePolicy, WhatsAppSession, hub_token};
 
 use crate::error::{Error, Result};
 
@@ -84,13 +83,6 @@ pub struct Children {
     pub role_binding: RoleBinding,
     pub service: Service,
     pub statefulset: StatefulSet,
-}
-
-/// The hub's bearer token for one session's pod: HMAC-SHA256(key, "namespace/name"), hex.
-pub fn hub_token(key: &[u8], namespace: &str, name: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
-    mac.update(format!("{namespace}/{name}").as_bytes());
-    hex(&mac.finalize().into_bytes())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -104,8 +104,12 @@ fn init_tracing(format: &str) {
 async fn run(config: Config) -> Result<()> {
     let key = std::fs::read(&config.hub_token_key_file)
         .with_context(|| format!("reading the hub token key {}", config.hub_token_key_file.display()))?;
-    if key.len() < 32 {
-        bail!("the hub token key in {} must be at least 32 bytes", config.hub_token_key_file.display());
+    if key.len() < whatsapp_crds::MIN_HUB_TOKEN_KEY_BYTES {
+        bail!(
+            "the hub token key in {} must be at least {} bytes",
+            config.hub_token_key_file.display(),
+            whatsapp_crds::MIN_HUB_TOKEN_KEY_BYTES
+        );
     }
     let settings = Settings {
         session_image: config.session_image.clone(),

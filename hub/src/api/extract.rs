@@ -1,0 +1,68 @@
+//! Request extractors whose rejections are the hub's JSON errors.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
+
+use crate::error::ApiError;
+
+/// The `{clienteId}` of the path: a positive integer, else 400 `INVALID_CLIENT_ID`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClienteId(pub i64);
+
+/// The `{clienteId}` path parameter, for the OpenAPI document.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code, non_snake_case)]
+pub struct ClienteIdParam {
+    /// The tenant's id: a positive integer.
+    #[param(minimum = 1, example = 51)]
+    clienteId: i64,
+}
+
+pub fn parse_cliente_id(raw: &str) -> Result<i64, ApiError> {
+    match raw.trim().parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::InvalidClientId(raw.chars().take(64).collect())),
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClienteId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::InvalidClientId(String::new()))?;
+        let raw = params
+            .iter()
+            .find(|(name, _)| *name == "clienteId")
+            .map(|(_, value)| value.to_owned())
+            .unwrap_or_default();
+        parse_cliente_id(&raw).map(ClienteId)
+    }
+}
+
+/// A JSON body; a missing or wrong content type, bad JSON, a wrong shape or an oversized body
+/// get 415, 400 `INVALID_JSON` / `INVALID_BODY` and 413 as JSON errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+                JsonRejection::JsonSyntaxError(e) => ApiError::validation("INVALID_JSON", e.body_text()),
+                JsonRejection::JsonDataError(e) => ApiError::validation("INVALID_BODY", e.body_text()),
+                r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                r => ApiError::validation("INVALID_BODY", r.body_text()),
+            }),
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The HTTP API: routes, their OpenAPI document (generated from the handlers, so every
+//! route is in it) and the middleware every request goes through.
+
+mod compat;
+mod events;
+mod extract;
+mod login;
+mod sessions;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoResponses, Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "whatsapp-hub",
+        description = "WhatsApp Web sessions as Kubernetes resources: status and QR from a watch cache, live push, sends. Every route but /health and /auth/login takes `Authorization: Bearer <JWT>`; errors are `{error: CODE, message}`."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "whatsapp", description = "Today's routes, unchanged for existing frontends"),
+        (name = "admin", description = "The configured admin session"),
+        (name = "sessions", description = "Sessions as Kubernetes resources"),
+        (name = "auth", description = "Tokens for small installs")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build(),
+            ),
+        );
+    }
+}
+
+/// Errors any authenticated route may answer.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum AuthErrors {
+    /// `UNAUTHORIZED` (no token), `TOKEN_EXPIRED` or `INVALID_TOKEN` (bad signature, algorithm,
+    /// issuer or audience).
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] ErrorBody),
+    /// `FORBIDDEN`: the token is for another clienteId, or the route is for admins.
+    #[response(status = 403)]
+    Forbidden(#[to_schema] ErrorBody),
+    /// `NOT_READY`: the hub's session cache has not synced yet.
+    #[response(status = 503)]
+    NotReady(#[to_schema] ErrorBody),
+}
+
+/// Errors of routes on one clienteId's session.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum SessionErrors {
+    /// `INVALID_CLIENT_ID` (not a positive integer), or a validation code for a bad body.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// `SESSION_NOT_FOUND`: no session for this clienteId.
+    #[response(status = 404)]
+    NotFound(#[to_schema] ErrorBody),
+}
+
+/// Errors of routes that call the session pod.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum GatewayErrors {
+    /// `SESSION_MANAGER_UNAVAILABLE` (the session pod cannot be reached) or
+    /// `SESSION_MANAGER_ERROR` (it failed).
+    #[response(status = 502)]
+    BadGateway(#[to_schema] ErrorBody),
+    /// `GATEWAY_TIMEOUT`: the session pod did not answer in time.
+    #[response(status = 504)]
+    Timeout(#[to_schema] ErrorBody),
+}
+
+/// Errors of routes that take a JSON body.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum BodyErrors {
+    /// `PAYLOAD_TOO_LARGE`.
+    #[response(status = 413)]
+    TooLarge(#[to_schema] ErrorBody),
+    /// `UNSUPPORTED_MEDIA_TYPE`: the body is not `application/json`.
+    #[response(status = 415)]
+    UnsupportedMediaType(#[to_schema] ErrorBody),
+}
+
+/// Routes (with their documentation), the OpenAPI document, and the middleware.
+pub fn router(state: AppState, cors_origins: &[String], body_limit: usize) -> Router {
+    let mut timed = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(compat::health))
+        .routes(routes!(compat::status))
+        .routes(routes!(compat::qr))
+        .routes(routes!(compat::qr_code))
+        .routes(routes!(compat::qr_by_header))
+        .routes(routes!(compat::send))
+        .routes(routes!(compat::admin_status))
+        .routes(routes!(compat::admin_connect))
+        .routes(routes!(compat::admin_disconnect))
+        .routes(routes!(sessions::list, sessions::create))
+        .routes(routes!(sessions::get, sessions::delete))
+        .routes(routes!(sessions::connect))
+        .routes(routes!(sessions::disconnect))
+        .routes(routes!(sessions::logout))
+        .routes(routes!(sessions::pairing_code))
+        .routes(routes!(sessions::qr_png))
+        .routes(routes!(sessions::qr_svg))
+        .routes(routes!(openapi_json));
+    if state.logins.is_some() {
+        timed = timed.routes(routes!(login::login));
+    }
+    let timed = timed.layer(middleware::from_fn_with_state(state.clone(), deadline));
+    // Live streams are long by design: no request deadline.
+    let streaming = OpenApiRouter::new().routes(routes!(events::events));
+    let (router, openapi) = timed.merge(streaming).split_for_parts();
+    let _ = state.openapi.set(openapi.to_pretty_json().expect("the OpenAPI document serializes"));
+
+    let cors = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            HeaderName::from_static("x-cliente-id"),
+            HeaderName::from_static("idempotency-key"),
+            REQUEST_ID,
+        ])
+        .expose_headers([REQUEST_ID])
+        .allow_origin(if cors_origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        });
+
+    router
+        .fallback(|request: Request| async move { ApiError::NotFound(request.uri().path().to_owned()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::default()))
+                .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                    let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        request_id = %id,
+                        subject = tracing::field::Empty,
+                    )
+                }))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(middleware::from_fn_with_state(state.clone(), observe))
+                .layer(cors)
+                .layer(axum::extract::DefaultBodyLimit::max(body_limit)),
+        )
+        .with_state(state)
+}
+
+/// The OpenAPI 3 document of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "auth", security(()),
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
+async fn openapi_json(State(state): State<AppState>) -> Response {
+    let doc = state.openapi.get().cloned().unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], doc).into_response()
+}
+
+/// Request ids: unique per process start and request (`<start>-<n>`).
+#[derive(Clone)]
+struct RequestIds {
+    prefix: String,
+    next: std::sync::Arc<AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or_default();
+        RequestIds { prefix: format!("{start:x}"), next: Default::default() }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n}", self.prefix)).ok().map(RequestId::new)
+    }
+}
+
+/// Counts and times every request by route, and tells when the data served may be stale.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let mut response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    state.metrics.requests.with_label_values(&[&route, &method, &status]).inc();
+    state
+        .metrics
+        .request_duration
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
+    let staleness = state.cache.staleness();
+    if !staleness.is_zero() {
+        // Served from the last known state: the Kubernetes API has been unreachable this long.
+        if let Ok(v) = HeaderValue::from_str(&format!("{:.0}", staleness.as_secs_f64())) {
+            response.headers_mut().insert(HeaderName::from_static("x-cache-stale-seconds"), v);
+        }
+    }
+    response
+}
+
+/// Bounds every non-streaming request's time (past the session pod's own timeouts).
+async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::GatewayTimeout(format!(
+            "the request took longer than {} s",
+            state.request_timeout.as_secs()
+        ))
+        .into_response(),
+    }
+}

@@ -1,0 +1,112 @@
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::json;
+
+use super::*;
+
+const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes!!";
+
+fn settings() -> JwtSettings {
+    JwtSettings { issuer: Some("leadmaster".into()), audience: Some("whatsapp".into()), leeway_seconds: 30 }
+}
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+fn hs256(claims: serde_json::Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+fn valid(extra: serde_json::Value) -> serde_json::Value {
+    let mut claims = json!({"sub": "u", "iss": "leadmaster", "aud": "whatsapp", "exp": now() + 600});
+    claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    claims
+}
+
+fn code(result: Result<Principal, ApiError>) -> String {
+    result.map(|_| "OK".to_owned()).unwrap_or_else(|e| e.code().to_owned())
+}
+
+#[test]
+fn hs256_roles_and_tenants() {
+    let auth = Authenticator::hs256(SECRET, settings()).unwrap();
+    let admin = auth.verify(&hs256(valid(json!({"role": "admin"})), SECRET)).unwrap();
+    assert_eq!(admin, Principal::Admin { subject: "u".into() });
+    assert!(admin.authorize(7).is_ok() && admin.require_admin().is_ok());
+
+    let tenant = auth.verify(&hs256(valid(json!({"cliente_id": 51})), SECRET)).unwrap();
+    assert!(tenant.authorize(51).is_ok());
+    assert_eq!(tenant.authorize(52).unwrap_err().code(), "FORBIDDEN");
+    assert_eq!(tenant.require_admin().unwrap_err().code(), "FORBIDDEN");
+    // A numeric string and the camelCase spelling are the same claim.
+    let text = auth.verify(&hs256(valid(json!({"clienteId": "51"})), SECRET)).unwrap();
+    assert_eq!(text.scope(), Some(51));
+    // A tenant without a clienteId has nothing to act on.
+    assert_eq!(code(auth.verify(&hs256(valid(json!({"role": "user"})), SECRET))), "INVALID_TOKEN");
+}
+
+#[test]
+fn refused_tokens() {
+    let auth = Authenticator::hs256(SECRET, settings()).unwrap();
+    let admin = json!({"role": "admin"});
+    let expired = valid(json!({"role": "admin", "exp": now() - 120}));
+    assert_eq!(code(auth.verify(&hs256(expired, SECRET))), "TOKEN_EXPIRED");
+    // Within the leeway it still counts.
+    let just = valid(json!({"role": "admin", "exp": now() - 5}));
+    assert_eq!(code(auth.verify(&hs256(just, SECRET))), "OK");
+    let other_key = b"another-secret-also-32-bytes-long!!!";
+    assert_eq!(code(auth.verify(&hs256(valid(admin.clone()), other_key))), "INVALID_TOKEN");
+    let wrong_aud = valid(json!({"role": "admin", "aud": "other"}));
+    assert_eq!(code(auth.verify(&hs256(wrong_aud, SECRET))), "INVALID_TOKEN");
+    let wrong_iss = valid(json!({"role": "admin", "iss": "other"}));
+    assert_eq!(code(auth.verify(&hs256(wrong_iss, SECRET))), "INVALID_TOKEN");
+    let mut no_exp = valid(admin.clone());
+    no_exp.as_object_mut().unwrap().remove("exp");
+    assert_eq!(code(auth.verify(&hs256(no_exp, SECRET))), "INVALID_TOKEN");
+    // `alg: none`, unsigned.
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let body = URL_SAFE_NO_PAD.encode(valid(admin.clone()).to_string());
+    assert_eq!(code(auth.verify(&format!("{header}.{body}."))), "INVALID_TOKEN");
+    assert_eq!(code(auth.verify("not a token")), "INVALID_TOKEN");
+    assert!(Authenticator::hs256(b"short", settings()).is_err());
+}
+
+#[test]
+fn es256_from_pem_and_jwks_pins_the_algorithm() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pem = dir.join("key.pem");
+    std::fs::write(&pem, key.public_key_pem()).unwrap();
+    let signing = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    let es256 = |claims: serde_json::Value, kid: Option<&str>| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, &claims, &signing).unwrap()
+    };
+    let auth = Authenticator::public_keys(&pem, settings()).unwrap();
+    assert!(!auth.can_sign());
+    assert_eq!(code(auth.verify(&es256(valid(json!({"cliente_id": 3})), None))), "OK");
+    // An HS256 token "signed" with the public key (algorithm confusion) is refused.
+    let confused = hs256(valid(json!({"role": "admin"})), key.public_key_pem().as_bytes());
+    assert_eq!(code(auth.verify(&confused)), "INVALID_TOKEN");
+
+    let raw = key.public_key_raw();
+    let jwks = json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256",
+        "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65]),
+    }]});
+    let file = dir.join("jwks.json");
+    std::fs::write(&file, jwks.to_string()).unwrap();
+    let auth = Authenticator::public_keys(&file, settings()).unwrap();
+    assert_eq!(code(auth.verify(&es256(valid(json!({"role": "admin"})), Some("k1")))), "OK");
+    assert_eq!(code(auth.verify(&es256(valid(json!({"role": "admin"})), Some("k2")))), "INVALID_TOKEN");
+}
+
+#[test]
+fn issued_tokens_verify() {
+    let auth = Authenticator::hs256(SECRET, settings()).unwrap();
+    let token = auth.issue("acme", "tenant", Some(9), 60).unwrap();
+    assert_eq!(auth.verify(&token).unwrap(), Principal::Tenant { subject: "acme".into(), cliente_id: 9 });
+}

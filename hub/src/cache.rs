@@ -1,0 +1,292 @@
+//! The watch cache: every WhatsAppSession, kept current by one watch (kube's reflector), with
+//! an index by clienteId and the public status of each precomputed (QR images included), so a
+//! read is a hash lookup and never an API server call. Changes are broadcast for live push.
+//! When the API server goes away the cache keeps the last known state, says it is stale, and
+//! the watcher's backoff reconnects by itself.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::Api;
+use kube::ResourceExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, reflector::store::Writer};
+use tokio::sync::broadcast;
+use whatsapp_crds::{PairingMethod, SessionState, WhatsAppSession};
+
+use crate::metrics::Metrics;
+use crate::model::{Qr, SessionStatus, State};
+use crate::qr;
+
+/// (namespace, name) of a session.
+pub type Key = (String, String);
+
+/// One session as the hub serves it.
+#[derive(Debug, PartialEq)]
+pub struct SessionView {
+    pub namespace: String,
+    pub name: String,
+    pub cliente_id: i64,
+    /// The session pod's API, once it published it.
+    pub endpoint: Option<String>,
+    pub pairing: PairingMethod,
+    /// What the frontend sees.
+    pub status: SessionStatus,
+    /// Creation time (seconds since the epoch): when two sessions claim one clienteId, the
+    /// oldest is served.
+    created: i64,
+}
+
+impl SessionView {
+    pub fn of(session: &WhatsAppSession, previous: Option<&SessionView>) -> SessionView {
+        let status = session.status.clone().unwrap_or_default();
+        let state = status.state.unwrap_or(SessionState::Disconnected);
+        let qr = status.qr.as_ref().filter(|_| state == SessionState::QrRequired).map(|q| {
+            // Rendering costs a few milliseconds: reuse the image while the code is the same.
+            let base64 = previous
+                .and_then(|p| p.status.qr.as_ref())
+                .filter(|p| p.url == q.code)
+                .map(|p| p.base64.clone())
+                .unwrap_or_else(|| qr::png_data_url(&q.code).unwrap_or_default());
+            Qr {
+                base64,
+                url: q.code.clone(),
+                attempts: q.attempts,
+                timestamp: q.updated_at.0.as_millisecond(),
+                expires_at: q.expires_at.as_ref().map(|t| t.0.as_millisecond()),
+            }
+        });
+        SessionView {
+            namespace: session.namespace().unwrap_or_default(),
+            name: session.name_any(),
+            cliente_id: session.spec.cliente_id,
+            endpoint: status.endpoint.clone(),
+            pairing: session.spec.pairing.method,
+            created: session.creation_timestamp().map(|t| t.0.as_second()).unwrap_or_default(),
+            status: SessionStatus {
+                connected: state == SessionState::Ready,
+                state: State::from(state),
+                session: session.name_any(),
+                qr,
+                cliente_id: session.spec.cliente_id,
+                namespace: session.namespace().unwrap_or_default(),
+                suspended: session.spec.suspended,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+                pairing_code: status.pairing_code.clone().filter(|_| state == SessionState::QrRequired),
+                phone: status.me.as_ref().map(|m| m.phone.clone()),
+                push_name: status.me.as_ref().and_then(|m| m.push_name.clone()),
+            },
+        }
+    }
+
+    fn key(&self) -> Key {
+        (self.namespace.clone(), self.name.clone())
+    }
+}
+
+/// A change of one clienteId's served session (None: it has none any more).
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub cliente_id: i64,
+    pub session: Option<Arc<SessionView>>,
+}
+
+#[derive(Default)]
+struct Index {
+    by_key: HashMap<Key, Arc<SessionView>>,
+    by_cliente: HashMap<i64, BTreeSet<(i64, Key)>>,
+}
+
+impl Index {
+    fn served(&self, cliente_id: i64) -> Option<Arc<SessionView>> {
+        let (_, key) = self.by_cliente.get(&cliente_id)?.first()?;
+        self.by_key.get(key).cloned()
+    }
+
+    fn insert(&mut self, view: Arc<SessionView>) {
+        self.remove(&view.key());
+        self.by_cliente.entry(view.cliente_id).or_default().insert((view.created, view.key()));
+        self.by_key.insert(view.key(), view);
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Arc<SessionView>> {
+        let old = self.by_key.remove(key)?;
+        if let Some(set) = self.by_cliente.get_mut(&old.cliente_id) {
+            set.remove(&(old.created, key.clone()));
+            if set.is_empty() {
+                self.by_cliente.remove(&old.cliente_id);
+            }
+        }
+        Some(old)
+    }
+}
+
+pub struct SessionCache {
+    store: Store<WhatsAppSession>,
+    index: RwLock<Index>,
+    changes: broadcast::Sender<Change>,
+    synced: AtomicBool,
+    /// Since when the watch has been failing (None: healthy).
+    stale_since: Mutex<Option<Instant>>,
+    metrics: Metrics,
+}
+
+impl SessionCache {
+    /// An empty cache and the writer half its [`SessionCache::run`] loop fills.
+    pub fn new(metrics: Metrics) -> (Arc<SessionCache>, Writer<WhatsAppSession>) {
+        let (store, writer) = reflector::store();
+        let (changes, _) = broadcast::channel(1024);
+        let cache = SessionCache {
+            store,
+            index: RwLock::default(),
+            changes,
+            synced: AtomicBool::new(false),
+            stale_since: Mutex::new(None),
+            metrics,
+        };
+        (Arc::new(cache), writer)
+    }
+
+    /// Watches `api` forever, keeping the cache current.
+    pub async fn run(self: Arc<Self>, api: Api<WhatsAppSession>, writer: Writer<WhatsAppSession>) {
+        let events =
+            reflector::reflector(writer, watcher::watcher(api, watcher::Config::default().any_semantic()))
+                .default_backoff();
+        let mut events = std::pin::pin!(events);
+        // A relist is staged and swapped in at its end, so reads never see half a list.
+        let mut staging: Option<Index> = None;
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    let mut stale = self.stale_since.lock().expect("lock");
+                    if stale.is_none() {
+                        tracing::warn!(error = %e, "lost the watch on WhatsAppSessions: serving the last known state");
+                        *stale = Some(Instant::now());
+                    }
+                    continue;
+                }
+            };
+            if self.stale_since.lock().expect("lock").take().is_some() {
+                tracing::info!("the watch on WhatsAppSessions is back");
+            }
+            match event {
+                Event::Init => staging = Some(Index::default()),
+                Event::InitApply(session) => {
+                    if let Some(index) = staging.as_mut() {
+                        let previous =
+                            self.index.read().expect("lock").by_key.get(&key_of(&session)).cloned();
+                        index.insert(Arc::new(SessionView::of(&session, previous.as_deref())));
+                    }
+                }
+                Event::InitDone => {
+                    if let Some(fresh) = staging.take() {
+                        self.swap(fresh);
+                    }
+                    if !self.synced.swap(true, Ordering::Relaxed) {
+                        tracing::info!(sessions = self.len(), "session cache synced");
+                    }
+                }
+                Event::Apply(session) => self.apply(&session),
+                Event::Delete(session) => self.delete(&key_of(&session)),
+            }
+            self.metrics.cache_sessions.set(self.len() as i64);
+        }
+    }
+
+    fn apply(&self, session: &WhatsAppSession) {
+        let mut index = self.index.write().expect("lock");
+        let key = key_of(session);
+        let previous = index.by_key.get(&key).cloned();
+        let view = Arc::new(SessionView::of(session, previous.as_deref()));
+        if previous.as_deref() == Some(&*view) {
+            return;
+        }
+        let cliente_id = view.cliente_id;
+        let before = index.served(cliente_id);
+        index.insert(view);
+        let after = index.served(cliente_id);
+        drop(index);
+        self.announce(cliente_id, before, after);
+    }
+
+    fn delete(&self, key: &Key) {
+        let mut index = self.index.write().expect("lock");
+        let Some(old) = index.remove(key) else { return };
+        let after = index.served(old.cliente_id);
+        drop(index);
+        self.announce(old.cliente_id, Some(old.clone()), after);
+    }
+
+    fn swap(&self, fresh: Index) {
+        let mut index = self.index.write().expect("lock");
+        let old = std::mem::replace(&mut *index, fresh);
+        let ids: BTreeSet<i64> = old.by_cliente.keys().chain(index.by_cliente.keys()).copied().collect();
+        let changes: Vec<_> = ids.into_iter().map(|id| (id, old.served(id), index.served(id))).collect();
+        drop(index);
+        for (id, before, after) in changes {
+            self.announce(id, before, after);
+        }
+    }
+
+    /// Tells live subscribers when what a clienteId is served changed.
+    fn announce(&self, cliente_id: i64, before: Option<Arc<SessionView>>, after: Option<Arc<SessionView>>) {
+        let same = match (&before, &after) {
+            (Some(b), Some(a)) => b.status == a.status && b.key() == a.key(),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            // No subscriber is not an error.
+            let _ = self.changes.send(Change { cliente_id, session: after });
+        }
+    }
+
+    /// The session served for a clienteId.
+    pub fn get(&self, cliente_id: i64) -> Option<Arc<SessionView>> {
+        self.index.read().expect("lock").served(cliente_id)
+    }
+
+    /// Every served session (one per clienteId), ordered by clienteId, optionally of one
+    /// clienteId only.
+    pub fn list(&self, only: Option<i64>) -> Vec<Arc<SessionView>> {
+        let index = self.index.read().expect("lock");
+        let mut ids: Vec<i64> = match only {
+            Some(id) => vec![id],
+            None => index.by_cliente.keys().copied().collect(),
+        };
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| index.served(id)).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    /// Live changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Filled from a complete list at least once.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    /// How long the cache has not known whether it is current (zero when it is).
+    pub fn staleness(&self) -> Duration {
+        self.stale_since.lock().expect("lock").map(|since| since.elapsed()).unwrap_or_default()
+    }
+}
+
+fn key_of(session: &WhatsAppSession) -> Key {
+    (session.namespace().unwrap_or_default(), session.name_any())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,106 @@
+use serde_json::json;
+
+use super::*;
+
+fn session(name: &str, cliente_id: i64, created: &str, status: serde_json::Value) -> WhatsAppSession {
+    serde_json::from_value(json!({
+        "apiVersion": "whatsapp.leadmaster.dev/v1alpha1",
+        "kind": "WhatsAppSession",
+        "metadata": {"name": name, "namespace": "t", "creationTimestamp": created},
+        "spec": {"clienteId": cliente_id},
+        "status": status,
+    }))
+    .unwrap()
+}
+
+fn qr_status(code: &str, attempts: i32) -> serde_json::Value {
+    json!({"state": "QR_REQUIRED", "endpoint": "http://10.0.0.1:8080",
+           "qr": {"code": code, "attempts": attempts, "updatedAt": "2026-11-23T10:00:00Z"}})
+}
+
+#[test]
+fn the_public_status_follows_the_resource() {
+    let view =
+        SessionView::of(&session("a", 5, "2026-01-01T00:00:00Z", qr_status("2@abc,k1,k2,k3", 2)), None);
+    let qr = view.status.qr.as_ref().unwrap();
+    assert!(qr.base64.starts_with("data:image/png;base64,"));
+    assert_eq!((qr.url.as_str(), qr.attempts, qr.timestamp), ("2@abc,k1,k2,k3", 2, 1_795_428_000_000));
+    assert!(!view.status.connected);
+    assert_eq!(view.endpoint.as_deref(), Some("http://10.0.0.1:8080"));
+
+    let ready = json!({"state": "READY", "qr": {"code": "2@stale", "attempts": 1, "updatedAt": "2026-11-23T10:00:00Z"},
+                       "me": {"phone": "5491100000000"}});
+    let view = SessionView::of(&session("a", 5, "2026-01-01T00:00:00Z", ready), None);
+    assert!(view.status.connected && view.status.qr.is_none(), "a QR is shown only while QR_REQUIRED");
+    assert_eq!(view.status.phone.as_deref(), Some("5491100000000"));
+
+    let none = SessionView::of(&session("a", 5, "2026-01-01T00:00:00Z", json!(null)), None);
+    assert_eq!(none.status.state, State::Disconnected);
+}
+
+#[test]
+fn the_qr_image_is_rendered_once_per_code() {
+    let first = SessionView::of(&session("a", 5, "2026-01-01T00:00:00Z", qr_status("2@one,k,k,k", 1)), None);
+    let mut marked = first;
+    marked.status.qr.as_mut().unwrap().base64 = "reused".into();
+    let same =
+        SessionView::of(&session("a", 5, "2026-01-01T00:00:00Z", qr_status("2@one,k,k,k", 1)), Some(&marked));
+    assert_eq!(same.status.qr.unwrap().base64, "reused");
+    let next =
+        SessionView::of(&session("a", 5, "2026-01-01T00:00:00Z", qr_status("2@two,k,k,k", 2)), Some(&marked));
+    assert_ne!(next.status.qr.unwrap().base64, "reused");
+}
+
+#[test]
+fn the_oldest_session_of_a_cliente_is_served_and_changes_are_announced() {
+    let (cache, _writer) = SessionCache::new(Metrics::default());
+    let mut changes = cache.subscribe();
+    cache.apply(&session("newer", 7, "2026-02-01T00:00:00Z", json!({"state": "CONNECTING"})));
+    assert_eq!(changes.try_recv().unwrap().session.unwrap().name, "newer");
+    cache.apply(&session("older", 7, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
+    assert_eq!(cache.get(7).unwrap().name, "older");
+    assert_eq!(changes.try_recv().unwrap().session.unwrap().name, "older");
+
+    // A change that leaves the served status as it was is not announced.
+    cache.apply(&session(
+        "older",
+        7,
+        "2026-01-01T00:00:00Z",
+        json!({"state": "READY", "observedGeneration": 3}),
+    ));
+    assert!(changes.try_recv().is_err());
+    // A change of the session not served is not announced either.
+    cache.apply(&session("newer", 7, "2026-02-01T00:00:00Z", json!({"state": "FAILED"})));
+    assert!(changes.try_recv().is_err());
+
+    cache.delete(&("t".into(), "older".into()));
+    assert_eq!(changes.try_recv().unwrap().session.unwrap().status.state, State::Failed);
+    cache.delete(&("t".into(), "newer".into()));
+    let gone = changes.try_recv().unwrap();
+    assert_eq!((gone.cliente_id, gone.session.is_none()), (7, true));
+    assert!(cache.get(7).is_none() && cache.list(None).is_empty());
+}
+
+#[test]
+fn a_relist_swaps_the_index_and_announces_only_differences() {
+    let (cache, _writer) = SessionCache::new(Metrics::default());
+    cache.apply(&session("a", 1, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
+    cache.apply(&session("b", 2, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
+    let mut changes = cache.subscribe();
+    let mut fresh = Index::default();
+    fresh.insert(Arc::new(SessionView::of(
+        &session("a", 1, "2026-01-01T00:00:00Z", json!({"state": "READY"})),
+        None,
+    )));
+    fresh.insert(Arc::new(SessionView::of(
+        &session("c", 3, "2026-01-01T00:00:00Z", json!({"state": "CONNECTING"})),
+        None,
+    )));
+    cache.swap(fresh);
+    let mut seen: Vec<(i64, bool)> =
+        std::iter::from_fn(|| changes.try_recv().ok()).map(|c| (c.cliente_id, c.session.is_some())).collect();
+    seen.sort();
+    assert_eq!(seen, vec![(2, false), (3, true)]);
+    assert_eq!(cache.list(None).iter().map(|s| s.cliente_id).collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!(cache.list(Some(3)).len(), 1);
+}

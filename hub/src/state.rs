@@ -1,0 +1,41 @@
+//! What every request handler shares.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::auth::Authenticator;
+use crate::cache::{SessionCache, SessionView};
+use crate::error::ApiError;
+use crate::login::Logins;
+use crate::metrics::Metrics;
+use crate::upstream::SessionPods;
+use crate::writes::SessionWriter;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cache: Arc<SessionCache>,
+    pub auth: Arc<Authenticator>,
+    pub logins: Option<Arc<Logins>>,
+    pub pods: Arc<SessionPods>,
+    pub writer: Arc<SessionWriter>,
+    /// The clienteId the `/api/admin/whatsapp/*` routes act on.
+    pub admin_cliente_id: Option<i64>,
+    pub metrics: Metrics,
+    /// Turns true when the hub is stopping: live streams end so shutdown completes.
+    pub shutdown: watch::Receiver<bool>,
+    pub request_timeout: Duration,
+    /// The OpenAPI document, rendered once at startup.
+    pub openapi: Arc<OnceLock<String>>,
+}
+
+impl AppState {
+    /// The session served for `cliente_id`, once the cache is usable.
+    pub fn session(&self, cliente_id: i64) -> Result<Arc<SessionView>, ApiError> {
+        if !self.cache.synced() {
+            return Err(ApiError::NotReady);
+        }
+        self.cache.get(cliente_id).ok_or(ApiError::SessionNotFound(cliente_id))
+    }
+}
