@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod harness;
+pub mod hub;
 pub mod podrunner;
 pub mod processes;
 pub mod simulator;

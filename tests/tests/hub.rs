@@ -1,0 +1,299 @@
+//! The hub through the real stack: control plane, operator, pod runner with real session
+//! processes and Chromium, the WhatsApp Web simulator, and the hub as a process, used the way
+//! a frontend uses it.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use reqwest::Method;
+use serde_json::{Value, json};
+use whatsapp_crds::hub_token;
+use whatsapp_tests::harness::{TestNamespace, cluster, eventually};
+use whatsapp_tests::hub::{
+    AUDIENCE, Hub, HubOptions, ISSUER, admin_token, claims, sign, tenant_token, token,
+};
+use whatsapp_tests::processes::{Operator, SessionProcess, TEST_HUB_TOKEN_KEY};
+use whatsapp_tests::simulator::{SimConfig, Simulator};
+
+const WAIT: Duration = Duration::from_secs(90);
+const PHONE: &str = "5491133334444";
+
+fn fast_simulator() -> SimConfig {
+    SimConfig { first_ref: Duration::from_secs(4), next_ref: Duration::from_secs(2), ..SimConfig::default() }
+}
+
+/// Scans the QR the hub shows now (or the next one, if it rotated in between).
+async fn scan_current(hub: &Hub, sim: &Simulator, cliente_id: i64, token: &str) {
+    eventually("a scan of the QR the hub shows", WAIT, || async {
+        let (code, body) = hub.get(&format!("/api/whatsapp/{cliente_id}/qr"), token).await;
+        if code != 200 {
+            return Ok(None);
+        }
+        Ok(sim.scan(body["qr"]["url"].as_str().unwrap_or_default(), PHONE, "Acme").ok())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_frontend_links_sends_suspends_resumes_and_deletes_a_session() {
+    let ns = cluster().namespace("hub-e2e").await;
+    let sim = Simulator::start(fast_simulator()).await.unwrap();
+    let _op = Operator::start(&ns, "op", "op", &[]);
+    let _runner = ns.pod_runner(&sim.url());
+    let hub = Hub::ready(&ns, HubOptions { admin_cliente_id: Some(51), ..Default::default() }).await;
+    let (admin, tenant) = (admin_token(), tenant_token(51));
+
+    // The admin creates the tenant's session; the tenant follows it live.
+    let (code, created) = hub.post("/api/sessions", &admin, json!({"clienteId": 51})).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!((created["session"].as_str(), created["clienteId"].as_i64()), (Some("cliente-51"), Some(51)));
+    let (code, again) = hub.post("/api/sessions", &admin, json!({"clienteId": 51})).await;
+    assert_eq!((code, again["error"].as_str()), (409, Some("SESSION_EXISTS")));
+    let mut events = hub.events(51, &tenant).await;
+    assert_eq!((events.status, events.content_type.as_str()), (200, "text/event-stream"));
+
+    let qr_event = events.until("QR_REQUIRED with a QR", WAIT, |name, d| name == "status" && d["qr"].is_object()).await;
+    assert_eq!(qr_event["state"], "QR_REQUIRED");
+    let (code, status) = hub.get("/api/whatsapp/51/status", &tenant).await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!((status["connected"].as_bool(), status["session"].as_str()), (Some(false), Some("cliente-51")));
+    if status["state"] == "QR_REQUIRED" {
+        let qr = &status["qr"];
+        assert!(qr["base64"].as_str().unwrap().starts_with("data:image/png;base64,iVBORw0KGgo"), "{qr}");
+        assert!(qr["url"].as_str().unwrap().starts_with("2@"), "{qr}");
+        assert!(qr["attempts"].as_i64().unwrap() >= 1 && qr["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+    }
+    // The QR three ways: JSON (two of today's paths, and the header form), PNG and SVG.
+    let (code, qr) = hub.get("/api/whatsapp/51/qr", &tenant).await;
+    assert_eq!(code, 200, "{qr}");
+    let by_header = hub.request(Method::GET, "/qr-code").bearer_auth(&tenant).header("X-Cliente-Id", "51");
+    assert_eq!(by_header.send().await.unwrap().status().as_u16(), 200);
+    let png = hub.request(Method::GET, "/api/whatsapp/51/qr.png").bearer_auth(&tenant).send().await.unwrap();
+    assert_eq!(png.headers()["content-type"], "image/png");
+    assert!(png.bytes().await.unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
+    let svg = hub.request(Method::GET, "/api/whatsapp/51/qr.svg").bearer_auth(&tenant).send().await.unwrap();
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    assert!(svg.text().await.unwrap().contains("<svg"));
+
+    // The phone scans: READY arrives by push.
+    scan_current(&hub, &sim, 51, &tenant).await;
+    let ready = events.until("READY", WAIT, |_, d| d["state"] == "READY").await;
+    assert_eq!((ready["connected"].as_bool(), ready["phone"].as_str()), (Some(true), Some(PHONE)));
+    assert!(ready.get("qr").is_none());
+    let (code, err) = hub.get("/api/whatsapp/51/qr", &tenant).await;
+    assert_eq!((code, err["error"].as_str()), (409, Some("ALREADY_CONNECTED")));
+
+    // A send reaches WhatsApp.
+    let (code, sent) = hub.post("/api/whatsapp/51/send", &tenant, json!({"to": "5491155550000", "message": "hola"})).await;
+    assert_eq!(code, 200, "{sent}");
+    assert_eq!((sent["success"].as_bool(), sent["message"].as_str()), (Some(true), Some("Message sent")));
+    let delivered = sim.messages();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!((delivered[0].to.as_str(), delivered[0].body.as_str()), ("5491155550000", "hola"));
+    assert_eq!(delivered[0].id, sent["data"]["id"].as_str().unwrap());
+
+    // The admin routes act on the configured admin session: disconnect stops the pod.
+    let (code, admin_status) = hub.get("/api/admin/whatsapp/status", &admin).await;
+    assert_eq!((code, admin_status["state"].as_str()), (200, Some("READY")));
+    let (code, body) = hub.post("/api/admin/whatsapp/disconnect", &admin, json!({})).await;
+    assert_eq!((code, body["success"].as_bool(), body["message"].as_str()), (200, Some(true), Some("Disconnected")));
+    events.until("DISCONNECTED and suspended", WAIT, |_, d| d["state"] == "DISCONNECTED" && d["suspended"] == true).await;
+    let pods = ns.api::<Pod>();
+    eventually("the session pod to be gone", WAIT, || async {
+        Ok(pods.get_opt("cliente-51-0").await.map_err(|e| e.to_string())?.is_none().then_some(()))
+    })
+    .await;
+
+    // Connect brings it back on the same login: READY without a QR.
+    let (code, body) = hub.post("/api/whatsapp/51/connect", &tenant, json!({})).await;
+    assert_eq!((code, body["message"].as_str()), (200, Some("Connected")));
+    let back = events.until("READY again", WAIT, |_, d| d["state"] == "READY" || d["qr"].is_object()).await;
+    assert_eq!(back["state"], "READY", "the login survived the suspension: {back}");
+
+    // The tenant lists only its own sessions; the admin lists all.
+    let (_, mine) = hub.get("/api/sessions", &tenant).await;
+    assert_eq!(mine.as_array().map(Vec::len), Some(1));
+
+    // Deleting removes it; the stream says so.
+    let response = hub.request(Method::DELETE, "/api/sessions/51").bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    events.until("removed", WAIT, |name, _| name == "removed").await;
+    let (code, err) = hub.get("/api/whatsapp/51/status", &tenant).await;
+    assert_eq!((code, err["error"].as_str()), (404, Some("SESSION_NOT_FOUND")));
+}
+
+/// Writes a session's status the way its pod does (the CR's status is the interface).
+async fn report(ns: &TestNamespace, name: &str, status: Value) {
+    use kube::api::{Patch, PatchParams};
+    let api = ns.api::<whatsapp_crds::WhatsAppSession>();
+    api.patch_status(name, &PatchParams::apply("test-pod").force(), &Patch::Apply(json!({
+        "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession", "status": status,
+    })))
+    .await
+    .unwrap();
+}
+
+async fn wait_state(hub: &Hub, cliente_id: i64, state: &str) -> Value {
+    let token = admin_token();
+    eventually(&format!("clienteId {cliente_id} {state} in the hub"), WAIT, || async {
+        let (code, body) = hub.get(&format!("/api/whatsapp/{cliente_id}/status"), &token).await;
+        Ok((code == 200 && body["state"] == state).then_some(body))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn who_may_call_what() {
+    let ns = cluster().namespace("hub-auth").await;
+    let hub = Hub::ready(&ns, HubOptions::default()).await;
+    ns.create_session("acme", json!({"clienteId": 7})).await;
+    wait_state(&hub, 7, "DISCONNECTED").await;
+    let path = "/api/whatsapp/7/status";
+    let now = jsonwebtoken::get_current_timestamp();
+
+    let cases: Vec<(&str, Option<String>, u16, &str)> = vec![
+        ("no token", None, 401, "UNAUTHORIZED"),
+        ("expired", Some(token(claims(json!({"role": "admin", "exp": now - 600})))), 401, "TOKEN_EXPIRED"),
+        ("wrong key", Some(sign(claims(json!({"role": "admin"})), b"another-secret-of-32-bytes-or-more!!")), 401, "INVALID_TOKEN"),
+        ("alg none", Some(unsigned(claims(json!({"role": "admin"})))), 401, "INVALID_TOKEN"),
+        ("wrong audience", Some(token(claims(json!({"role": "admin", "aud": "other"})))), 401, "INVALID_TOKEN"),
+        ("wrong issuer", Some(token(claims(json!({"role": "admin", "iss": "other"})))), 401, "INVALID_TOKEN"),
+        ("garbage", Some("not.a.jwt".into()), 401, "INVALID_TOKEN"),
+        ("another tenant", Some(tenant_token(8)), 403, "FORBIDDEN"),
+        ("the tenant", Some(tenant_token(7)), 200, ""),
+        ("an admin", Some(admin_token()), 200, ""),
+    ];
+    for (what, token, status, code) in cases {
+        let (got, body) = hub.call(Method::GET, path, token.as_deref(), None).await;
+        assert_eq!(got, status, "{what}: {body}");
+        if !code.is_empty() {
+            assert_eq!(body["error"].as_str(), Some(code), "{what}: {body}");
+        }
+    }
+    let unauthorized = hub.request(Method::GET, path).send().await.unwrap();
+    assert_eq!(unauthorized.headers()["www-authenticate"], "Bearer");
+
+    // Every route but /health and the document is authorized; tenants stay on their clienteId.
+    let tenant = tenant_token(7);
+    for (method, path) in [
+        (Method::GET, "/api/sessions/8"),
+        (Method::POST, "/api/whatsapp/8/send"),
+        (Method::GET, "/api/whatsapp/8/qr.png"),
+        (Method::GET, "/api/whatsapp/8/events"),
+        (Method::DELETE, "/api/sessions/8"),
+        (Method::POST, "/api/whatsapp/8/disconnect"),
+        (Method::GET, "/api/admin/whatsapp/status"),
+        (Method::POST, "/api/admin/whatsapp/connect"),
+    ] {
+        let body = (method == Method::POST).then(|| json!({"to": "5491100000000", "message": "x"}));
+        let (code, err) = hub.call(method.clone(), path, Some(&tenant), body.clone()).await;
+        assert_eq!((code, err["error"].as_str()), (403, Some("FORBIDDEN")), "{method} {path}");
+        let (code, _) = hub.call(method.clone(), path, None, body).await;
+        assert_eq!(code, 401, "{method} {path} without a token");
+    }
+    let (code, _) = hub.call(Method::POST, "/api/sessions", Some(&tenant), Some(json!({"clienteId": 8}))).await;
+    assert_eq!(code, 403);
+    let (code, health) = hub.call(Method::GET, "/health", None, None).await;
+    assert_eq!((code, health["status"].as_str()), (200, Some("ok")));
+
+    // ES256 tokens with the public key from a JWKS file.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = key.public_key_raw();
+    let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+    let jwks = ns.cluster.dir.join("processes").join(format!("{}-jwks.json", ns.name));
+    std::fs::write(&jwks, json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]}).to_string()).unwrap();
+    let es_hub = Hub::ready(&ns, HubOptions { public_keys: Some(jwks), ..Default::default() }).await;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let signing = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    let es = jsonwebtoken::encode(&header, &claims(json!({"cliente_id": 7})), &signing).unwrap();
+    assert_eq!(es_hub.get(path, &es).await.0, 200);
+    // The HS256 test secret means nothing to it.
+    assert_eq!(es_hub.get(path, &tenant).await.1["error"], "INVALID_TOKEN");
+    let _ = (ISSUER, AUDIENCE);
+}
+
+fn unsigned(claims: Value) -> String {
+    let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+    format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(claims.to_string().as_bytes()))
+}
+
+#[tokio::test]
+async fn every_error_has_its_status_and_code() {
+    let ns = cluster().namespace("hub-errors").await;
+    let sim = Simulator::start(fast_simulator()).await.unwrap();
+    let hub = Hub::ready(&ns, HubOptions { extra: &["--upstream-read-timeout-ms", "1500", "--body-limit-bytes", "2048"], ..Default::default() }).await;
+    let admin = admin_token();
+    let expect = |what: &str, got: (u16, Value), status: u16, code: &str| {
+        assert_eq!((got.0, got.1["error"].as_str()), (status, Some(code)), "{what}: {}", got.1);
+        assert!(got.1["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: a message");
+    };
+
+    for bad in ["abc", "0", "-3", "1.5", "99999999999999999999"] {
+        expect(bad, hub.get(&format!("/api/whatsapp/{bad}/status"), &admin).await, 400, "INVALID_CLIENT_ID");
+    }
+    let header = hub.request(Method::GET, "/qr-code").bearer_auth(&admin).header("X-Cliente-Id", "x").send().await.unwrap();
+    assert_eq!(header.status().as_u16(), 400);
+    expect("missing", hub.get("/api/whatsapp/404/status", &admin).await, 404, "SESSION_NOT_FOUND");
+    expect("no route", hub.get("/api/nothing", &admin).await, 404, "NOT_FOUND");
+
+    // Sessions in given states, reported as their pods would.
+    for (name, id) in [("connecting", 1), ("ready", 2), ("qr", 3), ("down", 4), ("slow", 5), ("odd", 6)] {
+        ns.create_session(name, json!({"clienteId": id})).await;
+    }
+    report(&ns, "connecting", json!({"state": "CONNECTING"})).await;
+    wait_state(&hub, 1, "CONNECTING").await;
+    expect("no QR yet", hub.get("/api/whatsapp/1/qr", &admin).await, 404, "QR_NOT_AVAILABLE");
+    expect("send before ready", hub.post("/api/whatsapp/1/send", &admin, json!({"to": "5491100000000", "message": "x"})).await, 409, "SESSION_NOT_READY");
+
+    // Bodies: not JSON, malformed, wrong shape, invalid values, too large.
+    let send = "/api/whatsapp/2/send";
+    let text = hub.request(Method::POST, send).bearer_auth(&admin).body("to=1").send().await.unwrap();
+    assert_eq!(text.status().as_u16(), 415);
+    let malformed = hub.request(Method::POST, send).bearer_auth(&admin).header("content-type", "application/json").body("{").send().await.unwrap();
+    assert_eq!((malformed.status().as_u16(), malformed.json::<Value>().await.unwrap()["error"].clone()), (400, json!("INVALID_JSON")));
+    expect("missing field", hub.post(send, &admin, json!({"to": "5491100000000"})).await, 400, "INVALID_BODY");
+    expect("empty message", hub.post(send, &admin, json!({"to": "5491100000000", "message": " "})).await, 400, "INVALID_MESSAGE");
+    expect("empty number", hub.post(send, &admin, json!({"to": "", "message": "x"})).await, 400, "INVALID_NUMBER");
+    expect("too large", hub.post(send, &admin, json!({"to": "5491100000000", "message": "x".repeat(4000)})).await, 413, "PAYLOAD_TOO_LARGE");
+    expect("bad create", hub.post("/api/sessions", &admin, json!({"clienteId": 9, "phoneNumber": "12"})).await, 400, "INVALID_SESSION");
+
+    // A real session process, linked: then killed (502), frozen (504), and an endpoint that is
+    // not a session pod (502 SESSION_MANAGER_ERROR).
+    let pod_token = hub_token(TEST_HUB_TOKEN_KEY, &ns.name, "ready");
+    let profile = ns.profile_dir("ready");
+    let mut process = SessionProcess::start_with(&ns, "ready", &profile, &sim.url(), &[("WAO_HUB_TOKEN", &pod_token)]);
+    let qr = wait_state(&hub, 2, "QR_REQUIRED").await;
+    if sim.scan(qr["qr"]["url"].as_str().unwrap_or_default(), PHONE, "Err").is_err() {
+        scan_current(&hub, &sim, 2, &admin).await;
+    }
+    wait_state(&hub, 2, "READY").await;
+    expect("connected", hub.get("/api/whatsapp/2/qr", &admin).await, 409, "ALREADY_CONNECTED");
+    expect("not on WhatsApp (the pod's own 4xx passes through)", hub.post(send, &admin, json!({"to": "00012345678", "message": "x"})).await, 422, "NOT_ON_WHATSAPP");
+    let (code, _) = hub.post(send, &admin, json!({"to": "5491100000000", "message": "x"})).await;
+    assert_eq!(code, 200);
+
+    let pid = nix::unistd::Pid::from_raw(process.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    expect("frozen pod", hub.post(send, &admin, json!({"to": "5491100000000", "message": "x"})).await, 504, "GATEWAY_TIMEOUT");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // Dead: the status still says READY (nobody wrote otherwise), the address refuses.
+    let endpoint = wait_state(&hub, 2, "READY").await;
+    process.stop();
+    report(&ns, "ready", json!({"state": "READY", "endpoint": format!("http://127.0.0.1:{}", process.port)})).await;
+    wait_state(&hub, 2, "READY").await;
+    expect("dead pod", hub.post(send, &admin, json!({"to": "5491100000000", "message": "x"})).await, 502, "SESSION_MANAGER_UNAVAILABLE");
+    let _ = endpoint;
+
+    report(&ns, "odd", json!({"state": "READY", "endpoint": sim.url()})).await;
+    wait_state(&hub, 6, "READY").await;
+    expect("not a session pod", hub.post("/api/whatsapp/6/send", &admin, json!({"to": "5491100000000", "message": "x"})).await, 502, "SESSION_MANAGER_ERROR");
+    report(&ns, "slow", json!({"state": "READY"})).await;
+    wait_state(&hub, 5, "READY").await;
+    expect("no address", hub.post("/api/whatsapp/5/send", &admin, json!({"to": "5491100000000", "message": "x"})).await, 502, "SESSION_MANAGER_UNAVAILABLE");
+
+    // Requests are counted by route template, not by raw path.
+    let metrics = hub.metrics().await;
+    assert!(metrics.contains(r#"whatsapp_hub_http_requests_total{method="POST",route="/api/whatsapp/{clienteId}/send",status="502"}"#), "{metrics}");
+    assert!(metrics.contains("whatsapp_hub_cache_sessions 6"), "{metrics}");
+}
