@@ -130,7 +130,7 @@ pub struct CreateSession {
     pub cliente_id: i64,
     /// Link by phone code instead of QR: the phone number to link (8 to 15 digits).
     #[serde(default)]
-    #[schema(example = "5491123456789")]
+    #[schema(example = "5491123456789", pattern = "^[0-9]{8,15}$")]
     pub phone_number: Option<String>,
 }
 
@@ -138,8 +138,8 @@ pub struct CreateSession {
 #[derive(Deserialize, ToSchema, Debug)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PairingRequest {
-    /// The phone number to link, 8 to 15 digits with country code.
-    #[schema(example = "5491123456789", min_length = 1, max_length = 32)]
+    /// The phone number to link, 8 to 15 digits with country code (a leading `+` is fine).
+    #[schema(example = "5491123456789", pattern = "^[+]?[0-9]{8,15}$")]
     pub phone_number: String,
 }
 
@@ -169,6 +169,7 @@ pub struct LoginResponse {
 
 /// `GET /health`.
 #[derive(Serialize, ToSchema, Debug)]
+#[serde(rename_all = "camelCase")]
 pub struct Health {
     /// `ok`, `degraded` (serving the last known state: the Kubernetes API is unreachable) or
     /// `starting` (the cache has not synced yet).

@@ -216,7 +216,8 @@ pub struct Events {
 
 impl Events {
     async fn open(url: &str, token: &str) -> Events {
-        let response = reqwest::Client::new().get(url).bearer_auth(token).send().await.expect("opening the stream");
+        let response =
+            reqwest::Client::new().get(url).bearer_auth(token).send().await.expect("opening the stream");
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -251,7 +252,12 @@ impl Events {
     }
 
     /// The next event matching `what`, skipping others, within `limit`.
-    pub async fn until(&mut self, description: &str, limit: Duration, what: impl Fn(&str, &Value) -> bool) -> Value {
+    pub async fn until(
+        &mut self,
+        description: &str,
+        limit: Duration,
+        what: impl Fn(&str, &Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + limit;
         let mut seen = Vec::new();
         loop {
@@ -274,3 +280,16 @@ impl Drop for Events {
         self.task.abort();
     }
 }
+
+/// The schemathesis CLI: `WAO_SCHEMATHESIS`, else where `./dev setup` installs it.
+pub fn schemathesis() -> PathBuf {
+    let path = std::env::var_os("WAO_SCHEMATHESIS").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        home.join(".cache/whatsapp-operator").join(SCHEMATHESIS_VENV).join("bin/schemathesis")
+    });
+    assert!(path.exists(), "schemathesis is not installed at {}: run `./dev setup`", path.display());
+    path
+}
+
+/// The virtualenv (under the cache directory) `./dev setup` installs schemathesis into.
+pub const SCHEMATHESIS_VENV: &str = "schemathesis-4.32.5";

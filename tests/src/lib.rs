@@ -8,6 +8,7 @@ pub mod hub;
 pub mod podrunner;
 pub mod processes;
 pub mod simulator;
+pub mod tcpproxy;
 
 use std::path::Path;
 use std::process::Command;

@@ -52,16 +52,22 @@ async fn a_frontend_links_sends_suspends_resumes_and_deletes_a_session() {
     let mut events = hub.events(51, &tenant).await;
     assert_eq!((events.status, events.content_type.as_str()), (200, "text/event-stream"));
 
-    let qr_event = events.until("QR_REQUIRED with a QR", WAIT, |name, d| name == "status" && d["qr"].is_object()).await;
+    let qr_event =
+        events.until("QR_REQUIRED with a QR", WAIT, |name, d| name == "status" && d["qr"].is_object()).await;
     assert_eq!(qr_event["state"], "QR_REQUIRED");
     let (code, status) = hub.get("/api/whatsapp/51/status", &tenant).await;
     assert_eq!(code, 200, "{status}");
-    assert_eq!((status["connected"].as_bool(), status["session"].as_str()), (Some(false), Some("cliente-51")));
+    assert_eq!(
+        (status["connected"].as_bool(), status["session"].as_str()),
+        (Some(false), Some("cliente-51"))
+    );
     if status["state"] == "QR_REQUIRED" {
         let qr = &status["qr"];
         assert!(qr["base64"].as_str().unwrap().starts_with("data:image/png;base64,iVBORw0KGgo"), "{qr}");
         assert!(qr["url"].as_str().unwrap().starts_with("2@"), "{qr}");
-        assert!(qr["attempts"].as_i64().unwrap() >= 1 && qr["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+        assert!(
+            qr["attempts"].as_i64().unwrap() >= 1 && qr["timestamp"].as_i64().unwrap() > 1_700_000_000_000
+        );
     }
     // The QR three ways: JSON (two of today's paths, and the header form), PNG and SVG.
     let (code, qr) = hub.get("/api/whatsapp/51/qr", &tenant).await;
@@ -84,7 +90,8 @@ async fn a_frontend_links_sends_suspends_resumes_and_deletes_a_session() {
     assert_eq!((code, err["error"].as_str()), (409, Some("ALREADY_CONNECTED")));
 
     // A send reaches WhatsApp.
-    let (code, sent) = hub.post("/api/whatsapp/51/send", &tenant, json!({"to": "5491155550000", "message": "hola"})).await;
+    let (code, sent) =
+        hub.post("/api/whatsapp/51/send", &tenant, json!({"to": "5491155550000", "message": "hola"})).await;
     assert_eq!(code, 200, "{sent}");
     assert_eq!((sent["success"].as_bool(), sent["message"].as_str()), (Some(true), Some("Message sent")));
     let delivered = sim.messages();
@@ -96,8 +103,15 @@ async fn a_frontend_links_sends_suspends_resumes_and_deletes_a_session() {
     let (code, admin_status) = hub.get("/api/admin/whatsapp/status", &admin).await;
     assert_eq!((code, admin_status["state"].as_str()), (200, Some("READY")));
     let (code, body) = hub.post("/api/admin/whatsapp/disconnect", &admin, json!({})).await;
-    assert_eq!((code, body["success"].as_bool(), body["message"].as_str()), (200, Some(true), Some("Disconnected")));
-    events.until("DISCONNECTED and suspended", WAIT, |_, d| d["state"] == "DISCONNECTED" && d["suspended"] == true).await;
+    assert_eq!(
+        (code, body["success"].as_bool(), body["message"].as_str()),
+        (200, Some(true), Some("Disconnected"))
+    );
+    events
+        .until("DISCONNECTED and suspended", WAIT, |_, d| {
+            d["state"] == "DISCONNECTED" && d["suspended"] == true
+        })
+        .await;
     let pods = ns.api::<Pod>();
     eventually("the session pod to be gone", WAIT, || async {
         Ok(pods.get_opt("cliente-51-0").await.map_err(|e| e.to_string())?.is_none().then_some(()))
@@ -122,13 +136,24 @@ async fn a_frontend_links_sends_suspends_resumes_and_deletes_a_session() {
     assert_eq!((code, err["error"].as_str()), (404, Some("SESSION_NOT_FOUND")));
 }
 
+/// A path for a test's own file, beside the processes' logs.
+fn scratch(ns: &TestNamespace, name: &str) -> std::path::PathBuf {
+    let dir = ns.cluster.dir.join("processes");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{}-{name}", ns.name))
+}
+
 /// Writes a session's status the way its pod does (the CR's status is the interface).
 async fn report(ns: &TestNamespace, name: &str, status: Value) {
     use kube::api::{Patch, PatchParams};
     let api = ns.api::<whatsapp_crds::WhatsAppSession>();
-    api.patch_status(name, &PatchParams::apply("test-pod").force(), &Patch::Apply(json!({
-        "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession", "status": status,
-    })))
+    api.patch_status(
+        name,
+        &PatchParams::apply("test-pod").force(),
+        &Patch::Apply(json!({
+            "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession", "status": status,
+        })),
+    )
     .await
     .unwrap();
 }
@@ -154,9 +179,19 @@ async fn who_may_call_what() {
     let cases: Vec<(&str, Option<String>, u16, &str)> = vec![
         ("no token", None, 401, "UNAUTHORIZED"),
         ("expired", Some(token(claims(json!({"role": "admin", "exp": now - 600})))), 401, "TOKEN_EXPIRED"),
-        ("wrong key", Some(sign(claims(json!({"role": "admin"})), b"another-secret-of-32-bytes-or-more!!")), 401, "INVALID_TOKEN"),
+        (
+            "wrong key",
+            Some(sign(claims(json!({"role": "admin"})), b"another-secret-of-32-bytes-or-more!!")),
+            401,
+            "INVALID_TOKEN",
+        ),
         ("alg none", Some(unsigned(claims(json!({"role": "admin"})))), 401, "INVALID_TOKEN"),
-        ("wrong audience", Some(token(claims(json!({"role": "admin", "aud": "other"})))), 401, "INVALID_TOKEN"),
+        (
+            "wrong audience",
+            Some(token(claims(json!({"role": "admin", "aud": "other"})))),
+            401,
+            "INVALID_TOKEN",
+        ),
         ("wrong issuer", Some(token(claims(json!({"role": "admin", "iss": "other"})))), 401, "INVALID_TOKEN"),
         ("garbage", Some("not.a.jwt".into()), 401, "INVALID_TOKEN"),
         ("another tenant", Some(tenant_token(8)), 403, "FORBIDDEN"),
@@ -191,7 +226,8 @@ async fn who_may_call_what() {
         let (code, _) = hub.call(method.clone(), path, None, body).await;
         assert_eq!(code, 401, "{method} {path} without a token");
     }
-    let (code, _) = hub.call(Method::POST, "/api/sessions", Some(&tenant), Some(json!({"clienteId": 8}))).await;
+    let (code, _) =
+        hub.call(Method::POST, "/api/sessions", Some(&tenant), Some(json!({"clienteId": 8}))).await;
     assert_eq!(code, 403);
     let (code, health) = hub.call(Method::GET, "/health", None, None).await;
     assert_eq!((code, health["status"].as_str()), (200, Some("ok")));
@@ -200,7 +236,7 @@ async fn who_may_call_what() {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let raw = key.public_key_raw();
     let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
-    let jwks = ns.cluster.dir.join("processes").join(format!("{}-jwks.json", ns.name));
+    let jwks = scratch(&ns, "jwks.json");
     std::fs::write(&jwks, json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]}).to_string()).unwrap();
     let es_hub = Hub::ready(&ns, HubOptions { public_keys: Some(jwks), ..Default::default() }).await;
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
@@ -222,7 +258,14 @@ fn unsigned(claims: Value) -> String {
 async fn every_error_has_its_status_and_code() {
     let ns = cluster().namespace("hub-errors").await;
     let sim = Simulator::start(fast_simulator()).await.unwrap();
-    let hub = Hub::ready(&ns, HubOptions { extra: &["--upstream-read-timeout-ms", "1500", "--body-limit-bytes", "2048"], ..Default::default() }).await;
+    let hub = Hub::ready(
+        &ns,
+        HubOptions {
+            extra: &["--upstream-read-timeout-ms", "1500", "--body-limit-bytes", "2048"],
+            ..Default::default()
+        },
+    )
+    .await;
     let admin = admin_token();
     let expect = |what: &str, got: (u16, Value), status: u16, code: &str| {
         assert_eq!((got.0, got.1["error"].as_str()), (status, Some(code)), "{what}: {}", got.1);
@@ -232,7 +275,13 @@ async fn every_error_has_its_status_and_code() {
     for bad in ["abc", "0", "-3", "1.5", "99999999999999999999"] {
         expect(bad, hub.get(&format!("/api/whatsapp/{bad}/status"), &admin).await, 400, "INVALID_CLIENT_ID");
     }
-    let header = hub.request(Method::GET, "/qr-code").bearer_auth(&admin).header("X-Cliente-Id", "x").send().await.unwrap();
+    let header = hub
+        .request(Method::GET, "/qr-code")
+        .bearer_auth(&admin)
+        .header("X-Cliente-Id", "x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(header.status().as_u16(), 400);
     expect("missing", hub.get("/api/whatsapp/404/status", &admin).await, 404, "SESSION_NOT_FOUND");
     expect("no route", hub.get("/api/nothing", &admin).await, 404, "NOT_FOUND");
@@ -244,56 +293,300 @@ async fn every_error_has_its_status_and_code() {
     report(&ns, "connecting", json!({"state": "CONNECTING"})).await;
     wait_state(&hub, 1, "CONNECTING").await;
     expect("no QR yet", hub.get("/api/whatsapp/1/qr", &admin).await, 404, "QR_NOT_AVAILABLE");
-    expect("send before ready", hub.post("/api/whatsapp/1/send", &admin, json!({"to": "5491100000000", "message": "x"})).await, 409, "SESSION_NOT_READY");
+    expect(
+        "send before ready",
+        hub.post("/api/whatsapp/1/send", &admin, json!({"to": "5491100000000", "message": "x"})).await,
+        409,
+        "SESSION_NOT_READY",
+    );
 
     // Bodies: not JSON, malformed, wrong shape, invalid values, too large.
     let send = "/api/whatsapp/2/send";
     let text = hub.request(Method::POST, send).bearer_auth(&admin).body("to=1").send().await.unwrap();
     assert_eq!(text.status().as_u16(), 415);
-    let malformed = hub.request(Method::POST, send).bearer_auth(&admin).header("content-type", "application/json").body("{").send().await.unwrap();
-    assert_eq!((malformed.status().as_u16(), malformed.json::<Value>().await.unwrap()["error"].clone()), (400, json!("INVALID_JSON")));
-    expect("missing field", hub.post(send, &admin, json!({"to": "5491100000000"})).await, 400, "INVALID_BODY");
-    expect("empty message", hub.post(send, &admin, json!({"to": "5491100000000", "message": " "})).await, 400, "INVALID_MESSAGE");
-    expect("empty number", hub.post(send, &admin, json!({"to": "", "message": "x"})).await, 400, "INVALID_NUMBER");
-    expect("too large", hub.post(send, &admin, json!({"to": "5491100000000", "message": "x".repeat(4000)})).await, 413, "PAYLOAD_TOO_LARGE");
-    expect("bad create", hub.post("/api/sessions", &admin, json!({"clienteId": 9, "phoneNumber": "12"})).await, 400, "INVALID_SESSION");
+    let malformed = hub
+        .request(Method::POST, send)
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (malformed.status().as_u16(), malformed.json::<Value>().await.unwrap()["error"].clone()),
+        (400, json!("INVALID_JSON"))
+    );
+    expect(
+        "missing field",
+        hub.post(send, &admin, json!({"to": "5491100000000"})).await,
+        400,
+        "INVALID_BODY",
+    );
+    expect(
+        "empty message",
+        hub.post(send, &admin, json!({"to": "5491100000000", "message": " "})).await,
+        400,
+        "INVALID_MESSAGE",
+    );
+    expect(
+        "empty number",
+        hub.post(send, &admin, json!({"to": "", "message": "x"})).await,
+        400,
+        "INVALID_NUMBER",
+    );
+    expect(
+        "too large",
+        hub.post(send, &admin, json!({"to": "5491100000000", "message": "x".repeat(4000)})).await,
+        413,
+        "PAYLOAD_TOO_LARGE",
+    );
+    expect(
+        "bad create",
+        hub.post("/api/sessions", &admin, json!({"clienteId": 9, "phoneNumber": "12"})).await,
+        400,
+        "INVALID_SESSION",
+    );
 
     // A real session process, linked: then killed (502), frozen (504), and an endpoint that is
     // not a session pod (502 SESSION_MANAGER_ERROR).
     let pod_token = hub_token(TEST_HUB_TOKEN_KEY, &ns.name, "ready");
     let profile = ns.profile_dir("ready");
-    let mut process = SessionProcess::start_with(&ns, "ready", &profile, &sim.url(), &[("WAO_HUB_TOKEN", &pod_token)]);
+    let mut process =
+        SessionProcess::start_with(&ns, "ready", &profile, &sim.url(), &[("WAO_HUB_TOKEN", &pod_token)]);
     let qr = wait_state(&hub, 2, "QR_REQUIRED").await;
     if sim.scan(qr["qr"]["url"].as_str().unwrap_or_default(), PHONE, "Err").is_err() {
         scan_current(&hub, &sim, 2, &admin).await;
     }
     wait_state(&hub, 2, "READY").await;
     expect("connected", hub.get("/api/whatsapp/2/qr", &admin).await, 409, "ALREADY_CONNECTED");
-    expect("not on WhatsApp (the pod's own 4xx passes through)", hub.post(send, &admin, json!({"to": "00012345678", "message": "x"})).await, 422, "NOT_ON_WHATSAPP");
+    expect(
+        "not on WhatsApp (the pod's own 4xx passes through)",
+        hub.post(send, &admin, json!({"to": "00012345678", "message": "x"})).await,
+        422,
+        "NOT_ON_WHATSAPP",
+    );
     let (code, _) = hub.post(send, &admin, json!({"to": "5491100000000", "message": "x"})).await;
     assert_eq!(code, 200);
 
     let pid = nix::unistd::Pid::from_raw(process.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    expect("frozen pod", hub.post(send, &admin, json!({"to": "5491100000000", "message": "x"})).await, 504, "GATEWAY_TIMEOUT");
+    expect(
+        "frozen pod",
+        hub.post(send, &admin, json!({"to": "5491100000000", "message": "x"})).await,
+        504,
+        "GATEWAY_TIMEOUT",
+    );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     // Dead: the status still says READY (nobody wrote otherwise), the address refuses.
     let endpoint = wait_state(&hub, 2, "READY").await;
     process.stop();
-    report(&ns, "ready", json!({"state": "READY", "endpoint": format!("http://127.0.0.1:{}", process.port)})).await;
+    report(&ns, "ready", json!({"state": "READY", "endpoint": format!("http://127.0.0.1:{}", process.port)}))
+        .await;
     wait_state(&hub, 2, "READY").await;
-    expect("dead pod", hub.post(send, &admin, json!({"to": "5491100000000", "message": "x"})).await, 502, "SESSION_MANAGER_UNAVAILABLE");
+    expect(
+        "dead pod",
+        hub.post(send, &admin, json!({"to": "5491100000000", "message": "x"})).await,
+        502,
+        "SESSION_MANAGER_UNAVAILABLE",
+    );
     let _ = endpoint;
 
     report(&ns, "odd", json!({"state": "READY", "endpoint": sim.url()})).await;
     wait_state(&hub, 6, "READY").await;
-    expect("not a session pod", hub.post("/api/whatsapp/6/send", &admin, json!({"to": "5491100000000", "message": "x"})).await, 502, "SESSION_MANAGER_ERROR");
+    expect(
+        "not a session pod",
+        hub.post("/api/whatsapp/6/send", &admin, json!({"to": "5491100000000", "message": "x"})).await,
+        502,
+        "SESSION_MANAGER_ERROR",
+    );
     report(&ns, "slow", json!({"state": "READY"})).await;
     wait_state(&hub, 5, "READY").await;
-    expect("no address", hub.post("/api/whatsapp/5/send", &admin, json!({"to": "5491100000000", "message": "x"})).await, 502, "SESSION_MANAGER_UNAVAILABLE");
+    expect(
+        "no address",
+        hub.post("/api/whatsapp/5/send", &admin, json!({"to": "5491100000000", "message": "x"})).await,
+        502,
+        "SESSION_MANAGER_UNAVAILABLE",
+    );
 
     // Requests are counted by route template, not by raw path.
     let metrics = hub.metrics().await;
     assert!(metrics.contains(r#"whatsapp_hub_http_requests_total{method="POST",route="/api/whatsapp/{clienteId}/send",status="502"}"#), "{metrics}");
     assert!(metrics.contains("whatsapp_hub_cache_sessions 6"), "{metrics}");
+}
+
+#[tokio::test]
+async fn serves_the_last_known_state_while_the_api_server_is_unreachable_and_recovers() {
+    use whatsapp_tests::tcpproxy::CuttableProxy;
+    let ns = cluster().namespace("hub-outage").await;
+    let server = ns.cluster.server();
+    let target: std::net::SocketAddr = server.trim_start_matches("https://").parse().unwrap();
+    let proxy = CuttableProxy::start(target).await.unwrap();
+    let kubeconfig = scratch(&ns, "via-proxy.kubeconfig");
+    let text = std::fs::read_to_string(&ns.cluster.kubeconfig).unwrap();
+    std::fs::write(&kubeconfig, text.replace(&server, &format!("https://{}", proxy.addr))).unwrap();
+    let hub = Hub::ready(&ns, HubOptions { kubeconfig: Some(kubeconfig), ..Default::default() }).await;
+    ns.create_session("acme", json!({"clienteId": 3})).await;
+    report(&ns, "acme", json!({"state": "CONNECTING"})).await;
+    wait_state(&hub, 3, "CONNECTING").await;
+    let admin = admin_token();
+
+    proxy.cut();
+    let health = eventually("the hub to say it is degraded", WAIT, || async {
+        let (code, body) = hub.call(Method::GET, "/health", None, None).await;
+        Ok((code == 200 && body["status"] == "degraded").then_some(body))
+    })
+    .await;
+    assert!(health["stalenessSeconds"].as_f64().unwrap() >= 0.0, "{health}");
+    // The last known state is still served, marked stale.
+    let response =
+        hub.request(Method::GET, "/api/whatsapp/3/status").bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.headers().contains_key("x-cache-stale-seconds"));
+    assert_eq!(response.json::<Value>().await.unwrap()["state"], "CONNECTING");
+    let metrics = hub.metrics().await;
+    let staleness = whatsapp_tests::processes::sample_value(&metrics, "whatsapp_hub_cache_staleness_seconds");
+    assert!(staleness.is_some_and(|s| s > 0.0), "{metrics}");
+
+    // What changed meanwhile arrives once the network is back, without a restart.
+    report(&ns, "acme", json!({"state": "READY"})).await;
+    proxy.restore();
+    wait_state(&hub, 3, "READY").await;
+    let (_, health) = hub.call(Method::GET, "/health", None, None).await;
+    assert_eq!(health["status"], "ok");
+    let response =
+        hub.request(Method::GET, "/api/whatsapp/3/status").bearer_auth(&admin).send().await.unwrap();
+    assert!(!response.headers().contains_key("x-cache-stale-seconds"));
+}
+
+/// A users file with one admin and one tenant, hashed by `whatsapp-hub hash-password`.
+fn users_file(ns: &TestNamespace) -> std::path::PathBuf {
+    let hash = |password: &str| {
+        let mut child = std::process::Command::new(whatsapp_tests::harness::workspace_binary("whatsapp-hub"))
+            .arg("hash-password")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let file = scratch(&ns, "users.yaml");
+    let users = json!({"users": [
+        {"username": "root", "passwordHash": hash("root-password"), "role": "admin"},
+        {"username": "acme@example.com", "passwordHash": hash("acme-password"), "clienteId": 7},
+    ]});
+    std::fs::write(&file, serde_yaml::to_string(&users).unwrap()).unwrap();
+    file
+}
+
+#[tokio::test]
+async fn login_issues_tokens_and_limits_attempts() {
+    let ns = cluster().namespace("hub-login").await;
+    let users = users_file(&ns);
+    let users = users.to_str().unwrap();
+    let hub = Hub::ready(&ns, HubOptions { extra: &["--users-file", users], ..Default::default() }).await;
+    ns.create_session("acme", json!({"clienteId": 7})).await;
+    wait_state(&hub, 7, "DISCONNECTED").await;
+    let login = |user: &str, password: &str| {
+        let body = json!({"email": user, "password": password});
+        let hub = &hub;
+        async move { hub.call(Method::POST, "/auth/login", None, Some(body)).await }
+    };
+
+    let (code, body) = login("acme@example.com", "acme-password").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!((body["clienteId"].as_i64(), body["expiresIn"].as_u64()), (Some(7), Some(3600)));
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(hub.get("/api/whatsapp/7/status", &token).await.0, 200);
+    assert_eq!(hub.get("/api/whatsapp/8/status", &token).await.0, 403);
+    let (code, admin) = login("ROOT", "root-password").await;
+    assert_eq!((code, admin["role"].as_str()), (200, Some("admin")));
+
+    for _ in 0..5 {
+        let (code, err) = login("acme@example.com", "wrong").await;
+        assert_eq!((code, err["error"].as_str()), (401, Some("INVALID_CREDENTIALS")));
+    }
+    let blocked = hub
+        .request(Method::POST, "/auth/login")
+        .json(&json!({"username": "acme@example.com", "password": "acme-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blocked.status().as_u16(), 429, "even the right password waits");
+    assert!(blocked.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 0);
+    let (code, err) = login("nobody", "x").await;
+    assert_eq!((code, err["error"].as_str()), (429, Some("TOO_MANY_ATTEMPTS")), "the address is limited too");
+}
+
+#[tokio::test]
+async fn stops_cleanly_with_live_streams_open() {
+    let ns = cluster().namespace("hub-stop").await;
+    let mut hub = Hub::ready(&ns, HubOptions::default()).await;
+    let mut events = hub.events(1, &admin_token()).await;
+    events.until("the first event", WAIT, |name, _| name == "removed").await;
+    let metrics = hub.metrics().await;
+    assert!(metrics.contains("whatsapp_hub_sse_clients 1"), "{metrics}");
+    let status = hub.terminate().await.expect("the hub to exit on SIGTERM with a stream open");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn schemathesis_finds_no_5xx_and_every_response_matches_the_document() {
+    let schemathesis = whatsapp_tests::hub::schemathesis();
+    let ns = cluster().namespace("hub-fuzz").await;
+    let users = users_file(&ns);
+    let users = users.to_str().unwrap();
+    let hub = Hub::ready(
+        &ns,
+        HubOptions { admin_cliente_id: Some(3), extra: &["--users-file", users], ..Default::default() },
+    )
+    .await;
+    // Sessions in several states, so generated requests get past 404s (none READY: a send
+    // would reach for a pod that does not exist here, a 502 by design).
+    for (name, id, status) in [
+        ("one", 1, json!({"state": "FAILED", "reason": "QRAttemptsExhausted"})),
+        (
+            "two",
+            2,
+            json!({"state": "QR_REQUIRED", "qr": {"code": "2@abc,k1,k2,k3", "attempts": 1, "updatedAt": "2026-11-23T10:00:00Z"}}),
+        ),
+        ("three", 3, json!({"state": "CONNECTING"})),
+        // The document's example clienteId.
+        (
+            "example",
+            51,
+            json!({"state": "QR_REQUIRED", "qr": {"code": "2@def,k1,k2,k3", "attempts": 2, "updatedAt": "2026-11-23T10:00:00Z"}}),
+        ),
+    ] {
+        ns.create_session(name, json!({"clienteId": id})).await;
+        report(&ns, name, status).await;
+    }
+    wait_state(&hub, 2, "QR_REQUIRED").await;
+    let report_dir = scratch(&ns, "schemathesis");
+    let output = std::process::Command::new(&schemathesis)
+        .arg("run")
+        .arg(format!("{}/openapi.json", hub.url()))
+        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance"])
+        .args(["--header", &format!("Authorization: Bearer {}", admin_token())])
+        // Live streams never end: the end-to-end tests cover them.
+        .args(["--exclude-path-regex", "/events$"])
+        .args(["--phases", "examples,coverage,fuzzing", "--max-examples", "25", "--workers", "2"])
+        .args(["--request-timeout", "20", "--seed", "1", "--no-color"])
+        .arg("--report-dir")
+        .arg(&report_dir)
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .expect("running schemathesis");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metrics = hub.metrics().await;
+    assert!(!metrics.contains("status=\"5"), "no 5xx at all:\n{metrics}");
 }
