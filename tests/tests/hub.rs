@@ -473,7 +473,7 @@ fn users_file(ns: &TestNamespace) -> std::path::PathBuf {
         assert!(out.status.success());
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
-    let file = scratch(&ns, "users.yaml");
+    let file = scratch(ns, "users.yaml");
     let users = json!({"users": [
         {"username": "root", "passwordHash": hash("root-password"), "role": "admin"},
         {"username": "acme@example.com", "passwordHash": hash("acme-password"), "clienteId": 7},
