@@ -13,3 +13,16 @@ pub fn hub_token(key: &[u8], namespace: &str, name: &str) -> String {
 
 /// The shortest key the operator and the hub accept.
 pub const MIN_HUB_TOKEN_KEY_BYTES: usize = 32;
+
+/// Reads the key hub tokens are derived from, refusing one that is too short.
+pub fn read_hub_token_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let key =
+        std::fs::read(path).map_err(|e| format!("reading the hub token key {}: {e}", path.display()))?;
+    if key.len() < MIN_HUB_TOKEN_KEY_BYTES {
+        return Err(format!(
+            "the hub token key in {} must be at least {MIN_HUB_TOKEN_KEY_BYTES} bytes",
+            path.display()
+        ));
+    }
+    Ok(key)
+}

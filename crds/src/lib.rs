@@ -8,9 +8,10 @@
 mod client;
 mod hub_token;
 mod session;
+pub mod telemetry;
 
 pub use client::kube_client;
-pub use hub_token::{MIN_HUB_TOKEN_KEY_BYTES, hub_token};
+pub use hub_token::{MIN_HUB_TOKEN_KEY_BYTES, hub_token, read_hub_token_key};
 pub use session::*;
 
 /// API group of every resource this project defines.

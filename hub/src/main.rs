@@ -121,9 +121,9 @@ struct Config {
     #[arg(long, env = "WAO_UPSTREAM_READ_TIMEOUT_MS", default_value_t = 30_000)]
     upstream_read_timeout_ms: u64,
 
-    /// Log as JSON lines.
-    #[arg(long, env = "WAO_LOG_JSON")]
-    log_json: bool,
+    /// Log format.
+    #[arg(long, env = "WAO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[tokio::main]
@@ -132,14 +132,7 @@ async fn main() {
         std::process::exit(hash_password_command());
     }
     let config = Config::parse();
-    let builder = tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-    );
-    if config.log_json {
-        builder.json().init()
-    } else {
-        builder.init()
-    }
+    whatsapp_crds::telemetry::init_tracing(&config.log_format, "info");
     if let Err(e) = run(config).await {
         error!("{e:#}");
         std::process::exit(1);
@@ -167,15 +160,8 @@ fn hash_password_command() -> i32 {
 }
 
 async fn run(config: Config) -> Result<()> {
-    let token_key = std::fs::read(&config.hub_token_key_file)
-        .with_context(|| format!("reading the hub token key {}", config.hub_token_key_file.display()))?;
-    if token_key.len() < whatsapp_crds::MIN_HUB_TOKEN_KEY_BYTES {
-        bail!(
-            "the hub token key in {} must be at least {} bytes",
-            config.hub_token_key_file.display(),
-            whatsapp_crds::MIN_HUB_TOKEN_KEY_BYTES
-        );
-    }
+    let token_key =
+        whatsapp_crds::read_hub_token_key(&config.hub_token_key_file).map_err(anyhow::Error::msg)?;
     let jwt = JwtSettings {
         issuer: config.jwt_issuer.clone(),
         audience: config.jwt_audience.clone(),
@@ -269,7 +255,10 @@ async fn render_metrics(
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     state.metrics.cache_staleness.set(state.cache.staleness().as_secs_f64());
     state.metrics.cache_synced.set(i64::from(state.cache.synced()));
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+    (
+        [(axum::http::header::CONTENT_TYPE, whatsapp_crds::telemetry::METRICS_CONTENT_TYPE)],
+        state.metrics.render(),
+    )
 }
 
 /// Secrets mounted from files often end with a newline that is not part of the secret.

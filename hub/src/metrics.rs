@@ -1,6 +1,7 @@
 //! Prometheus metrics of the hub, served at `/metrics` on the metrics port.
 
-use prometheus::{Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use whatsapp_crds::telemetry::{registered, render};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -17,16 +18,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new().expect("the metric definitions are static and valid")
     }
-}
-
-/// Registers a new collector and hands it back.
-fn registered<C: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    collector: prometheus::Result<C>,
-) -> prometheus::Result<C> {
-    let collector = collector?;
-    registry.register(Box::new(collector.clone()))?;
-    Ok(collector)
 }
 
 impl Metrics {
@@ -85,8 +76,6 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
-        String::from_utf8(buf).expect("metrics are UTF-8")
+        render(&self.registry)
     }
 }

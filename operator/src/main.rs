@@ -87,7 +87,7 @@ struct Config {
 #[tokio::main]
 async fn main() -> Result<()> {
     let config = Config::parse();
-    init_tracing(&config.log_format);
+    whatsapp_crds::telemetry::init_tracing(&config.log_format, "info");
     if let Err(e) = run(config).await {
         error!("{e:#}");
         std::process::exit(1);
@@ -95,22 +95,8 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" { builder.json().init() } else { builder.init() }
-}
-
 async fn run(config: Config) -> Result<()> {
-    let key = std::fs::read(&config.hub_token_key_file)
-        .with_context(|| format!("reading the hub token key {}", config.hub_token_key_file.display()))?;
-    if key.len() < whatsapp_crds::MIN_HUB_TOKEN_KEY_BYTES {
-        bail!(
-            "the hub token key in {} must be at least {} bytes",
-            config.hub_token_key_file.display(),
-            whatsapp_crds::MIN_HUB_TOKEN_KEY_BYTES
-        );
-    }
+    let key = whatsapp_crds::read_hub_token_key(&config.hub_token_key_file).map_err(anyhow::Error::msg)?;
     let settings = Settings {
         session_image: config.session_image.clone(),
         image_pull_policy: config.session_image_pull_policy.clone(),

@@ -1,9 +1,10 @@
 //! Prometheus metrics of the operator, served at `/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use whatsapp_crds::SessionState;
+use whatsapp_crds::telemetry::{registered, render};
 
 /// The operator's metrics, registered in their own registry.
 #[derive(Clone)]
@@ -21,16 +22,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new().expect("the metric definitions are static and valid")
     }
-}
-
-/// Registers a new collector and hands it back.
-fn registered<C: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    collector: prometheus::Result<C>,
-) -> prometheus::Result<C> {
-    let collector = collector?;
-    registry.register(Box::new(collector.clone()))?;
-    Ok(collector)
 }
 
 impl Metrics {
@@ -120,8 +111,6 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
-        String::from_utf8(buf).expect("metrics are UTF-8")
+        render(&self.registry)
     }
 }

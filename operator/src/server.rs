@@ -53,5 +53,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
 async fn render_metrics(
     State(state): State<AppState>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+    (
+        [(axum::http::header::CONTENT_TYPE, whatsapp_crds::telemetry::METRICS_CONTENT_TYPE)],
+        state.metrics.render(),
+    )
 }

@@ -91,14 +91,7 @@ struct Config {
 #[tokio::main]
 async fn main() {
     let config = Config::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,chromiumoxide=error".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if config.log_format == "json" {
-        builder.json().init()
-    } else {
-        builder.init()
-    }
+    whatsapp_crds::telemetry::init_tracing(&config.log_format, "info,chromiumoxide=error");
     if let Err(e) = run(config).await {
         error!("{e:#}");
         std::process::exit(1);

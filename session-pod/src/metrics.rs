@@ -1,9 +1,8 @@
 //! Prometheus metrics of the session pod, served at `/metrics`.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use whatsapp_crds::SessionState;
+use whatsapp_crds::telemetry::{registered, render};
 
 use crate::tracker::Report;
 
@@ -22,16 +21,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new().expect("the metric definitions are static and valid")
     }
-}
-
-/// Registers a new collector and hands it back.
-fn registered<C: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    collector: prometheus::Result<C>,
-) -> prometheus::Result<C> {
-    let collector = collector?;
-    registry.register(Box::new(collector.clone()))?;
-    Ok(collector)
 }
 
 impl Metrics {
@@ -113,8 +102,6 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
-        String::from_utf8(buf).expect("UTF-8")
+        render(&self.registry)
     }
 }

@@ -183,7 +183,7 @@ pub fn router(state: AppState, cors_origins: &[String], body_limit: usize) -> Ro
 }
 
 /// The OpenAPI 3 document of this API.
-#[utoipa::path(get, path = "/openapi.json", tag = "auth", security(()),
+#[utoipa::path(get, path = "/openapi.json", security(()),
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
 async fn openapi_json(State(state): State<AppState>) -> Response {
     let doc = state.openapi.get().cloned().unwrap_or_default();

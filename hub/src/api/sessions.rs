@@ -67,12 +67,11 @@ pub async fn create(
     security(("bearer" = [])),
     responses((status = 200, description = "The status", body = SessionStatus), AuthErrors, SessionErrors))]
 pub async fn get(
-    State(state): State<AppState>,
+    state: State<AppState>,
     principal: Principal,
-    ClienteId(id): ClienteId,
+    id: ClienteId,
 ) -> ApiResult<Json<SessionStatus>> {
-    principal.authorize(id)?;
-    Ok(Json(state.session(id)?.status.clone()))
+    super::compat::status(state, principal, id).await
 }
 
 /// Deletes the session: its pod stops; its volume (the WhatsApp login) is kept or deleted as
