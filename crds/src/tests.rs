@@ -15,6 +15,16 @@ fn committed_crd_matches_the_rust_types() {
 }
 
 #[test]
+fn the_helm_chart_ships_the_same_crd() {
+    let chart_copy = include_str!("../../charts/whatsapp-operator/crds/whatsappsession.yaml");
+    assert!(
+        chart_copy == CRD_YAML,
+        "charts/whatsapp-operator/crds/whatsappsession.yaml differs from crds/whatsappsession.yaml: \
+         run `cargo run -p whatsapp-crds --bin crdgen`"
+    );
+}
+
+#[test]
 fn crd_has_the_promised_shape() {
     let crd = WhatsAppSession::crd();
     assert_eq!(crd.spec.group, GROUP);

@@ -128,8 +128,10 @@ struct Config {
 
 #[tokio::main]
 async fn main() {
-    if std::env::args().nth(1).as_deref() == Some("hash-password") {
-        std::process::exit(hash_password_command());
+    match std::env::args().nth(1).as_deref() {
+        Some("hash-password") => std::process::exit(hash_password_command()),
+        Some("check-health") => std::process::exit(check_health_command(std::env::args().nth(2)).await),
+        _ => {}
     }
     let config = Config::parse();
     whatsapp_crds::telemetry::init_tracing(&config.log_format, "info");
@@ -154,6 +156,34 @@ fn hash_password_command() -> i32 {
         }
         Err(e) => {
             eprintln!("{e:#}");
+            1
+        }
+    }
+}
+
+/// `whatsapp-hub check-health URL`: exits 0 when URL answers 2xx (the chart's `helm test`, and
+/// a container health check, with no other tool in the image).
+async fn check_health_command(url: Option<String>) -> i32 {
+    let Some(url) = url else {
+        eprintln!("usage: whatsapp-hub check-health http://HUB/health");
+        return 2;
+    };
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build();
+    let response = match client {
+        Ok(client) => client.get(&url).send().await,
+        Err(e) => Err(e),
+    };
+    match response {
+        Ok(r) if r.status().is_success() => {
+            println!("{url}: {}", r.status());
+            0
+        }
+        Ok(r) => {
+            eprintln!("{url}: {}: {}", r.status(), r.text().await.unwrap_or_default());
+            1
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
             1
         }
     }

@@ -304,8 +304,8 @@ async fn create_node_and_storage(client: &Client) -> Result<()> {
         },
         "status": {
             // Room for the 1,000-session benchmark.
-            "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "2000"},
-            "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "2000"},
+            "allocatable": {"cpu": "1000", "memory": "4Ti", "ephemeral-storage": "1Ti", "pods": "2000"},
+            "capacity": {"cpu": "1000", "memory": "4Ti", "ephemeral-storage": "1Ti", "pods": "2000"},
         },
     }))?;
     Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await?;
@@ -358,7 +358,8 @@ fn write_pki(dir: &Path) -> Result<Pki> {
     Ok(Pki { ca_pem: ca.pem() })
 }
 
-fn kubeconfig_yaml(server: &str, ca_pem: &str, token: &str) -> String {
+/// A kubeconfig that authenticates with a bearer token (an admin one, or a ServiceAccount's).
+pub fn kubeconfig_yaml(server: &str, ca_pem: &str, token: &str) -> String {
     use base64::Engine;
     use std::fmt::Write;
     let ca_b64 = base64::engine::general_purpose::STANDARD.encode(ca_pem);

@@ -273,7 +273,7 @@ async fn start_process(client: &Client, config: &RunnerConfig, pod: &Pod) -> Res
         .with_context(|| format!("a token for service account {sa}"))?;
     let token = token.status.context("token request without status")?.token;
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, kubeconfig_for(&config.server, &config.ca_pem, &token))?;
+    std::fs::write(&kubeconfig, crate::cluster::kubeconfig_yaml(&config.server, &config.ca_pem, &token))?;
 
     // Volumes: each persistentVolumeClaim mount is the bound PV's host-path directory.
     let mut mounts: Vec<(String, PathBuf)> = Vec::new();
@@ -361,13 +361,4 @@ async fn claim_dir(client: &Client, ns: &str, claim: &str) -> Result<PathBuf> {
         .with_context(|| format!("volume {volume} is not host-path"))?;
     std::fs::create_dir_all(&path)?;
     Ok(Path::new(&path).to_path_buf())
-}
-
-fn kubeconfig_for(server: &str, ca_pem: &str, token: &str) -> String {
-    use base64::Engine;
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
-         users:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
-    )
 }

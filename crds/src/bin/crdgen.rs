@@ -1,6 +1,7 @@
 //! Writes the `WhatsAppSession` CRD manifest generated from the Rust types.
 //!
 //!     cargo run -p whatsapp-crds --bin crdgen            # rewrites crds/whatsappsession.yaml
+//!                                                        # and the Helm chart's copy
 //!     cargo run -p whatsapp-crds --bin crdgen -- -       # prints it instead
 
 use std::path::PathBuf;
@@ -10,15 +11,23 @@ fn main() -> std::io::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("-") => print!("{yaml}"),
         Some("-h" | "--help") => {
-            println!("usage: crdgen [-|PATH]  (default: crds/whatsappsession.yaml in the source tree)")
+            println!(
+                "usage: crdgen [-|PATH]  (default: crds/whatsappsession.yaml and \
+                 charts/whatsapp-operator/crds/whatsappsession.yaml in the source tree)"
+            )
         }
-        other => {
-            let path = other
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("whatsappsession.yaml"));
-            std::fs::write(&path, yaml)?;
-            eprintln!("wrote {}", path.display());
+        Some(path) => write(PathBuf::from(path), &yaml)?,
+        None => {
+            let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            write(crate_dir.join("whatsappsession.yaml"), &yaml)?;
+            write(crate_dir.join("../charts/whatsapp-operator/crds/whatsappsession.yaml"), &yaml)?;
         }
     }
+    Ok(())
+}
+
+fn write(path: PathBuf, yaml: &str) -> std::io::Result<()> {
+    std::fs::write(&path, yaml)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }

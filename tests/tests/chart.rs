@@ -1,0 +1,370 @@
+//! The Helm chart, the way an operator of the cluster uses it: the real helm lints and renders
+//! it, kube-score reviews what it renders, and it is installed, upgraded and uninstalled on the
+//! real control plane, with the operator and the hub running as local processes under the
+//! chart's own ServiceAccounts (so the chart's RBAC is what is tested).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Deserialize as _;
+use serde_json::{Value, json};
+use whatsapp_tests::harness::{TestNamespace, cluster, eventually, source_path};
+use whatsapp_tests::hub::{Hub, HubOptions, admin_token};
+use whatsapp_tests::processes::Operator;
+use whatsapp_tests::{Output, output, run};
+
+const MONITORING_APIS: [&str; 3] = [
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+];
+
+fn chart_dir() -> PathBuf {
+    source_path("charts/whatsapp-operator")
+}
+
+fn helm() -> Command {
+    let cluster = cluster();
+    let mut cmd = Command::new(cluster.bin.join("helm"));
+    cmd.env("KUBECONFIG", &cluster.kubeconfig)
+        .env("HELM_CACHE_HOME", cluster.dir.join("helm/cache"))
+        .env("HELM_CONFIG_HOME", cluster.dir.join("helm/config"))
+        .env("HELM_DATA_HOME", cluster.dir.join("helm/data"));
+    cmd
+}
+
+/// `helm template` of the chart with these extra arguments: every rendered object.
+fn render(args: &[&str]) -> Vec<Value> {
+    let out = run(helm().args(["template", "rel"]).arg(chart_dir()).args(["--namespace", "wao"]).args(args))
+        .unwrap();
+    serde_yaml::Deserializer::from_str(&out.stdout)
+        .map(|doc| serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(doc).unwrap()).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} not rendered; got {:?}", kinds(objects)))
+}
+
+/// The kube-score checks the chart README justifies skipping (its table between the
+/// `kube-score-justified` markers), so the documentation and the test cannot drift.
+fn justified_kube_score_checks() -> Vec<String> {
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).unwrap();
+    let start = readme.find("<!-- kube-score-justified -->").expect("start marker in the chart README");
+    let end = readme.find("<!-- /kube-score-justified -->").expect("end marker in the chart README");
+    readme[start..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn the_chart_lints_clean_and_renders_what_it_promises() {
+    // The real helm, with the Kubernetes version set, in strict mode.
+    let lint = run(helm().args(["lint", "--strict", "--kube-version", "1.35.4"]).arg(chart_dir())).unwrap();
+    assert!(lint.stdout.contains("0 chart(s) failed"), "{}", lint.stdout);
+
+    // Without the Prometheus Operator's CRDs: no monitoring objects.
+    let plain = render(&[]);
+    let names = kinds(&plain);
+    for kind in ["ServiceMonitor", "PodMonitor", "PrometheusRule"] {
+        assert!(!names.iter().any(|n| n.starts_with(&format!("{kind}/"))), "{kind} rendered without its CRD");
+    }
+    for expected in [
+        "Deployment/rel-whatsapp-operator-operator",
+        "Deployment/rel-whatsapp-operator-hub",
+        "Service/rel-whatsapp-operator-hub",
+        "Service/rel-whatsapp-operator-hub-metrics",
+        "Service/rel-whatsapp-operator-operator-metrics",
+        "PodDisruptionBudget/rel-whatsapp-operator-hub",
+        "NetworkPolicy/rel-whatsapp-operator-sessions",
+        "ClusterRoleBinding/rel-whatsapp-operator-operator",
+        "ClusterRoleBinding/rel-whatsapp-operator-hub",
+        "Role/rel-whatsapp-operator-operator-leader-election",
+        "Secret/rel-whatsapp-operator-hub-token-key",
+        "Secret/rel-whatsapp-operator-jwt",
+        "Pod/rel-whatsapp-operator-hub-test",
+    ] {
+        assert!(names.contains(&expected.to_string()), "{expected} missing from {names:?}");
+    }
+    let hub = find(&plain, "Deployment", "rel-whatsapp-operator-hub");
+    assert_eq!(hub["spec"]["replicas"], 2);
+
+    // Every pod meets the restricted Pod Security profile (the install test enforces it too).
+    for object in &plain {
+        let pod = match object["kind"].as_str() {
+            Some("Deployment") => &object["spec"]["template"]["spec"],
+            Some("Pod") => &object["spec"],
+            _ => continue,
+        };
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        for c in pod["containers"].as_array().unwrap() {
+            let sc = &c["securityContext"];
+            assert_eq!(
+                (&sc["allowPrivilegeEscalation"], &sc["readOnlyRootFilesystem"], &sc["capabilities"]["drop"]),
+                (&json!(false), &json!(true), &json!(["ALL"])),
+                "{}",
+                c["name"]
+            );
+            assert!(c["resources"]["limits"]["memory"].is_string(), "{} has no memory limit", c["name"]);
+        }
+    }
+
+    // With them: a ServiceMonitor per component, a PodMonitor for sessions, and the alerts
+    // exactly as in files/alerts.yaml (which promtool checks).
+    let api_args: Vec<&str> = MONITORING_APIS.iter().flat_map(|a| ["--api-versions", a]).collect();
+    let monitored = render(&api_args);
+    find(&monitored, "ServiceMonitor", "rel-whatsapp-operator-operator");
+    find(&monitored, "ServiceMonitor", "rel-whatsapp-operator-hub");
+    let pod_monitor = find(&monitored, "PodMonitor", "rel-whatsapp-operator-sessions");
+    assert_eq!(pod_monitor["spec"]["namespaceSelector"]["any"], true);
+    let rule = find(&monitored, "PrometheusRule", "rel-whatsapp-operator");
+    let alerts: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("files/alerts.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(rule["spec"], alerts);
+
+    // One namespace: RBAC narrows to RoleBindings there; public keys replace the secret; Ingress.
+    let narrowed = render(&[
+        "--set",
+        "operator.watchNamespace=team-a,hub.watchNamespace=team-a,hub.sessionNamespace=team-a",
+        "--set",
+        "hub.auth.jwt.publicKeys=-----BEGIN PUBLIC KEY-----",
+        "--set",
+        "hub.ingress.enabled=true,hub.ingress.host=wa.example.com,hub.ingress.tlsSecretName=wa-tls",
+        "--set",
+        "hub.ingress.annotations.cert-manager\\.io/cluster-issuer=letsencrypt",
+    ]);
+    let names = kinds(&narrowed);
+    assert!(!names.iter().any(|n| n == "ClusterRoleBinding/rel-whatsapp-operator-operator"), "{names:?}");
+    let binding = find(&narrowed, "RoleBinding", "rel-whatsapp-operator-operator");
+    assert_eq!(binding["metadata"]["namespace"], "team-a");
+    assert!(!names.iter().any(|n| n == "Secret/rel-whatsapp-operator-jwt"), "{names:?}");
+    find(&narrowed, "ConfigMap", "rel-whatsapp-operator-hub-jwt-keys");
+    let policy = find(&narrowed, "NetworkPolicy", "rel-whatsapp-operator-sessions");
+    assert_eq!(policy["metadata"]["namespace"], "team-a");
+    let ingress = find(&narrowed, "Ingress", "rel-whatsapp-operator-hub");
+    assert_eq!(ingress["spec"]["tls"][0]["secretName"], "wa-tls");
+    assert_eq!(ingress["spec"]["rules"][0]["host"], "wa.example.com");
+    assert_eq!(ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"], "letsencrypt");
+
+    // values.schema.json refuses nonsense before anything reaches the cluster.
+    for bad in ["hub.replicas=0", "operator.logFormat=xml", "hub.service.port=70000", "unknownValue=1"] {
+        let out = output(helm().args(["template", "rel"]).arg(chart_dir()).args(["--set", bad])).unwrap();
+        assert!(!out.success && out.stderr.contains("schema"), "{bad} accepted: {}", out.stderr);
+    }
+
+    // kube-score: no critical finding beyond those the chart README justifies.
+    let justified = justified_kube_score_checks();
+    assert!(justified.len() >= 2, "{justified:?}");
+    let rendered = run(helm().args(["template", "rel"]).arg(chart_dir()).args(&api_args)).unwrap();
+    let file = cluster().dir.join("chart-rendered.yaml");
+    std::fs::write(&file, rendered.stdout).unwrap();
+    let mut score = Command::new(cluster().bin.join("kube-score"));
+    score.arg("score").arg(&file).args(["--output-format", "ci"]);
+    for check in &justified {
+        score.args(["--ignore-test", check]);
+    }
+    let out = output(&mut score).unwrap();
+    let critical: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("[CRITICAL]")).collect();
+    assert!(critical.is_empty() && out.success, "kube-score critical findings:\n{}", critical.join("\n"));
+}
+
+/// A kubeconfig for a ServiceAccount of `ns`, with a token from the TokenRequest API.
+fn service_account_kubeconfig(ns: &TestNamespace, account: &str) -> PathBuf {
+    let token = run(ns.kubectl().args(["create", "token", account, "--duration", "1h"])).unwrap();
+    let path = ns.cluster.dir.join(format!("{}-{account}.kubeconfig", ns.name));
+    let yaml = whatsapp_tests::cluster::kubeconfig_yaml(
+        &ns.cluster.server(),
+        &ns.cluster.ca_pem(),
+        token.stdout.trim(),
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn secret_value(ns: &TestNamespace, name: &str, key: &str) -> Vec<u8> {
+    use base64::Engine;
+    let out =
+        run(ns.kubectl().args(["get", "secret", name, "-o", &format!("jsonpath={{.data.{key}}}")])).unwrap();
+    base64::engine::general_purpose::STANDARD.decode(out.stdout.trim()).unwrap()
+}
+
+fn kubectl_json(ns: &TestNamespace, args: &[&str]) -> Value {
+    let out = run(ns.kubectl().args(args).args(["-o", "json"])).unwrap();
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+fn helm_in(ns: &TestNamespace, args: &[&str]) -> Output {
+    output(helm().args(args).args(["--namespace", &ns.name])).unwrap()
+}
+
+#[tokio::test]
+async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
+    let ns = cluster().namespace("chart").await;
+    // The namespace enforces the restricted Pod Security profile: the API server refuses any
+    // pod of the chart that does not meet it.
+    run(ns.cluster.kubectl().args([
+        "label",
+        "namespace",
+        &ns.name,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]))
+    .unwrap();
+    let release = format!("wao-{}", ns.name.rsplit('-').next().unwrap());
+    let prefix = format!("{release}-whatsapp-operator");
+    let scope = format!(
+        "operator.watchNamespace={0},hub.watchNamespace={0},hub.sessionNamespace={0},hub.adminClienteId=7",
+        ns.name
+    );
+
+    let install = helm_in(
+        &ns,
+        &["install", &release, chart_dir().to_str().unwrap(), "--set", &scope, "--wait", "--timeout", "120s"],
+    );
+    assert!(install.success, "helm install failed:\n{}{}", install.stdout, install.stderr);
+    assert!(install.stdout.contains("kubectl get whatsappsessions"), "NOTES.txt:\n{}", install.stdout);
+
+    // Every object is there, and kwok runs the operator's and the hub's pods.
+    for (kind, name) in [
+        ("deployment", format!("{prefix}-operator")),
+        ("deployment", format!("{prefix}-hub")),
+        ("service", format!("{prefix}-hub")),
+        ("service", format!("{prefix}-hub-metrics")),
+        ("service", format!("{prefix}-operator-metrics")),
+        ("serviceaccount", format!("{prefix}-operator")),
+        ("serviceaccount", format!("{prefix}-hub")),
+        ("secret", format!("{prefix}-hub-token-key")),
+        ("secret", format!("{prefix}-jwt")),
+        ("poddisruptionbudget", format!("{prefix}-hub")),
+        ("networkpolicy", format!("{prefix}-sessions")),
+        ("networkpolicy", format!("{prefix}-hub")),
+        ("networkpolicy", format!("{prefix}-operator")),
+        ("role", format!("{prefix}-operator-leader-election")),
+        ("rolebinding", format!("{prefix}-operator")),
+        ("rolebinding", format!("{prefix}-hub")),
+    ] {
+        run(ns.kubectl().args(["get", kind, &name])).unwrap_or_else(|e| panic!("{kind}/{name}: {e}"));
+    }
+    for role in [format!("{prefix}-operator"), format!("{prefix}-hub")] {
+        run(ns.cluster.kubectl().args(["get", "clusterrole", &role])).unwrap();
+    }
+    for (component, replicas) in [("operator", 1), ("hub", 2)] {
+        let selector =
+            format!("app.kubernetes.io/name=whatsapp-{component},app.kubernetes.io/instance={release}");
+        let pods = kubectl_json(&ns, &["get", "pods", "-l", &selector]);
+        let phases: Vec<&str> = pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["status"]["phase"].as_str().unwrap())
+            .collect();
+        assert_eq!(phases, vec!["Running"; replicas], "{component} pods");
+    }
+
+    // The operator, as a local process with the chart's ServiceAccount, its key and settings,
+    // reconciles a session applied with kubectl.
+    let key = secret_value(&ns, &format!("{prefix}-hub-token-key"), "key");
+    assert_eq!(key.len(), 48);
+    let operator_config = service_account_kubeconfig(&ns, &format!("{prefix}-operator"));
+    let operator =
+        Operator::start_as(&ns, &operator_config, &key, "chart-op", &format!("{prefix}-operator"), &[]);
+    operator.wait_leading().await;
+    let applied = ns.apply(
+        "apiVersion: whatsapp.leadmaster.dev/v1alpha1\nkind: WhatsAppSession\nmetadata: {name: acme}\nspec: {clienteId: 42}\n",
+    );
+    assert!(applied.success, "{}", applied.stderr);
+    run(ns.kubectl().args(["wait", "--for=condition=Reconciled", "was/acme", "--timeout=60s"])).unwrap();
+    for (kind, name) in [
+        ("statefulset", "acme"),
+        ("service", "acme"),
+        ("serviceaccount", "acme-session"),
+        ("role", "acme-session"),
+        ("rolebinding", "acme-session"),
+        ("secret", "acme-hub-token"),
+    ] {
+        run(ns.kubectl().args(["get", kind, name])).unwrap_or_else(|e| panic!("{kind}/{name}: {e}"));
+    }
+    // The session pod runs under the restricted profile too (the namespace enforces it).
+    eventually("the session pod", Duration::from_secs(60), || async {
+        let pods = kubectl_json(&ns, &["get", "pods", "-l", "whatsapp.leadmaster.dev/session=acme"]);
+        Ok(pods["items"].as_array().is_some_and(|p| p.len() == 1).then_some(()))
+    })
+    .await;
+    assert_eq!(operator.metric("whatsapp_operator_reconcile_errors_total{category=\"kube\"}").await, 0.0);
+    let log = std::fs::read_to_string(&operator.log).unwrap();
+    assert!(!log.contains("forbidden"), "the chart's RBAC refused the operator something:\n{log}");
+
+    // The hub, with its own ServiceAccount: serves the session and manages it (create, patch).
+    let hub_config = service_account_kubeconfig(&ns, &format!("{prefix}-hub"));
+    let hub = Hub::ready(&ns, HubOptions { kubeconfig: Some(hub_config), ..Default::default() }).await;
+    let admin = admin_token();
+    let (code, status) = hub.get("/api/whatsapp/42/status", &admin).await;
+    assert_eq!(code, 200, "{status}");
+    let (code, created) = hub.post("/api/sessions", &admin, json!({"clienteId": 43})).await;
+    assert_eq!(code, 201, "{created}");
+    // (the hub sees its own creation through its watch, a moment later)
+    eventually("the hub to suspend the session it created", Duration::from_secs(30), || async {
+        let (code, body) = hub.post("/api/whatsapp/43/disconnect", &admin, json!({})).await;
+        match code {
+            200 => Ok(Some(())),
+            404 => Ok(None),
+            _ => Err(format!("{code} {body}")),
+        }
+    })
+    .await;
+    let (code, body) = hub.call(reqwest::Method::DELETE, "/api/sessions/43", Some(&admin), None).await;
+    assert!(code == 200 || code == 204, "{code} {body}");
+
+    // Upgrade: a new value takes effect; generated secrets are kept.
+    let jwt_before = secret_value(&ns, &format!("{prefix}-jwt"), "secret");
+    let upgrade = helm_in(
+        &ns,
+        &[
+            "upgrade",
+            &release,
+            chart_dir().to_str().unwrap(),
+            "--set",
+            &scope,
+            "--set",
+            "hub.replicas=3",
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    );
+    assert!(upgrade.success, "helm upgrade failed:\n{}{}", upgrade.stdout, upgrade.stderr);
+    let deployment = kubectl_json(&ns, &["get", "deployment", &format!("{prefix}-hub")]);
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(secret_value(&ns, &format!("{prefix}-jwt"), "secret"), jwt_before);
+    assert_eq!(secret_value(&ns, &format!("{prefix}-hub-token-key"), "key"), key);
+
+    // Uninstall: the chart's objects go; the hub-token key stays (sessions' tokens derive from
+    // it) and so does the CRD with every session (helm never deletes CRDs).
+    let uninstall = helm_in(&ns, &["uninstall", &release, "--wait"]);
+    assert!(uninstall.success, "helm uninstall failed:\n{}{}", uninstall.stdout, uninstall.stderr);
+    for (kind, name) in
+        [("deployment", format!("{prefix}-hub")), ("deployment", format!("{prefix}-operator"))]
+    {
+        let out = output(ns.kubectl().args(["get", kind, &name])).unwrap();
+        assert!(!out.success && out.stderr.contains("NotFound"), "{kind}/{name} left behind");
+    }
+    let out =
+        output(ns.cluster.kubectl().args(["get", "clusterrole", &format!("{prefix}-operator")])).unwrap();
+    assert!(!out.success, "ClusterRole left behind");
+    run(ns.kubectl().args(["get", "secret", &format!("{prefix}-hub-token-key")])).unwrap();
+    run(ns.kubectl().args(["get", "was", "acme"])).unwrap();
+}
