@@ -211,6 +211,9 @@ impl ControlPlane {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            // Its own process group: a Ctrl-C in the terminal reaches only whoever owns the
+            // control plane, which stops the components in order.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {name} from {}", self.bin.display()))?;

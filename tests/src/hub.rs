@@ -215,7 +215,8 @@ pub struct Events {
 }
 
 impl Events {
-    async fn open(url: &str, token: &str) -> Events {
+    /// Opens the stream at `url` (a hub's `/api/whatsapp/{clienteId}/events`).
+    pub async fn open(url: &str, token: &str) -> Events {
         let response =
             reqwest::Client::new().get(url).bearer_auth(token).send().await.expect("opening the stream");
         let status = response.status().as_u16();
@@ -249,6 +250,11 @@ impl Events {
             }
         });
         Events { rx, task, status, content_type }
+    }
+
+    /// The next event, or None once the stream ended.
+    pub async fn next(&mut self) -> Option<(String, Value)> {
+        self.rx.recv().await
     }
 
     /// The next event matching `what`, skipping others, within `limit`.
