@@ -311,6 +311,19 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     // The hub, with its own ServiceAccount: serves the session and manages it (create, patch).
     let hub_config = service_account_kubeconfig(&ns, &format!("{prefix}-hub"));
     let hub = Hub::ready(&ns, HubOptions { kubeconfig: Some(hub_config), ..Default::default() }).await;
+    // What `helm test` runs in the hub's image: its own check of /health.
+    let check = |url: String| {
+        output(
+            Command::new(whatsapp_tests::harness::workspace_binary("whatsapp-hub"))
+                .arg("check-health")
+                .arg(url),
+        )
+        .unwrap()
+    };
+    let healthy = check(format!("{}/health", hub.url()));
+    assert!(healthy.success, "{}{}", healthy.stdout, healthy.stderr);
+    let closed = check(format!("http://127.0.0.1:{}/health", whatsapp_tests::cluster::free_port().unwrap()));
+    assert!(!closed.success, "check-health passed against a closed port");
     let admin = admin_token();
     let (code, status) = hub.get("/api/whatsapp/42/status", &admin).await;
     assert_eq!(code, 200, "{status}");
@@ -367,4 +380,55 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     assert!(!out.success, "ClusterRole left behind");
     run(ns.kubectl().args(["get", "secret", &format!("{prefix}-hub-token-key")])).unwrap();
     run(ns.kubectl().args(["get", "was", "acme"])).unwrap();
+}
+
+/// The Dockerfiles cannot be built here (no container engine), so what the chart and the
+/// operator assume about the images is checked against them: users, binaries, ports, and the
+/// build commands the chart README documents.
+#[test]
+fn the_images_are_what_the_chart_expects() {
+    let plain = render(&[]);
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).unwrap();
+    for (dir, binary, user, ports) in [
+        ("operator", "whatsapp-operator", "65532:65532", "8080"),
+        ("hub", "whatsapp-hub", "65532:65532", "8080 9090"),
+        ("session-pod", "whatsapp-session", "10001:10001", "8080"),
+    ] {
+        let dockerfile = std::fs::read_to_string(source_path(&format!("{dir}/Dockerfile"))).unwrap();
+        let instruction = |name: &str| {
+            dockerfile
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(instruction("USER"), user, "{dir}/Dockerfile");
+        assert_eq!(instruction("EXPOSE"), ports, "{dir}/Dockerfile");
+        assert!(instruction("ENTRYPOINT").contains(&format!("/usr/local/bin/{binary}")), "{dir}/Dockerfile");
+        assert!(dockerfile.contains(&format!("--locked -p {binary} --bin {binary}")), "{dir}/Dockerfile");
+        let tag = format!("ghcr.io/leadmaster/{binary}:0.1.0");
+        assert!(
+            readme.contains(&format!("docker build -f {dir}/Dockerfile -t {tag} .")),
+            "chart README lacks the build command for {tag}"
+        );
+    }
+    // The chart runs the operator and hub images as the user the images declare, and the
+    // operator starts session pods from the session image, as 10001 (operator/src/children.rs).
+    for (deployment, image) in [("operator", "whatsapp-operator"), ("hub", "whatsapp-hub")] {
+        let d = find(&plain, "Deployment", &format!("rel-whatsapp-operator-{deployment}"));
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+        assert_eq!(pod["containers"][0]["image"], format!("ghcr.io/leadmaster/{image}:0.1.0"));
+    }
+    let operator = find(&plain, "Deployment", "rel-whatsapp-operator-operator");
+    let env = operator["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+    assert!(env.iter().any(
+        |e| e["name"] == "WAO_SESSION_IMAGE" && e["value"] == "ghcr.io/leadmaster/whatsapp-session:0.1.0"
+    ));
+    let children = std::fs::read_to_string(source_path("operator/src/children.rs")).unwrap();
+    assert!(children.contains("\"runAsUser\": 10001"));
+    // The helm test runs the hub image's own health check.
+    let test_pod = find(&plain, "Pod", "rel-whatsapp-operator-hub-test");
+    assert_eq!(test_pod["spec"]["containers"][0]["command"], json!(["whatsapp-hub", "check-health"]));
 }
