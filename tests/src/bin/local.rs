@@ -51,13 +51,7 @@ const NAMESPACE: &str = "default";
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,whatsapp_tests=info,kube_client=off".into()),
-        )
-        .init();
+    whatsapp_crds::telemetry::init_tracing("text", "warn,whatsapp_tests=info,kube_client=off");
     let args = Args::parse();
     std::fs::create_dir_all(&args.dir)?;
     let dir = args.dir.canonicalize()?;

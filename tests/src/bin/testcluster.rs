@@ -27,13 +27,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube_client=off".into()),
-        )
-        .init();
+    whatsapp_crds::telemetry::init_tracing("text", "info,kube_client=off");
     let args = Args::parse();
 
     let t0 = Instant::now();
