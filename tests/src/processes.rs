@@ -21,27 +21,14 @@ pub const TEST_HUB_TOKEN_KEY: &[u8] = b"test-hub-token-key-0123456789abcdef";
 impl Operator {
     /// Starts an operator for `ns` with leader election on the Lease `lease`.
     pub fn start(ns: &TestNamespace, name: &str, lease: &str, extra: &[&str]) -> Operator {
-        Operator::start_as(ns, &ns.cluster.kubeconfig, TEST_HUB_TOKEN_KEY, name, lease, extra)
-    }
-
-    /// The same, with another identity towards the API server (such as a ServiceAccount's
-    /// token, to test RBAC) and another hub-token key.
-    pub fn start_as(
-        ns: &TestNamespace,
-        kubeconfig: &std::path::Path,
-        hub_token_key: &[u8],
-        name: &str,
-        lease: &str,
-        extra: &[&str],
-    ) -> Operator {
         let dir = ns.cluster.dir.join("processes");
         std::fs::create_dir_all(&dir).unwrap();
-        let key = dir.join(format!("{}-{name}.key", ns.name));
-        std::fs::write(&key, hub_token_key).unwrap();
+        let key = dir.join("hub-token.key");
+        std::fs::write(&key, TEST_HUB_TOKEN_KEY).unwrap();
         let log = dir.join(format!("{}-{name}.log", ns.name));
         let port = free_port().unwrap();
         let child = Command::new(workspace_binary("whatsapp-operator"))
-            .env("KUBECONFIG", kubeconfig)
+            .env("KUBECONFIG", &ns.cluster.kubeconfig)
             .env("RUST_LOG", "info,kube_runtime=warn")
             .args(["--watch-namespace", &ns.name, "--lease-namespace", &ns.name, "--lease-name", lease])
             .args([

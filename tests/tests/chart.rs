@@ -10,8 +10,6 @@ use std::time::Duration;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 use whatsapp_tests::harness::{TestNamespace, cluster, eventually, source_path};
-use whatsapp_tests::hub::{Hub, HubOptions, admin_token};
-use whatsapp_tests::processes::Operator;
 use whatsapp_tests::{Output, output, run};
 
 const MONITORING_APIS: [&str; 3] = [
@@ -196,6 +194,122 @@ fn service_account_kubeconfig(ns: &TestNamespace, account: &str) -> PathBuf {
     path
 }
 
+/// A chart Deployment's container run as a local process, the way a kubelet would run it:
+/// the binary its image holds, the installed Deployment's environment (values and downward
+/// API), its Secret and ConfigMap volumes written to local directories (paths in the
+/// environment follow), listeners moved to free local ports, and the ServiceAccount's token.
+struct ChartProcess {
+    child: std::process::Child,
+    /// Container port -> local port.
+    ports: std::collections::HashMap<u16, u16>,
+    log: PathBuf,
+}
+
+impl ChartProcess {
+    fn start(ns: &TestNamespace, deployment: &str, binary: &str) -> ChartProcess {
+        let d = kubectl_json(ns, &["get", "deployment", deployment]);
+        let pod = &d["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert!(
+            container["image"].as_str().unwrap().contains(&format!("/{binary}:")),
+            "{}",
+            container["image"]
+        );
+        let dir = ns.cluster.dir.join(format!("{}-{deployment}", ns.name));
+        let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+        for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+            let name = mount["name"].as_str().unwrap();
+            let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).unwrap();
+            let local = dir.join("volumes").join(name);
+            std::fs::create_dir_all(&local).unwrap();
+            if let Some(secret) = volume["secret"]["secretName"].as_str() {
+                let object = kubectl_json(ns, &["get", "secret", secret]);
+                for (key, value) in object["data"].as_object().unwrap() {
+                    use base64::Engine;
+                    let bytes =
+                        base64::engine::general_purpose::STANDARD.decode(value.as_str().unwrap()).unwrap();
+                    std::fs::write(local.join(key), bytes).unwrap();
+                }
+            } else if let Some(configmap) = volume["configMap"]["name"].as_str() {
+                let object = kubectl_json(ns, &["get", "configmap", configmap]);
+                for (key, value) in object["data"].as_object().unwrap() {
+                    std::fs::write(local.join(key), value.as_str().unwrap()).unwrap();
+                }
+            } else {
+                panic!("volume {name} of {deployment} is of a kind this runner does not know: {volume}");
+            }
+            mounts.push((mount["mountPath"].as_str().unwrap().to_string(), local));
+        }
+        let mut ports = std::collections::HashMap::new();
+        let mut env: Vec<(String, String)> = Vec::new();
+        for var in container["env"].as_array().unwrap() {
+            let name = var["name"].as_str().unwrap().to_string();
+            let value = match (var["value"].as_str(), var["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
+                (Some(v), _) => v.to_string(),
+                (None, Some("metadata.name")) => format!("{deployment}-local"),
+                (None, Some("metadata.namespace")) => ns.name.clone(),
+                other => panic!("{name}: unsupported {other:?}"),
+            };
+            let value = mounts
+                .iter()
+                .find_map(|(path, local)| {
+                    value.strip_prefix(path.as_str()).map(|rest| format!("{}{rest}", local.display()))
+                })
+                .unwrap_or(value);
+            let value = match value.strip_prefix("0.0.0.0:") {
+                Some(port) => {
+                    let local = whatsapp_tests::cluster::free_port().unwrap();
+                    ports.insert(port.parse().unwrap(), local);
+                    format!("127.0.0.1:{local}")
+                }
+                None => value,
+            };
+            env.push((name, value));
+        }
+        let account = pod["serviceAccountName"].as_str().unwrap();
+        let log = dir.join("process.log");
+        let child = Command::new(whatsapp_tests::harness::workspace_binary(binary))
+            .env_clear()
+            .envs(env)
+            .env("KUBECONFIG", service_account_kubeconfig(ns, account))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .unwrap();
+        ChartProcess { child, ports, log }
+    }
+
+    fn url(&self, container_port: u16) -> String {
+        format!("http://127.0.0.1:{}", self.ports[&container_port])
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ChartProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+async fn get_json(url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    match request.send().await {
+        Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
+        Err(e) => (0, json!(e.to_string())),
+    }
+}
+
 fn secret_value(ns: &TestNamespace, name: &str, key: &str) -> Vec<u8> {
     use base64::Engine;
     let out =
@@ -227,7 +341,8 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     let release = format!("wao-{}", ns.name.rsplit('-').next().unwrap());
     let prefix = format!("{release}-whatsapp-operator");
     let scope = format!(
-        "operator.watchNamespace={0},hub.watchNamespace={0},hub.sessionNamespace={0},hub.adminClienteId=7",
+        "operator.watchNamespace={0},hub.watchNamespace={0},hub.sessionNamespace={0},hub.adminClienteId=42,\
+         sessionPod.image.tag=chart-test,sessionPod.image.pullPolicy=Always",
         ns.name
     );
 
@@ -275,14 +390,21 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         assert_eq!(phases, vec!["Running"; replicas], "{component} pods");
     }
 
-    // The operator, as a local process with the chart's ServiceAccount, its key and settings,
-    // reconciles a session applied with kubectl.
+    // The installed operator Deployment, run as a local process with its ServiceAccount's
+    // token, environment and Secret volume, reconciles a session applied with kubectl.
     let key = secret_value(&ns, &format!("{prefix}-hub-token-key"), "key");
     assert_eq!(key.len(), 48);
-    let operator_config = service_account_kubeconfig(&ns, &format!("{prefix}-operator"));
-    let operator =
-        Operator::start_as(&ns, &operator_config, &key, "chart-op", &format!("{prefix}-operator"), &[]);
-    operator.wait_leading().await;
+    let operator = ChartProcess::start(&ns, &format!("{prefix}-operator"), "whatsapp-operator");
+    eventually("the installed operator to lead", Duration::from_secs(60), || async {
+        let (code, _) = get_json(&format!("{}/readyz", operator.url(8080)), None).await;
+        let text =
+            reqwest::get(format!("{}/metrics", operator.url(8080))).await.map_err(|e| e.to_string())?;
+        let text = text.text().await.map_err(|e| e.to_string())?;
+        Ok((code == 200 && text.contains("whatsapp_operator_leader 1")).then_some(()))
+    })
+    .await;
+    let lease = kubectl_json(&ns, &["get", "lease", &format!("{prefix}-operator")]);
+    assert_eq!(lease["spec"]["holderIdentity"], format!("{prefix}-operator-local"));
     let applied = ns.apply(
         "apiVersion: whatsapp.leadmaster.dev/v1alpha1\nkind: WhatsAppSession\nmetadata: {name: acme}\nspec: {clienteId: 42}\n",
     );
@@ -298,19 +420,33 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     ] {
         run(ns.kubectl().args(["get", kind, name])).unwrap_or_else(|e| panic!("{kind}/{name}: {e}"));
     }
-    // The session pod runs under the restricted profile too (the namespace enforces it).
+    // The chart's settings reached it: the session image and pull policy from its values.
+    let sts = kubectl_json(&ns, &["get", "statefulset", "acme"]);
+    let session_container = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(session_container["image"], "ghcr.io/leadmaster/whatsapp-session:chart-test");
+    assert_eq!(session_container["imagePullPolicy"], "Always");
+    // The session pod is admitted under the restricted profile too (the namespace enforces it).
     eventually("the session pod", Duration::from_secs(60), || async {
         let pods = kubectl_json(&ns, &["get", "pods", "-l", "whatsapp.leadmaster.dev/session=acme"]);
         Ok(pods["items"].as_array().is_some_and(|p| p.len() == 1).then_some(()))
     })
     .await;
-    assert_eq!(operator.metric("whatsapp_operator_reconcile_errors_total{category=\"kube\"}").await, 0.0);
-    let log = std::fs::read_to_string(&operator.log).unwrap();
-    assert!(!log.contains("forbidden"), "the chart's RBAC refused the operator something:\n{log}");
+    assert!(
+        !operator.log().contains("forbidden"),
+        "the chart's RBAC refused the operator something:\n{}",
+        operator.log()
+    );
 
-    // The hub, with its own ServiceAccount: serves the session and manages it (create, patch).
-    let hub_config = service_account_kubeconfig(&ns, &format!("{prefix}-hub"));
-    let hub = Hub::ready(&ns, HubOptions { kubeconfig: Some(hub_config), ..Default::default() }).await;
+    // The installed hub Deployment, the same way: serves the session with the chart's
+    // generated JWT secret and admin session, and manages sessions (create, patch, delete).
+    let hub = ChartProcess::start(&ns, &format!("{prefix}-hub"), "whatsapp-hub");
+    let health = format!("{}/health", hub.url(8080));
+    eventually("the installed hub to be ready", Duration::from_secs(60), || async {
+        Ok((get_json(&health, None).await.0 == 200).then_some(()))
+    })
+    .await;
+    let (code, _) = get_json(&format!("{}/livez", hub.url(9090)), None).await;
+    assert_eq!(code, 200, "the hub's metrics port");
     // What `helm test` runs in the hub's image: its own check of /health.
     let check = |url: String| {
         output(
@@ -320,27 +456,53 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         )
         .unwrap()
     };
-    let healthy = check(format!("{}/health", hub.url()));
+    let healthy = check(health.clone());
     assert!(healthy.success, "{}{}", healthy.stdout, healthy.stderr);
     let closed = check(format!("http://127.0.0.1:{}/health", whatsapp_tests::cluster::free_port().unwrap()));
     assert!(!closed.success, "check-health passed against a closed port");
-    let admin = admin_token();
-    let (code, status) = hub.get("/api/whatsapp/42/status", &admin).await;
-    assert_eq!(code, 200, "{status}");
-    let (code, created) = hub.post("/api/sessions", &admin, json!({"clienteId": 43})).await;
-    assert_eq!(code, 201, "{created}");
+
+    let jwt_secret = secret_value(&ns, &format!("{prefix}-jwt"), "secret");
+    let admin = whatsapp_tests::hub::sign(
+        json!({"sub": "chart-test", "role": "admin", "exp": jsonwebtoken::get_current_timestamp() + 600}),
+        &jwt_secret,
+    );
+    let (code, status) =
+        get_json(&format!("{}/api/admin/whatsapp/status", hub.url(8080)), Some(&admin)).await;
+    assert_eq!((code, status["session"].as_str()), (200, Some("acme")), "{status}");
+    let (code, _) = get_json(
+        &format!("{}/api/whatsapp/42/status", hub.url(8080)),
+        Some(&whatsapp_tests::hub::admin_token()),
+    )
+    .await;
+    assert_eq!(code, 401, "a token signed with another secret was accepted");
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{}/api/sessions", hub.url(8080)))
+        .bearer_auth(&admin)
+        .json(&json!({"clienteId": 43}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201, "{}", created.text().await.unwrap());
     // (the hub sees its own creation through its watch, a moment later)
     eventually("the hub to suspend the session it created", Duration::from_secs(30), || async {
-        let (code, body) = hub.post("/api/whatsapp/43/disconnect", &admin, json!({})).await;
-        match code {
+        let r = http
+            .post(format!("{}/api/whatsapp/43/disconnect", hub.url(8080)))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match r.status().as_u16() {
             200 => Ok(Some(())),
             404 => Ok(None),
-            _ => Err(format!("{code} {body}")),
+            code => Err(format!("{code} {}", r.text().await.unwrap_or_default())),
         }
     })
     .await;
-    let (code, body) = hub.call(reqwest::Method::DELETE, "/api/sessions/43", Some(&admin), None).await;
-    assert!(code == 200 || code == 204, "{code} {body}");
+    let deleted =
+        http.delete(format!("{}/api/sessions/43", hub.url(8080))).bearer_auth(&admin).send().await.unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    assert!(!hub.log().contains("forbidden"), "the chart's RBAC refused the hub something:\n{}", hub.log());
 
     // Upgrade: a new value takes effect; generated secrets are kept.
     let jwt_before = secret_value(&ns, &format!("{prefix}-jwt"), "secret");
@@ -428,6 +590,23 @@ fn the_images_are_what_the_chart_expects() {
     ));
     let children = std::fs::read_to_string(source_path("operator/src/children.rs")).unwrap();
     assert!(children.contains("\"runAsUser\": 10001"));
+    // Every setting the chart passes is one the binary reads: `--help` lists its variables.
+    for (deployment, binary, read_directly) in [
+        ("operator", "whatsapp-operator", &["RUST_LOG"][..]),
+        ("hub", "whatsapp-hub", &["RUST_LOG", "POD_NAMESPACE"][..]),
+    ] {
+        let help = run(Command::new(whatsapp_tests::harness::workspace_binary(binary)).arg("--help"))
+            .unwrap()
+            .stdout;
+        let d = find(&plain, "Deployment", &format!("rel-whatsapp-operator-{deployment}"));
+        for var in d["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap() {
+            let name = var["name"].as_str().unwrap();
+            assert!(
+                read_directly.contains(&name) || help.contains(&format!("[env: {name}")),
+                "the chart sets {name} on the {deployment}, which {binary} does not read"
+            );
+        }
+    }
     // The helm test runs the hub image's own health check.
     let test_pod = find(&plain, "Pod", "rel-whatsapp-operator-hub-test");
     assert_eq!(test_pod["spec"]["containers"][0]["command"], json!(["whatsapp-hub", "check-health"]));
