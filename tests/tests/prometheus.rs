@@ -118,6 +118,15 @@ fn promtool_finds_the_alerting_rules_valid() {
     );
 }
 
+/// The alerts fire when they should and not otherwise (`tests/prometheus/alerts_test.yaml`).
+#[test]
+fn the_alerts_fire_when_they_should() {
+    let tests = source_path("tests/prometheus/alerts_test.yaml");
+    let out = Command::new(prometheus_tool("promtool")).args(["test", "rules"]).arg(&tests).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.contains("SUCCESS"), "{said}");
+}
+
 #[tokio::test]
 async fn prometheus_scrapes_the_running_stack_and_loads_the_alerts() {
     let ns = cluster().namespace("prometheus").await;
