@@ -206,7 +206,8 @@ struct ChartProcess {
 }
 
 impl ChartProcess {
-    fn start(ns: &TestNamespace, deployment: &str, binary: &str) -> ChartProcess {
+    /// Runs the process of `pod`, one of `deployment`'s pods.
+    fn start(ns: &TestNamespace, deployment: &str, pod_name: &str, binary: &str) -> ChartProcess {
         let d = kubectl_json(ns, &["get", "deployment", deployment]);
         let pod = &d["spec"]["template"]["spec"];
         let container = &pod["containers"][0];
@@ -215,7 +216,7 @@ impl ChartProcess {
             "{}",
             container["image"]
         );
-        let dir = ns.cluster.dir.join(format!("{}-{deployment}", ns.name));
+        let dir = ns.cluster.dir.join(format!("{}-{pod_name}", ns.name));
         let mut mounts: Vec<(String, PathBuf)> = Vec::new();
         for mount in container["volumeMounts"].as_array().into_iter().flatten() {
             let name = mount["name"].as_str().unwrap();
@@ -246,7 +247,7 @@ impl ChartProcess {
             let name = var["name"].as_str().unwrap().to_string();
             let value = match (var["value"].as_str(), var["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
                 (Some(v), _) => v.to_string(),
-                (None, Some("metadata.name")) => format!("{deployment}-local"),
+                (None, Some("metadata.name")) => pod_name.to_string(),
                 (None, Some("metadata.namespace")) => ns.name.clone(),
                 other => panic!("{name}: unsupported {other:?}"),
             };
@@ -280,6 +281,26 @@ impl ChartProcess {
         ChartProcess { child, ports, log }
     }
 
+    /// SIGTERM, as Kubernetes stops a pod, and the exit status once it exited.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        // A bounded poll: the child is not a future to await.
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} did not exit within 30 s of SIGTERM", self.log.display());
+    }
+
+    async fn metric(&self, container_port: u16, sample: &str) -> Option<f64> {
+        let text =
+            reqwest::get(format!("{}/metrics", self.url(container_port))).await.ok()?.text().await.ok()?;
+        whatsapp_tests::processes::sample_value(&text, sample)
+    }
+
     fn url(&self, container_port: u16) -> String {
         format!("http://127.0.0.1:{}", self.ports[&container_port])
     }
@@ -308,6 +329,16 @@ async fn get_json(url: &str, token: Option<&str>) -> (u16, Value) {
         Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
         Err(e) => (0, json!(e.to_string())),
     }
+}
+
+fn pod_names(ns: &TestNamespace, selector: &str) -> Vec<String> {
+    let pods = kubectl_json(ns, &["get", "pods", "-l", selector]);
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn secret_value(ns: &TestNamespace, name: &str, key: &str) -> Vec<u8> {
@@ -342,7 +373,7 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     let prefix = format!("{release}-whatsapp-operator");
     let scope = format!(
         "operator.watchNamespace={0},hub.watchNamespace={0},hub.sessionNamespace={0},hub.adminClienteId=42,\
-         sessionPod.image.tag=chart-test,sessionPod.image.pullPolicy=Always",
+         sessionPod.image.tag=chart-test,sessionPod.image.pullPolicy=Always,operator.replicas=2",
         ns.name
     );
 
@@ -365,6 +396,7 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         ("secret", format!("{prefix}-hub-token-key")),
         ("secret", format!("{prefix}-jwt")),
         ("poddisruptionbudget", format!("{prefix}-hub")),
+        ("poddisruptionbudget", format!("{prefix}-operator")),
         ("networkpolicy", format!("{prefix}-sessions")),
         ("networkpolicy", format!("{prefix}-hub")),
         ("networkpolicy", format!("{prefix}-operator")),
@@ -377,7 +409,7 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     for role in [format!("{prefix}-operator"), format!("{prefix}-hub")] {
         run(ns.cluster.kubectl().args(["get", "clusterrole", &role])).unwrap();
     }
-    for (component, replicas) in [("operator", 1), ("hub", 2)] {
+    for (component, replicas) in [("operator", 2), ("hub", 2)] {
         let selector =
             format!("app.kubernetes.io/name=whatsapp-{component},app.kubernetes.io/instance={release}");
         let pods = kubectl_json(&ns, &["get", "pods", "-l", &selector]);
@@ -394,17 +426,39 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     // token, environment and Secret volume, reconciles a session applied with kubectl.
     let key = secret_value(&ns, &format!("{prefix}-hub-token-key"), "key");
     assert_eq!(key.len(), 48);
-    let operator = ChartProcess::start(&ns, &format!("{prefix}-operator"), "whatsapp-operator");
-    eventually("the installed operator to lead", Duration::from_secs(60), || async {
-        let (code, _) = get_json(&format!("{}/readyz", operator.url(8080)), None).await;
-        let text =
-            reqwest::get(format!("{}/metrics", operator.url(8080))).await.map_err(|e| e.to_string())?;
-        let text = text.text().await.map_err(|e| e.to_string())?;
-        Ok((code == 200 && text.contains("whatsapp_operator_leader 1")).then_some(()))
+    // Two replicas (a PodDisruptionBudget keeps one): one leads, the other stands by, and
+    // takes over when the leader stops.
+    let operators: Vec<String> = pod_names(
+        &ns,
+        &format!("app.kubernetes.io/name=whatsapp-operator,app.kubernetes.io/instance={release}"),
+    );
+    assert_eq!(operators.len(), 2, "{operators:?}");
+    let mut replicas: Vec<ChartProcess> = operators
+        .iter()
+        .map(|pod| ChartProcess::start(&ns, &format!("{prefix}-operator"), pod, "whatsapp-operator"))
+        .collect();
+    let leader = eventually("one installed operator to lead", Duration::from_secs(60), || async {
+        let mut leading = Vec::new();
+        for (i, p) in replicas.iter().enumerate() {
+            let (ready, _) = get_json(&format!("{}/readyz", p.url(8080)), None).await;
+            match p.metric(8080, "whatsapp_operator_leader").await {
+                Some(1.0) if ready == 200 => leading.push(i),
+                Some(0.0) if ready == 200 => {}
+                _ => return Ok(None),
+            }
+        }
+        Ok((leading.len() == 1).then(|| leading[0]))
     })
     .await;
     let lease = kubectl_json(&ns, &["get", "lease", &format!("{prefix}-operator")]);
-    assert_eq!(lease["spec"]["holderIdentity"], format!("{prefix}-operator-local"));
+    assert_eq!(lease["spec"]["holderIdentity"], operators[leader].as_str());
+    let status = replicas[leader].terminate().await;
+    assert!(status.success(), "{status}");
+    let operator = replicas.remove(1 - leader);
+    eventually("the standby operator to take over", Duration::from_secs(60), || async {
+        Ok((operator.metric(8080, "whatsapp_operator_leader").await == Some(1.0)).then_some(()))
+    })
+    .await;
     let applied = ns.apply(
         "apiVersion: whatsapp.leadmaster.dev/v1alpha1\nkind: WhatsAppSession\nmetadata: {name: acme}\nspec: {clienteId: 42}\n",
     );
@@ -439,7 +493,9 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
 
     // The installed hub Deployment, the same way: serves the session with the chart's
     // generated JWT secret and admin session, and manages sessions (create, patch, delete).
-    let hub = ChartProcess::start(&ns, &format!("{prefix}-hub"), "whatsapp-hub");
+    let hubs =
+        pod_names(&ns, &format!("app.kubernetes.io/name=whatsapp-hub,app.kubernetes.io/instance={release}"));
+    let hub = ChartProcess::start(&ns, &format!("{prefix}-hub"), &hubs[0], "whatsapp-hub");
     let health = format!("{}/health", hub.url(8080));
     eventually("the installed hub to be ready", Duration::from_secs(60), || async {
         Ok((get_json(&health, None).await.0 == 200).then_some(()))
