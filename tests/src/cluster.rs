@@ -16,8 +16,6 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 /// Name of the one fake node kwok manages.
@@ -72,7 +70,7 @@ impl ControlPlane {
         }
         let dir = dir.canonicalize()?;
         let pki = write_pki(&dir.join("pki"))?;
-        let token = random_token();
+        let token = random_hex(16);
         std::fs::write(dir.join("tokens.csv"), format!("{token},admin,admin,system:masters\n"))?;
         std::fs::write(dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
 
@@ -261,13 +259,7 @@ impl ControlPlane {
     /// Stops every component, newest first, with SIGTERM and then SIGKILL after a grace period.
     pub async fn stop(mut self) {
         while let Some((name, mut child)) = self.processes.pop() {
-            if let Some(pid) = child.id() {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-                tracing::warn!(component = name, "did not stop in 10s, killing");
-                let _ = child.kill().await;
-            }
+            let _ = crate::processes::stop_gracefully(name, &mut child, Duration::from_secs(10)).await;
         }
     }
 }
@@ -376,13 +368,14 @@ pub fn kubeconfig_yaml(server: &str, ca_pem: &str, token: &str) -> String {
     s
 }
 
-fn random_token() -> String {
+/// `bytes` random bytes from the kernel, as lowercase hex (tokens, keys, passwords).
+pub fn random_hex(bytes: usize) -> String {
     use std::io::Read;
-    let mut bytes = [0u8; 16];
+    let mut buf = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
+        .and_then(|mut f| f.read_exact(&mut buf))
         .expect("reading /dev/urandom");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the component binds it right after).

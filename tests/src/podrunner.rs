@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, PodSpec, Secret, ServiceAccount,
+};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -260,69 +262,15 @@ async fn start_process(client: &Client, config: &RunnerConfig, pod: &Pod) -> Res
     let ns = pod.namespace().context("pod without namespace")?;
     let name = pod.name_any();
     let spec = pod.spec.as_ref().context("pod without spec")?;
-    let container = spec.containers.first().context("pod without containers")?;
     let dir = config.work_dir.join(&ns).join(&name);
-    std::fs::create_dir_all(dir.join("home"))?;
+    let local = LocalContainer::prepare(client, &ns, &name, spec, &dir).await?;
+    let port = local.main_port().context("the session container declares no port")?;
+    let kubeconfig =
+        service_account_kubeconfig(client, &config.server, &config.ca_pem, &ns, spec, &dir).await?;
 
-    // The pod's ServiceAccount token: its RBAC, not an admin's.
-    let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
-    let request: TokenRequest = serde_json::from_value(json!({"spec": {"expirationSeconds": 86400}}))?;
-    let token: TokenRequest = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create_subresource("token", &sa, &PostParams::default(), &request)
-        .await
-        .with_context(|| format!("a token for service account {sa}"))?;
-    let token = token.status.context("token request without status")?.token;
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, crate::cluster::kubeconfig_yaml(&config.server, &config.ca_pem, &token))?;
-
-    // Volumes: each persistentVolumeClaim mount is the bound PV's host-path directory.
-    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
-    for mount in container.volume_mounts.iter().flatten() {
-        let volume = spec.volumes.iter().flatten().find(|v| v.name == mount.name);
-        if let Some(claim) = volume.and_then(|v| v.persistent_volume_claim.as_ref()) {
-            mounts.push((mount.mount_path.clone(), claim_dir(client, &ns, &claim.claim_name).await?));
-        }
-    }
-    let map_path = |value: &str| -> String {
-        for (mount_path, host) in &mounts {
-            if let Some(rest) = value.strip_prefix(mount_path.as_str()) {
-                return format!("{}{rest}", host.display());
-            }
-        }
-        value.to_string()
-    };
-
-    let port = free_port()?;
-    let mut env: Vec<(String, String)> = Vec::new();
-    for var in container.env.iter().flatten() {
-        let value = if let Some(v) = &var.value {
-            map_path(v)
-        } else if let Some(from) = &var.value_from {
-            if let Some(field) = &from.field_ref {
-                match field.field_path.as_str() {
-                    "metadata.name" => name.clone(),
-                    "metadata.namespace" => ns.clone(),
-                    "status.podIP" => "127.0.0.1".into(),
-                    other => return Err(anyhow!("unsupported fieldRef {other}")),
-                }
-            } else if let Some(secret) = &from.secret_key_ref {
-                let s = Api::<Secret>::namespaced(client.clone(), &ns).get(&secret.name).await?;
-                let bytes = s.data.and_then(|d| d.get(&secret.key).cloned()).context("secret key missing")?;
-                String::from_utf8(bytes.0)?
-            } else {
-                continue;
-            }
-        } else {
-            continue;
-        };
-        env.push((var.name.clone(), value));
-    }
-    // This "node" has one IP, so each pod gets its own port; and its own writable HOME.
-    env.push(("WAO_LISTEN".into(), format!("127.0.0.1:{port}")));
-    env.push(("HOME".into(), dir.join("home").display().to_string()));
+    let mut env = local.env;
     env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
     env.extend(config.extra_env.iter().cloned());
-
     let log = dir.join(format!("session-{}.log", std::process::id()));
     let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
     let mut command = Command::new(workspace_binary("whatsapp-session"));
@@ -346,6 +294,143 @@ async fn start_process(client: &Client, config: &RunnerConfig, pod: &Pod) -> Res
         started: Instant::now(),
         ready: None,
     })
+}
+
+/// A pod's first container as a kubelet on this machine starts it. The environment has its
+/// values, downward-API fields and Secret keys resolved. Volumes become local directories
+/// under `dir`: a claim is its bound host-path volume, a Secret or ConfigMap is written out
+/// as files, an emptyDir is an empty directory; values naming a path under a mount follow it.
+/// This "node" has one IP, so every `0.0.0.0:PORT` listener moves to a free local port.
+pub struct LocalContainer {
+    pub env: Vec<(String, String)>,
+    /// Container port -> local port.
+    pub ports: HashMap<u16, u16>,
+    /// The container's first declared port.
+    container_port: Option<u16>,
+}
+
+impl LocalContainer {
+    pub async fn prepare(
+        client: &Client,
+        ns: &str,
+        pod_name: &str,
+        spec: &PodSpec,
+        dir: &Path,
+    ) -> Result<Self> {
+        let container = spec.containers.first().context("pod without containers")?;
+        let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+        for mount in container.volume_mounts.iter().flatten() {
+            let volume = spec
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == mount.name)
+                .with_context(|| format!("no volume {}", mount.name))?;
+            let local = dir.join("volumes").join(&volume.name);
+            std::fs::create_dir_all(&local)?;
+            let local = if let Some(claim) = &volume.persistent_volume_claim {
+                claim_dir(client, ns, &claim.claim_name).await?
+            } else if let Some(secret) = &volume.secret {
+                let name = secret.secret_name.as_deref().context("secret volume without a name")?;
+                let object = Api::<Secret>::namespaced(client.clone(), ns).get(name).await?;
+                for (key, value) in object.data.unwrap_or_default() {
+                    std::fs::write(local.join(key), value.0)?;
+                }
+                local
+            } else if let Some(configmap) = &volume.config_map {
+                let api = Api::<ConfigMap>::namespaced(client.clone(), ns);
+                match api.get_opt(&configmap.name).await? {
+                    Some(object) => {
+                        for (key, value) in object.data.unwrap_or_default() {
+                            std::fs::write(local.join(key), value)?;
+                        }
+                    }
+                    None if configmap.optional == Some(true) => {}
+                    None => return Err(anyhow!("ConfigMap {} not found", configmap.name)),
+                }
+                local
+            } else {
+                local
+            };
+            mounts.push((mount.mount_path.clone(), local));
+        }
+        let map_path = |value: &str| -> String {
+            for (mount_path, local) in &mounts {
+                if let Some(rest) = value.strip_prefix(mount_path.as_str())
+                    && (rest.is_empty() || rest.starts_with('/'))
+                {
+                    return format!("{}{rest}", local.display());
+                }
+            }
+            value.to_string()
+        };
+
+        let mut ports = HashMap::new();
+        let mut env: Vec<(String, String)> = Vec::new();
+        for var in container.env.iter().flatten() {
+            let value = if let Some(v) = &var.value {
+                map_path(v)
+            } else if let Some(from) = &var.value_from {
+                if let Some(field) = &from.field_ref {
+                    match field.field_path.as_str() {
+                        "metadata.name" => pod_name.to_string(),
+                        "metadata.namespace" => ns.to_string(),
+                        "status.podIP" => "127.0.0.1".into(),
+                        other => return Err(anyhow!("unsupported fieldRef {other}")),
+                    }
+                } else if let Some(secret) = &from.secret_key_ref {
+                    let s = Api::<Secret>::namespaced(client.clone(), ns).get(&secret.name).await?;
+                    let bytes =
+                        s.data.and_then(|d| d.get(&secret.key).cloned()).context("secret key missing")?;
+                    String::from_utf8(bytes.0)?
+                } else {
+                    continue;
+                }
+            } else {
+                continue;
+            };
+            let value = match value.strip_prefix("0.0.0.0:").and_then(|p| p.parse::<u16>().ok()) {
+                Some(port) => {
+                    let local = free_port()?;
+                    ports.insert(port, local);
+                    format!("127.0.0.1:{local}")
+                }
+                None => value,
+            };
+            env.push((var.name.clone(), value));
+        }
+        let container_port =
+            container.ports.iter().flatten().next().and_then(|p| u16::try_from(p.container_port).ok());
+        Ok(LocalContainer { env, ports, container_port })
+    }
+
+    /// The local port of the container's first declared port.
+    pub fn main_port(&self) -> Option<u16> {
+        self.ports.get(&self.container_port?).copied()
+    }
+}
+
+/// A kubeconfig with a token of the pod's ServiceAccount (from the TokenRequest API), so a
+/// process runs with that account's RBAC, not an admin's.
+pub async fn service_account_kubeconfig(
+    client: &Client,
+    server: &str,
+    ca_pem: &str,
+    ns: &str,
+    spec: &PodSpec,
+    dir: &Path,
+) -> Result<PathBuf> {
+    let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+    let request: TokenRequest = serde_json::from_value(json!({"spec": {"expirationSeconds": 86400}}))?;
+    let token: TokenRequest = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_subresource("token", &sa, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("a token for service account {sa}"))?;
+    let token = token.status.context("token request without status")?.token;
+    std::fs::create_dir_all(dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, crate::cluster::kubeconfig_yaml(server, ca_pem, &token))?;
+    Ok(kubeconfig)
 }
 
 /// The host directory of a claim's bound host-path volume.

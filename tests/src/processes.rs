@@ -217,3 +217,24 @@ impl Drop for SessionProcess {
         }
     }
 }
+
+/// Stops a process the way Kubernetes stops a container: SIGTERM, then SIGKILL if it has not
+/// exited after `grace`. Returns how it exited.
+pub async fn stop_gracefully(
+    name: &str,
+    child: &mut tokio::process::Child,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            tracing::warn!(process = name, ?grace, "did not stop after SIGTERM: killing it");
+            child.kill().await?;
+            child.wait().await
+        }
+    }
+}

@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 use whatsapp_tests::harness::{TestNamespace, cluster, eventually, source_path};
+use whatsapp_tests::podrunner::{LocalContainer, service_account_kubeconfig};
+use whatsapp_tests::processes::stop_gracefully;
 use whatsapp_tests::{Output, output, run};
 
 const MONITORING_APIS: [&str; 3] = [
@@ -181,118 +184,54 @@ fn the_chart_lints_clean_and_renders_what_it_promises() {
     assert!(critical.is_empty() && out.success, "kube-score critical findings:\n{}", critical.join("\n"));
 }
 
-/// A kubeconfig for a ServiceAccount of `ns`, with a token from the TokenRequest API.
-fn service_account_kubeconfig(ns: &TestNamespace, account: &str) -> PathBuf {
-    let token = run(ns.kubectl().args(["create", "token", account, "--duration", "1h"])).unwrap();
-    let path = ns.cluster.dir.join(format!("{}-{account}.kubeconfig", ns.name));
-    let yaml = whatsapp_tests::cluster::kubeconfig_yaml(
-        &ns.cluster.server(),
-        &ns.cluster.ca_pem(),
-        token.stdout.trim(),
-    );
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
-/// A chart Deployment's container run as a local process, the way a kubelet would run it:
-/// the binary its image holds, the installed Deployment's environment (values and downward
-/// API), its Secret and ConfigMap volumes written to local directories (paths in the
-/// environment follow), listeners moved to free local ports, and the ServiceAccount's token.
+/// A chart Deployment's pod run as a local process, as the pod runner runs session pods:
+/// the binary its image holds, with the installed Deployment's environment, volumes and
+/// ServiceAccount token (see `LocalContainer`).
 struct ChartProcess {
-    child: std::process::Child,
+    child: tokio::process::Child,
     /// Container port -> local port.
     ports: std::collections::HashMap<u16, u16>,
     log: PathBuf,
 }
 
 impl ChartProcess {
-    /// Runs the process of `pod`, one of `deployment`'s pods.
-    fn start(ns: &TestNamespace, deployment: &str, pod_name: &str, binary: &str) -> ChartProcess {
-        let d = kubectl_json(ns, &["get", "deployment", deployment]);
-        let pod = &d["spec"]["template"]["spec"];
-        let container = &pod["containers"][0];
-        assert!(
-            container["image"].as_str().unwrap().contains(&format!("/{binary}:")),
-            "{}",
-            container["image"]
-        );
+    /// Runs the process of `pod_name`, one of `deployment`'s pods.
+    async fn start(ns: &TestNamespace, deployment: &str, pod_name: &str, binary: &str) -> ChartProcess {
+        let d = ns.api::<Deployment>().get(deployment).await.unwrap();
+        let spec = d.spec.unwrap().template.spec.unwrap();
+        let image = spec.containers[0].image.clone().unwrap_or_default();
+        assert!(image.contains(&format!("/{binary}:")), "{image}");
         let dir = ns.cluster.dir.join(format!("{}-{pod_name}", ns.name));
-        let mut mounts: Vec<(String, PathBuf)> = Vec::new();
-        for mount in container["volumeMounts"].as_array().into_iter().flatten() {
-            let name = mount["name"].as_str().unwrap();
-            let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).unwrap();
-            let local = dir.join("volumes").join(name);
-            std::fs::create_dir_all(&local).unwrap();
-            if let Some(secret) = volume["secret"]["secretName"].as_str() {
-                let object = kubectl_json(ns, &["get", "secret", secret]);
-                for (key, value) in object["data"].as_object().unwrap() {
-                    use base64::Engine;
-                    let bytes =
-                        base64::engine::general_purpose::STANDARD.decode(value.as_str().unwrap()).unwrap();
-                    std::fs::write(local.join(key), bytes).unwrap();
-                }
-            } else if let Some(configmap) = volume["configMap"]["name"].as_str() {
-                let object = kubectl_json(ns, &["get", "configmap", configmap]);
-                for (key, value) in object["data"].as_object().unwrap() {
-                    std::fs::write(local.join(key), value.as_str().unwrap()).unwrap();
-                }
-            } else {
-                panic!("volume {name} of {deployment} is of a kind this runner does not know: {volume}");
-            }
-            mounts.push((mount["mountPath"].as_str().unwrap().to_string(), local));
-        }
-        let mut ports = std::collections::HashMap::new();
-        let mut env: Vec<(String, String)> = Vec::new();
-        for var in container["env"].as_array().unwrap() {
-            let name = var["name"].as_str().unwrap().to_string();
-            let value = match (var["value"].as_str(), var["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
-                (Some(v), _) => v.to_string(),
-                (None, Some("metadata.name")) => pod_name.to_string(),
-                (None, Some("metadata.namespace")) => ns.name.clone(),
-                other => panic!("{name}: unsupported {other:?}"),
-            };
-            let value = mounts
-                .iter()
-                .find_map(|(path, local)| {
-                    value.strip_prefix(path.as_str()).map(|rest| format!("{}{rest}", local.display()))
-                })
-                .unwrap_or(value);
-            let value = match value.strip_prefix("0.0.0.0:") {
-                Some(port) => {
-                    let local = whatsapp_tests::cluster::free_port().unwrap();
-                    ports.insert(port.parse().unwrap(), local);
-                    format!("127.0.0.1:{local}")
-                }
-                None => value,
-            };
-            env.push((name, value));
-        }
-        let account = pod["serviceAccountName"].as_str().unwrap();
+        let local = LocalContainer::prepare(&ns.client, &ns.name, pod_name, &spec, &dir).await.unwrap();
+        let kubeconfig = service_account_kubeconfig(
+            &ns.client,
+            &ns.cluster.server(),
+            &ns.cluster.ca_pem(),
+            &ns.name,
+            &spec,
+            &dir,
+        )
+        .await
+        .unwrap();
         let log = dir.join("process.log");
-        let child = Command::new(whatsapp_tests::harness::workspace_binary(binary))
+        let child = tokio::process::Command::new(whatsapp_tests::harness::workspace_binary(binary))
             .env_clear()
-            .envs(env)
-            .env("KUBECONFIG", service_account_kubeconfig(ns, account))
+            .envs(local.env)
+            .env("KUBECONFIG", kubeconfig)
             .stdin(std::process::Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .kill_on_drop(true)
             .spawn()
             .unwrap();
-        ChartProcess { child, ports, log }
+        ChartProcess { child, ports: local.ports, log }
     }
 
     /// SIGTERM, as Kubernetes stops a pod, and the exit status once it exited.
     async fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        // A bounded poll: the child is not a future to await.
-        for _ in 0..300 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("{} did not exit within 30 s of SIGTERM", self.log.display());
+        stop_gracefully(&self.log.display().to_string(), &mut self.child, Duration::from_secs(30))
+            .await
+            .unwrap()
     }
 
     async fn metric(&self, container_port: u16, sample: &str) -> Option<f64> {
@@ -312,8 +251,7 @@ impl ChartProcess {
 
 impl Drop for ChartProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // (kill_on_drop stops the process)
         if std::thread::panicking() {
             eprintln!("---- {} ----\n{}", self.log.display(), self.log());
         }
@@ -433,10 +371,11 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         &format!("app.kubernetes.io/name=whatsapp-operator,app.kubernetes.io/instance={release}"),
     );
     assert_eq!(operators.len(), 2, "{operators:?}");
-    let mut replicas: Vec<ChartProcess> = operators
-        .iter()
-        .map(|pod| ChartProcess::start(&ns, &format!("{prefix}-operator"), pod, "whatsapp-operator"))
-        .collect();
+    let operator_deployment = format!("{prefix}-operator");
+    let mut replicas = Vec::new();
+    for pod in &operators {
+        replicas.push(ChartProcess::start(&ns, &operator_deployment, pod, "whatsapp-operator").await);
+    }
     let leader = eventually("one installed operator to lead", Duration::from_secs(60), || async {
         let mut leading = Vec::new();
         for (i, p) in replicas.iter().enumerate() {
@@ -495,7 +434,7 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     // generated JWT secret and admin session, and manages sessions (create, patch, delete).
     let hubs =
         pod_names(&ns, &format!("app.kubernetes.io/name=whatsapp-hub,app.kubernetes.io/instance={release}"));
-    let hub = ChartProcess::start(&ns, &format!("{prefix}-hub"), &hubs[0], "whatsapp-hub");
+    let hub = ChartProcess::start(&ns, &format!("{prefix}-hub"), &hubs[0], "whatsapp-hub").await;
     let health = format!("{}/health", hub.url(8080));
     eventually("the installed hub to be ready", Duration::from_secs(60), || async {
         Ok((get_json(&health, None).await.0 == 200).then_some(()))

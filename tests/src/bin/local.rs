@@ -8,17 +8,19 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use serde_json::{Value, json};
+use serde_json::json;
+use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use whatsapp_tests::cluster::{self, ControlPlane};
 use whatsapp_tests::harness::workspace_binary;
-use whatsapp_tests::hub::Events;
+use whatsapp_tests::hub::{Events, sign};
 use whatsapp_tests::podrunner::{PodRunner, RunnerConfig};
+use whatsapp_tests::processes::stop_gracefully;
 use whatsapp_tests::simulator::{SimConfig, Simulator};
 
 #[derive(Parser)]
@@ -84,7 +86,7 @@ impl Stack {
         // The hub and the operator first (SIGTERM: graceful), then the session processes (the
         // runner stops them as a kubelet would, so Chromium saves the login), then the rest.
         for (name, child) in self.processes.iter_mut().rev() {
-            stop_child(name, child).await;
+            let _ = stop_gracefully(name, child, Duration::from_secs(10)).await;
         }
         self.runner.take();
         self.simulator.take();
@@ -92,20 +94,6 @@ impl Stack {
             plane.stop().await;
         }
     }
-}
-
-async fn stop_child(name: &str, child: &mut Child) {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    for _ in 0..100 {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    say(&format!("{name} did not stop in 10 s: killing it"));
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn say(line: &str) {
@@ -121,8 +109,8 @@ async fn run(args: &Args, dir: &Path, stack: &mut Stack) -> Result<()> {
     let client = plane.client().await?;
 
     // This machine's own secrets, kept across runs.
-    let key = secret_file(&dir.join("hub-token.key"), 48)?;
-    let jwt_secret = secret_file(&dir.join("jwt.secret"), 48)?;
+    let key = secret_file(&dir.join("hub-token.key"), 24)?;
+    let jwt_secret = secret_file(&dir.join("jwt.secret"), 24)?;
     let (users, password) = admin_login(dir)?;
 
     let simulator =
@@ -181,8 +169,9 @@ async fn run(args: &Args, dir: &Path, stack: &mut Stack) -> Result<()> {
 
     // The demo session, created the way a frontend would.
     let secret = std::fs::read(&jwt_secret)?;
-    let admin = sign(&secret, json!({"sub": "local-admin", "role": "admin"}))?;
-    let tenant = sign(&secret, json!({"sub": "local-demo", "cliente_id": args.demo_cliente_id}))?;
+    let exp = jsonwebtoken::get_current_timestamp() + 24 * 3600;
+    let admin = sign(json!({"sub": "local-admin", "role": "admin", "exp": exp}), &secret);
+    let tenant = sign(json!({"sub": "local-demo", "cliente_id": args.demo_cliente_id, "exp": exp}), &secret);
     let id = args.demo_cliente_id;
     let created = reqwest::Client::new()
         .post(format!("{hub_url}/api/sessions"))
@@ -271,7 +260,6 @@ fn terminal_qr(data: &str) -> String {
 }
 
 fn spawn(binary: &str, kubeconfig: &Path, log: &Path, args: &[&str]) -> Result<Child> {
-    use std::os::unix::process::CommandExt;
     let out = std::fs::File::create(log)?;
     Command::new(workspace_binary(binary))
         // Ctrl-C reaches only this program, which stops everything in order.
@@ -281,6 +269,7 @@ fn spawn(binary: &str, kubeconfig: &Path, log: &Path, args: &[&str]) -> Result<C
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
+        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {binary}"))
 }
@@ -300,28 +289,20 @@ async fn wait_healthy(hub_url: &str) -> Result<()> {
     }
 }
 
-/// A file of `len` random alphanumeric bytes, created once.
-fn secret_file(path: &Path, len: usize) -> Result<PathBuf> {
+/// A file of `bytes` random bytes in hex, created once.
+fn secret_file(path: &Path, bytes: usize) -> Result<PathBuf> {
     if !path.exists() {
-        std::fs::write(path, random_text(len)?)?;
+        std::fs::write(path, cluster::random_hex(bytes))?;
     }
     Ok(path.to_path_buf())
-}
-
-fn random_text(len: usize) -> Result<String> {
-    use std::io::Read;
-    let mut bytes = vec![0u8; len];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    Ok(bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect())
 }
 
 /// The users file with an `admin` login (argon2 hash from the hub itself) and its password.
 fn admin_login(dir: &Path) -> Result<(PathBuf, String)> {
     let (users, password_file) = (dir.join("users.yaml"), dir.join("admin.password"));
     if !users.exists() || !password_file.exists() {
-        let password = random_text(16)?;
-        let mut child = Command::new(workspace_binary("whatsapp-hub"))
+        let password = cluster::random_hex(8);
+        let mut child = std::process::Command::new(workspace_binary("whatsapp-hub"))
             .arg("hash-password")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -340,15 +321,6 @@ fn admin_login(dir: &Path) -> Result<(PathBuf, String)> {
         std::fs::write(&password_file, &password)?;
     }
     Ok((users, std::fs::read_to_string(password_file)?.trim().to_string()))
-}
-
-fn sign(secret: &[u8], mut claims: Value) -> Result<String> {
-    claims["exp"] = json!(jsonwebtoken::get_current_timestamp() + 24 * 3600);
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-    )?)
 }
 
 fn path_str(path: &Path) -> &str {
