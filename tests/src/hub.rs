@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::cluster::free_port;
 use crate::harness::{TestNamespace, eventually, workspace_binary};
-use crate::processes::{TEST_HUB_TOKEN_KEY, print_log_tail};
+use crate::processes::{TEST_HUB_TOKEN_KEY, print_log_tail, write_shared_file};
 
 /// The HS256 secret test hubs verify tokens with.
 pub const TEST_JWT_SECRET: &[u8] = b"test-jwt-secret-0123456789abcdef-0123";
@@ -43,9 +43,9 @@ impl Hub {
         let dir = ns.cluster.dir.join("processes");
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("hub-token.key");
-        std::fs::write(&key, TEST_HUB_TOKEN_KEY).unwrap();
+        write_shared_file(&key, TEST_HUB_TOKEN_KEY);
         let secret = dir.join("jwt.secret");
-        std::fs::write(&secret, TEST_JWT_SECRET).unwrap();
+        write_shared_file(&secret, TEST_JWT_SECRET);
         let (port, metrics_port) = (free_port().unwrap(), free_port().unwrap());
         let log = dir.join(format!("{}-hub-{port}.log", ns.name));
         let mut command = Command::new(workspace_binary("whatsapp-hub"));

@@ -24,7 +24,7 @@ impl Operator {
         let dir = ns.cluster.dir.join("processes");
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("hub-token.key");
-        std::fs::write(&key, TEST_HUB_TOKEN_KEY).unwrap();
+        write_shared_file(&key, TEST_HUB_TOKEN_KEY);
         let log = dir.join(format!("{}-{name}.log", ns.name));
         let port = free_port().unwrap();
         let child = Command::new(workspace_binary("whatsapp-operator"))
@@ -237,4 +237,14 @@ pub async fn stop_gracefully(
             child.wait().await
         }
     }
+}
+
+/// Writes a file that concurrently running tests share and read (the test keys): written
+/// aside and renamed into place, so a reader never sees it empty or half written.
+pub fn write_shared_file(path: &std::path::Path, content: &[u8]) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let aside = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    std::fs::write(&aside, content).unwrap();
+    std::fs::rename(&aside, path).unwrap();
 }
