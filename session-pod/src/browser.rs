@@ -27,7 +27,13 @@ const FLAGS: &[&str] = &[
     "--enable-features=NetworkServiceInProcess2",
     "--disable-features=PreloadTopChromeWebUI,SpareRendererForSitePerProcess,OptimizationHints,Translate,MediaRouter,BackForwardCache,LensOverlay,IsolateOrigins,site-per-process",
     "--lang=en-US",
+    // navigator.webdriver stays false, as in a browser a person runs (whatsapp-web.js does the same).
+    "--disable-blink-features=AutomationControlled",
 ];
+
+/// WhatsApp Web's address. Tests reach their simulator here too: their Chromium maps the host
+/// and trusts the simulator's certificate (flags the test harness passes, never the product).
+pub const WHATSAPP_WEB_URL: &str = "https://web.whatsapp.com/";
 
 /// WhatsApp may refuse a user agent that says HeadlessChrome.
 const USER_AGENT: &str =
@@ -54,7 +60,6 @@ pub struct LaunchOptions {
     pub chromium: PathBuf,
     pub profile_dir: PathBuf,
     pub extra_args: Vec<String>,
-    pub url: String,
     pub bridge_script: String,
     /// A pinned WhatsApp Web build: served for the top-level page instead of the live one.
     pub pinned_page: Option<String>,
@@ -95,9 +100,9 @@ impl Session {
         // Installed for every document, so a reload or a logout navigation keeps the bridge.
         within(page.evaluate_on_new_document(options.bridge_script.as_str())).await?.map_err(cdp)?;
         if let Some(html) = &options.pinned_page {
-            serve_pinned_page(&page, &options.url, html).await?;
+            serve_pinned_page(&page, WHATSAPP_WEB_URL, html).await?;
         }
-        within(page.goto(options.url.as_str())).await?.map_err(cdp)?;
+        within(page.goto(WHATSAPP_WEB_URL)).await?.map_err(cdp)?;
         Ok(Session { browser, page, handler })
     }
 

@@ -128,8 +128,13 @@ impl Driver {
         }
     }
 
-    fn report(&self, report: Report) {
+    /// Publishes a report; one that does not know what the page lacks (the browser is
+    /// starting) keeps the last known answer.
+    fn report(&self, mut report: Report) {
         self.reports.send_if_modified(|current| {
+            if report.missing.is_none() {
+                report.missing = current.missing.clone();
+            }
             let changed = *current != report;
             if changed {
                 *current = report;
@@ -209,19 +214,7 @@ impl Driver {
                 let result = if state != SessionState::Ready {
                     Err(SendError::NotReady(state))
                 } else {
-                    let expr = format!(
-                        "window.__waoBridge.sendText({}, {}).then(r => r.id)",
-                        serde_json::json!(to),
-                        serde_json::json!(body)
-                    );
-                    session.eval::<String>(&expr).await.map_err(|e| {
-                        let text = e.to_string();
-                        if text.contains("not on WhatsApp") {
-                            SendError::NotOnWhatsApp(to.clone())
-                        } else {
-                            SendError::Page(text)
-                        }
-                    })
+                    send_text(session, &to, &body).await
                 };
                 let _ = reply.send(result);
             }
@@ -234,6 +227,31 @@ impl Driver {
                 let _ = reply.send(result);
             }
         }
+    }
+}
+
+/// What the bridge's `sendText` resolves to.
+#[derive(serde::Deserialize)]
+struct SendOutcome {
+    id: Option<String>,
+    error: Option<PageError>,
+}
+
+#[derive(serde::Deserialize)]
+struct PageError {
+    code: String,
+    message: String,
+}
+
+/// Sends a text through the bridge: the WhatsApp message id, or why not.
+async fn send_text(session: &Session, to: &str, body: &str) -> Result<String, SendError> {
+    let expr = format!("window.__waoBridge.sendText({}, {})", serde_json::json!(to), serde_json::json!(body));
+    let outcome = session.eval::<SendOutcome>(&expr).await.map_err(|e| SendError::Page(e.to_string()))?;
+    match (outcome.id, outcome.error) {
+        (Some(id), None) => Ok(id),
+        (_, Some(e)) if e.code == "NOT_ON_WHATSAPP" => Err(SendError::NotOnWhatsApp(to.to_string())),
+        (_, Some(e)) => Err(SendError::Page(format!("{}: {}", e.code, e.message))),
+        (None, None) => Err(SendError::Page("the bridge answered neither an id nor an error".into())),
     }
 }
 

@@ -62,10 +62,6 @@ struct Config {
     #[arg(long, env = "WAO_CHROMIUM", default_value = "/usr/lib/chromium/chromium")]
     chromium: PathBuf,
 
-    /// WhatsApp Web's address.
-    #[arg(long, env = "WAO_WHATSAPP_URL", default_value = "https://web.whatsapp.com/")]
-    whatsapp_url: String,
-
     /// Where a pinned WhatsApp Web build (spec.browser.webVersion) is downloaded from;
     /// `{version}` is replaced. Downloaded builds are cached on the profile volume.
     #[arg(
@@ -150,7 +146,6 @@ async fn run(config: Config) -> Result<()> {
         chromium: config.chromium.clone(),
         profile_dir: config.profile_dir.clone(),
         extra_args: Vec::new(),
-        url: config.whatsapp_url.clone(),
         bridge_script,
         pinned_page: None,
     };
@@ -200,13 +195,17 @@ async fn run(config: Config) -> Result<()> {
     let _ = server.await;
     reporter.abort();
     // The last word in the status: this pod is gone.
-    let _ = tokio::time::timeout(Duration::from_secs(3), final_report(&api, &config.session_name)).await;
+    let missing = reports_rx.borrow().missing.clone();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(3), final_report(&api, &config.session_name, missing)).await;
     Ok(())
 }
 
-async fn final_report(api: &Api<WhatsAppSession>, name: &str) {
-    let report = Report::new(SessionState::Disconnected, "PodStopped", "the session pod stopped");
-    let body = status::patch(&report, None, std::time::SystemTime::now());
+async fn final_report(api: &Api<WhatsAppSession>, name: &str, missing: Option<Vec<String>>) {
+    let mut report = Report::new(SessionState::Disconnected, "PodStopped", "the session pod stopped");
+    report.missing = missing;
+    let now = std::time::SystemTime::now();
+    let body = status::patch(&report, None, status::Since { state: now, compatible: now });
     let params = kube::api::PatchParams::apply(status::FIELD_MANAGER).force();
     let _ = api.patch_status(name, &params, &kube::api::Patch::Apply(&body)).await;
 }

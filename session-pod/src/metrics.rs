@@ -1,6 +1,8 @@
 //! Prometheus metrics of the session pod, served at `/metrics`.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use whatsapp_crds::SessionState;
 use whatsapp_crds::telemetry::{registered, render};
 
@@ -15,6 +17,8 @@ pub struct Metrics {
     pub send_duration: HistogramVec,
     pub browser_restarts: IntCounter,
     web_version: IntGaugeVec,
+    bridge_compatible: IntGauge,
+    bridge_missing: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -72,10 +76,38 @@ impl Metrics {
                 &["version"],
             ),
         )?;
+        let bridge_compatible = registered(
+            &registry,
+            IntGauge::new(
+                "whatsapp_session_bridge_compatible",
+                "1 when WhatsApp Web has every module and function the bridge uses, 0 when it lacks some, -1 before the page loaded.",
+            ),
+        )?;
+        bridge_compatible.set(-1);
+        let bridge_missing = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "whatsapp_session_bridge_missing_info",
+                    "A module or function the bridge uses that this WhatsApp Web build lacks (value 1).",
+                ),
+                &["item"],
+            ),
+        )?;
         for s in SessionState::ALL {
             state.with_label_values(&[s.as_str()]).set(0);
         }
-        Ok(Metrics { registry, state, qr_refreshes, messages, send_duration, browser_restarts, web_version })
+        Ok(Metrics {
+            registry,
+            state,
+            qr_refreshes,
+            messages,
+            send_duration,
+            browser_restarts,
+            web_version,
+            bridge_compatible,
+            bridge_missing,
+        })
     }
 }
 
@@ -89,6 +121,15 @@ impl Metrics {
         let new_code = report.qr.as_ref().map(|q| &q.code);
         if new_code.is_some() && new_code != previous.qr.as_ref().map(|q| &q.code) {
             self.qr_refreshes.inc();
+        }
+        if let Some(missing) = &report.missing
+            && previous.missing.as_ref() != Some(missing)
+        {
+            self.bridge_compatible.set(i64::from(missing.is_empty()));
+            self.bridge_missing.reset();
+            for item in missing {
+                self.bridge_missing.with_label_values(&[item.as_str()]).set(1);
+            }
         }
     }
 

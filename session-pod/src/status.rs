@@ -24,10 +24,44 @@ fn time(t: SystemTime) -> Time {
     Time(Timestamp::from_second(ts.as_secs() as i64).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-/// The status patch for a report. `since` is when the state last changed. Fields the
-/// report does not have are left out, so this field manager releases them (a QR disappears
-/// once linked).
-pub fn patch(report: &Report, endpoint: Option<&str>, since: SystemTime) -> serde_json::Value {
+/// When the state and the bridge's compatibility last changed.
+#[derive(Clone, Copy, Debug)]
+pub struct Since {
+    pub state: SystemTime,
+    pub compatible: SystemTime,
+}
+
+/// The `BridgeCompatible` condition: does this WhatsApp Web build have every module and
+/// function the bridge calls? `None` while the page has not told.
+fn bridge_condition(missing: Option<&[String]>, since: SystemTime) -> Option<Condition> {
+    let (status, reason, message) = match missing? {
+        [] => (
+            "True",
+            "AllModulesPresent",
+            "WhatsApp Web has every module and function the bridge uses".to_string(),
+        ),
+        gaps => (
+            "False",
+            "ModuleMissing",
+            format!(
+                "this WhatsApp Web build lacks {}: the bridge needs an update (a new wa-bridge.js in the bridge ConfigMap)",
+                gaps.join(", ")
+            ),
+        ),
+    };
+    Some(Condition {
+        type_: "BridgeCompatible".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: None,
+        last_transition_time: time(since),
+    })
+}
+
+/// The status patch for a report. Fields the report does not have are left out, so this
+/// field manager releases them (a QR disappears once linked).
+pub fn patch(report: &Report, endpoint: Option<&str>, since: Since) -> serde_json::Value {
     let ready = report.state == SessionState::Ready;
     let condition = Condition {
         type_: "Ready".into(),
@@ -35,8 +69,11 @@ pub fn patch(report: &Report, endpoint: Option<&str>, since: SystemTime) -> serd
         reason: report.reason.clone(),
         message: report.message.clone(),
         observed_generation: None,
-        last_transition_time: time(since),
+        last_transition_time: time(since.state),
     };
+    let conditions: Vec<Condition> = std::iter::once(condition)
+        .chain(bridge_condition(report.missing.as_deref(), since.compatible))
+        .collect();
     let qr = report.qr.as_ref().map(|q| {
         json!({"code": q.code, "attempts": q.attempts, "updatedAt": time(q.shown_at), "expiresAt": time(q.expires_at)})
     });
@@ -52,8 +89,8 @@ pub fn patch(report: &Report, endpoint: Option<&str>, since: SystemTime) -> serd
             "pairingCode": report.pairing_code,
             "me": me,
             "endpoint": endpoint,
-            "conditions": [condition],
-            "lastStateChange": time(since),
+            "conditions": conditions,
+            "lastStateChange": time(since.state),
         }
     });
     if let Some(status) = body["status"].as_object_mut() {
@@ -71,13 +108,22 @@ pub async fn report_forever(
 ) {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut last_state: Option<SessionState> = None;
-    let mut since = SystemTime::now();
+    let mut last_compatible: Option<bool> = None;
+    let mut since = Since { state: SystemTime::now(), compatible: SystemTime::now() };
     loop {
         let report = reports.borrow_and_update().clone();
         if last_state != Some(report.state) {
-            since = SystemTime::now();
+            since.state = SystemTime::now();
             info!(state = %report.state, reason = %report.reason, "state changed");
             last_state = Some(report.state);
+        }
+        let compatible = report.missing.as_ref().map(|m| m.is_empty());
+        if compatible.is_some() && compatible != last_compatible {
+            since.compatible = SystemTime::now();
+            if let Some(gaps) = report.missing.as_ref().filter(|m| !m.is_empty()) {
+                warn!(missing = %gaps.join(", "), "this WhatsApp Web build lacks what the bridge uses");
+            }
+            last_compatible = compatible;
         }
         let body = patch(&report, endpoint.as_deref(), since);
         let mut delay = Duration::from_millis(500);
@@ -90,5 +136,22 @@ pub async fn report_forever(
         if reports.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bridge_condition_names_what_the_page_lacks() {
+        let at = SystemTime::UNIX_EPOCH;
+        assert!(bridge_condition(None, at).is_none());
+        let ok = bridge_condition(Some(&[]), at).unwrap();
+        assert_eq!((ok.status.as_str(), ok.reason.as_str()), ("True", "AllModulesPresent"));
+        let gaps = ["WAWebQueryExistsJob".to_string(), "WAWebMsgKey.newId".to_string()];
+        let bad = bridge_condition(Some(&gaps), at).unwrap();
+        assert_eq!((bad.status.as_str(), bad.reason.as_str()), ("False", "ModuleMissing"));
+        assert!(bad.message.contains("WAWebQueryExistsJob, WAWebMsgKey.newId"), "{}", bad.message);
     }
 }

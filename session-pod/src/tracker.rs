@@ -23,12 +23,16 @@ pub struct Snapshot {
     pub qr: Option<String>,
     pub idle: bool,
     pub me: Option<SnapshotMe>,
+    /// What of the bridge's needs this WhatsApp Web build lacks (`Module` or
+    /// `Module.export`); absent until the page has loaded.
+    pub missing: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotMe {
     pub phone: String,
+    pub lid: Option<String>,
     pub push_name: Option<String>,
 }
 
@@ -41,6 +45,9 @@ pub struct Report {
     pub qr: Option<Qr>,
     pub pairing_code: Option<String>,
     pub me: Option<Me>,
+    /// What the bridge found missing in the page (the BridgeCompatible condition); `None`
+    /// while not known.
+    pub missing: Option<Vec<String>>,
 }
 
 impl Report {
@@ -52,6 +59,7 @@ impl Report {
             qr: None,
             pairing_code: None,
             me: None,
+            missing: None,
         }
     }
 }
@@ -115,6 +123,17 @@ impl Tracker {
 
     /// Maps one snapshot to the status to report and what the driver should do next.
     pub fn observe(
+        &mut self,
+        snap: &Snapshot,
+        spec: &WhatsAppSessionSpec,
+        now: SystemTime,
+    ) -> (Report, Option<Action>) {
+        let (mut report, action) = self.state_of(snap, spec, now);
+        report.missing = snap.missing.clone();
+        (report, action)
+    }
+
+    fn state_of(
         &mut self,
         snap: &Snapshot,
         spec: &WhatsAppSessionSpec,
@@ -354,7 +373,7 @@ mod tests {
         assert_eq!(t.observe(&connecting, &spec, at(1)).0.state, SessionState::Connecting);
         let ready = Snapshot {
             has_synced: true,
-            me: Some(SnapshotMe { phone: "5491100000000".into(), push_name: Some("Ana".into()) }),
+            me: Some(SnapshotMe { phone: "5491100000000".into(), lid: None, push_name: Some("Ana".into()) }),
             ..connecting
         };
         let r = t.observe(&ready, &spec, at(2)).0;
@@ -396,5 +415,20 @@ mod tests {
         assert_eq!(t.observe(&snap("CONFLICT"), &spec, at(0)).0.reason, "Conflict");
         assert_eq!(t.observe(&snap("TOS_BLOCK"), &spec, at(0)).0.state, SessionState::Failed);
         assert_eq!(t.observe(&Snapshot::default(), &spec, at(0)).0.state, SessionState::Connecting);
+    }
+
+    #[test]
+    fn what_the_page_lacks_is_carried_in_the_report() {
+        let spec = spec(serde_json::json!({"clienteId": 1}));
+        let mut t = Tracker::new(QrTimings::default());
+        let missing = vec!["WAWebQueryExistsJob".to_string()];
+        let snap = Snapshot { missing: Some(missing.clone()), ..unpaired(Some("2@a")) };
+        let (r, _) = t.observe(&snap, &spec, at(0));
+        assert_eq!((r.state, r.missing), (SessionState::QrRequired, Some(missing)));
+        assert_eq!(
+            t.observe(&Snapshot::default(), &spec, at(1)).0.missing,
+            None,
+            "not known before the page loads"
+        );
     }
 }

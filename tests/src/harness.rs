@@ -171,14 +171,15 @@ impl TestNamespace {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
-    /// A pod runner for the session pods of this namespace, with WhatsApp Web at `whatsapp_url`.
-    pub fn pod_runner(&self, whatsapp_url: &str) -> crate::podrunner::PodRunner {
+    /// A pod runner for the session pods of this namespace, on a "node" whose network has
+    /// `sim` as WhatsApp Web.
+    pub fn pod_runner(&self, sim: &crate::simulator::Simulator) -> crate::podrunner::PodRunner {
         let config = crate::podrunner::RunnerConfig {
             server: self.cluster.server(),
             ca_pem: self.cluster.ca_pem(),
             work_dir: self.cluster.dir.join("pods"),
             namespace: Some(self.name.clone()),
-            extra_env: vec![("WAO_WHATSAPP_URL".into(), whatsapp_url.into())],
+            extra_env: vec![("WAO_CHROMIUM".into(), sim.chromium_wrapper().display().to_string())],
         };
         crate::podrunner::PodRunner::start(self.client.clone(), config)
     }

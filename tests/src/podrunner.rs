@@ -44,8 +44,8 @@ pub struct RunnerConfig {
     pub work_dir: PathBuf,
     /// Only pods of this namespace (None: all).
     pub namespace: Option<String>,
-    /// Environment added to every session process, such as `WAO_WHATSAPP_URL` pointing at
-    /// the simulator: the "network" of this node.
+    /// Environment added to every session process, such as `WAO_CHROMIUM` naming the
+    /// simulator's Chromium wrapper: the "network" of this node.
     pub extra_env: Vec<(String, String)>,
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::cluster::free_port;
 use crate::harness::{TestNamespace, eventually, workspace_binary};
+use crate::simulator::Simulator;
 
 /// A `whatsapp-operator` process scoped to one test namespace (its Lease lives there too).
 pub struct Operator {
@@ -128,7 +129,8 @@ impl Drop for Operator {
 }
 
 /// A `whatsapp-session` process for one WhatsAppSession, run directly (as the pod runner
-/// will run it for a pod), against a WhatsApp Web simulator.
+/// will run it for a pod). It opens WhatsApp Web at its real address; the simulator's
+/// Chromium wrapper maps that address to the simulator and trusts its certificate.
 pub struct SessionProcess {
     child: Child,
     pub port: u16,
@@ -140,9 +142,14 @@ pub struct SessionProcess {
 pub const TEST_HUB_TOKEN: &str = "test-hub-token";
 
 impl SessionProcess {
-    /// Starts the session `name` of `ns` on `profile`, with WhatsApp Web at `url`.
-    pub fn start(ns: &TestNamespace, name: &str, profile: &std::path::Path, url: &str) -> SessionProcess {
-        Self::start_with(ns, name, profile, url, &[])
+    /// Starts the session `name` of `ns` on `profile`, with `sim` as WhatsApp Web.
+    pub fn start(
+        ns: &TestNamespace,
+        name: &str,
+        profile: &std::path::Path,
+        sim: &Simulator,
+    ) -> SessionProcess {
+        Self::start_with(ns, name, profile, sim, &[])
     }
 
     /// [`SessionProcess::start`] with extra environment variables.
@@ -150,7 +157,7 @@ impl SessionProcess {
         ns: &TestNamespace,
         name: &str,
         profile: &std::path::Path,
-        url: &str,
+        sim: &Simulator,
         env: &[(&str, &str)],
     ) -> SessionProcess {
         let dir = ns.cluster.dir.join("processes");
@@ -166,7 +173,7 @@ impl SessionProcess {
             .env("WAO_PROFILE_DIR", profile)
             .env("WAO_LISTEN", format!("127.0.0.1:{port}"))
             .env("WAO_HUB_TOKEN", TEST_HUB_TOKEN)
-            .env("WAO_WHATSAPP_URL", url)
+            .env("WAO_CHROMIUM", sim.chromium_wrapper())
             .env("HOME", profile.parent().unwrap_or(profile))
             .envs(env.iter().copied())
             .stdin(Stdio::null())

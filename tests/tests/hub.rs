@@ -22,6 +22,15 @@ fn fast_simulator() -> SimConfig {
     SimConfig { first_ref: Duration::from_secs(4), next_ref: Duration::from_secs(2), ..SimConfig::default() }
 }
 
+/// The phone scans the picture the hub shows (`qr.base64`, a PNG data URL).
+fn scan_picture(sim: &Simulator, qr: &serde_json::Value, push_name: &str) -> Result<(), String> {
+    use base64::Engine;
+    let data_url = qr["qr"]["base64"].as_str().unwrap_or_default();
+    let png = data_url.strip_prefix("data:image/png;base64,").ok_or("the QR is not a PNG data URL")?;
+    let png = base64::engine::general_purpose::STANDARD.decode(png).map_err(|e| e.to_string())?;
+    sim.scan_png(&png, PHONE, push_name)
+}
+
 /// Scans the QR the hub shows now (or the next one, if it rotated in between).
 async fn scan_current(hub: &Hub, sim: &Simulator, cliente_id: i64, token: &str) {
     eventually("a scan of the QR the hub shows", WAIT, || async {
@@ -29,7 +38,7 @@ async fn scan_current(hub: &Hub, sim: &Simulator, cliente_id: i64, token: &str) 
         if code != 200 {
             return Ok(None);
         }
-        Ok(sim.scan(body["qr"]["url"].as_str().unwrap_or_default(), PHONE, "Acme").ok())
+        Ok(scan_picture(sim, &body, "Acme").ok())
     })
     .await
 }
@@ -39,7 +48,7 @@ async fn a_frontend_links_sends_suspends_resumes_and_deletes_a_session() {
     let ns = cluster().namespace("hub-e2e").await;
     let sim = Simulator::start(fast_simulator()).await.unwrap();
     let _op = Operator::start(&ns, "op", "op", &[]);
-    let _runner = ns.pod_runner(&sim.url());
+    let _runner = ns.pod_runner(&sim);
     let hub = Hub::ready(&ns, HubOptions { admin_cliente_id: Some(51), ..Default::default() }).await;
     let (admin, tenant) = (admin_token(), tenant_token(51));
 
@@ -352,9 +361,9 @@ async fn every_error_has_its_status_and_code() {
     let pod_token = hub_token(TEST_HUB_TOKEN_KEY, &ns.name, "ready");
     let profile = ns.profile_dir("ready");
     let mut process =
-        SessionProcess::start_with(&ns, "ready", &profile, &sim.url(), &[("WAO_HUB_TOKEN", &pod_token)]);
+        SessionProcess::start_with(&ns, "ready", &profile, &sim, &[("WAO_HUB_TOKEN", &pod_token)]);
     let qr = wait_state(&hub, 2, "QR_REQUIRED").await;
-    if sim.scan(qr["qr"]["url"].as_str().unwrap_or_default(), PHONE, "Err").is_err() {
+    if scan_picture(&sim, &qr, "Err").is_err() {
         scan_current(&hub, &sim, 2, &admin).await;
     }
     wait_state(&hub, 2, "READY").await;
@@ -391,7 +400,7 @@ async fn every_error_has_its_status_and_code() {
     );
     let _ = endpoint;
 
-    report(&ns, "odd", json!({"state": "READY", "endpoint": sim.url()})).await;
+    report(&ns, "odd", json!({"state": "READY", "endpoint": sim.control_url()})).await;
     wait_state(&hub, 6, "READY").await;
     expect(
         "not a session pod",

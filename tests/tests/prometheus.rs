@@ -102,7 +102,7 @@ fn promtool_finds_the_alerting_rules_valid() {
         Command::new(prometheus_tool("promtool")).args(["check", "rules"]).arg(&rules).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && said.contains("SUCCESS: 7 rules found"),
+        out.status.success() && said.contains("SUCCESS: 8 rules found"),
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -128,7 +128,7 @@ async fn prometheus_scrapes_the_running_stack_and_loads_the_alerts() {
     .await
     .unwrap();
     let operator = Operator::start(&ns, "op", "op", &[]);
-    let runner = ns.pod_runner(&sim.url());
+    let runner = ns.pod_runner(&sim);
     let hub = Hub::ready(&ns, HubOptions::default()).await;
     let admin = admin_token();
 
@@ -137,7 +137,7 @@ async fn prometheus_scrapes_the_running_stack_and_loads_the_alerts() {
     assert_eq!(code, 201, "{body}");
     ns.wait_status("cliente-42", "a QR code", |s| s.qr.is_some()).await;
     let scan = reqwest::Client::new()
-        .post(format!("{}/control/scan", sim.url().trim_end_matches('/')))
+        .post(format!("{}/control/scan", sim.control_url()))
         .json(&json!({"phone": "5491155556666"}))
         .send()
         .await
@@ -196,6 +196,7 @@ async fn prometheus_scrapes_the_running_stack_and_loads_the_alerts() {
         ("whatsapp_session_send_duration_seconds_count{result=\"sent\"}", 1.0),
         ("whatsapp_session_browser_restarts_total", 0.0),
         ("count(whatsapp_session_web_version_info == 1)", 1.0),
+        ("whatsapp_session_bridge_compatible", 1.0),
         (
             "sum(whatsapp_hub_http_requests_total{route=\"/api/whatsapp/{clienteId}/send\",status=\"200\"})",
             1.0,
@@ -225,7 +226,7 @@ async fn prometheus_scrapes_the_running_stack_and_loads_the_alerts() {
             .collect();
         let evaluated =
             rules.iter().all(|r| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")));
-        Ok((rules.len() == 7 && evaluated).then_some(rules))
+        Ok((rules.len() == 8 && evaluated).then_some(rules))
     })
     .await;
     for rule in &rules {

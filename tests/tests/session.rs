@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::json;
 use whatsapp_crds::{SessionState, WhatsAppSessionStatus};
 use whatsapp_tests::harness::{TestNamespace, cluster, eventually};
 use whatsapp_tests::processes::{SessionProcess, TEST_HUB_TOKEN};
-use whatsapp_tests::simulator::{SimConfig, Simulator};
+use whatsapp_tests::simulator::{Build, SimConfig, Simulator};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PHONE: &str = "5491122334455";
@@ -31,37 +33,51 @@ async fn send(
 }
 
 #[tokio::test]
-async fn qr_scan_ready_send_and_restart_without_a_new_qr() {
+async fn on_todays_build_qr_scan_ready_send_and_restart_without_a_new_qr() {
+    qr_scan_ready_send_and_restart(Build::Current).await;
+}
+
+#[tokio::test]
+async fn on_an_older_build_qr_scan_ready_send_and_restart_without_a_new_qr() {
+    qr_scan_ready_send_and_restart(Build::Legacy).await;
+}
+
+async fn qr_scan_ready_send_and_restart(build: Build) {
     let ns = cluster().namespace("session-e2e").await;
-    let sim = Simulator::start(fast_simulator()).await.unwrap();
+    let sim = Simulator::start(SimConfig { build, ..fast_simulator() }).await.unwrap();
     ns.create_session("acme", json!({"clienteId": 1})).await;
     let profile = ns.profile_dir("acme");
-    let mut process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    let mut process = SessionProcess::start(&ns, "acme", &profile, &sim);
 
-    // The QR appears in the status, with its attempt count and expiry.
+    // The QR appears in the status as WhatsApp Web draws it (ref, noise key, identity key,
+    // ADV secret, platform), with its attempt count and expiry.
     let status = ns.wait_status("acme", "a QR code in the status", |s| s.qr.is_some()).await;
     assert_eq!(status.state, Some(SessionState::QrRequired));
     let qr = status.qr.unwrap();
-    assert!(qr.code.starts_with("2@") && qr.code.split(',').count() == 4, "{}", qr.code);
+    assert!(qr.code.starts_with("2@") && qr.code.split(',').count() >= 5, "{}", qr.code);
     assert!(qr.attempts >= 1);
     assert_eq!(status.endpoint.as_deref(), Some(process.url().as_str()));
+    let compatible = status.conditions.iter().find(|c| c.type_ == "BridgeCompatible");
+    assert_eq!(
+        compatible.map(|c| (c.status.as_str(), c.reason.as_str())),
+        Some(("True", "AllModulesPresent"))
+    );
+
+    // The phone refuses what is not the whole QR of this browser.
+    let bare_ref = qr.code.split(',').next().unwrap();
+    assert!(sim.scan(bare_ref, PHONE, "Acme").is_err(), "a bare ref links nothing");
+    let mut parts: Vec<String> = qr.code.split(',').map(String::from).collect();
+    parts[1] = BASE64.encode([7u8; 32]);
+    assert!(sim.scan(&parts.join(","), PHONE, "Acme").is_err(), "a QR with another noise key links nothing");
 
     // The phone scans the code now on screen.
-    let current = ns.wait_status("acme", "a QR", |s| s.qr.is_some()).await.qr.unwrap().code;
-    let mut scanned = sim.scan(&current, PHONE, "Acme");
-    if scanned.is_err() {
-        // It rotated between our read and the scan: take the next one.
-        let next =
-            ns.wait_status("acme", "the next QR", |s| s.qr.as_ref().is_some_and(|q| q.code != current)).await;
-        scanned = sim.scan(&next.qr.unwrap().code, PHONE, "Acme");
-    }
-    scanned.expect("scan");
-    let ready = ns.wait_status("acme", "READY", |s| s.state == Some(SessionState::Ready)).await;
+    let ready = link(&ns, &sim, "acme").await;
     assert_eq!(ready.me.as_ref().map(|m| m.phone.as_str()), Some(PHONE));
     assert!(ready.qr.is_none(), "no QR once linked");
     assert!(ready.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
 
-    // Sending: delivered once, even with the same idempotency key twice.
+    // Sending: delivered once, even with the same idempotency key twice; the id is
+    // WhatsApp's own message id.
     let body = json!({"to": "+54 9 11 5555-0000", "message": "hola", "idempotencyKey": "k-1"});
     let (code, first) = send(&process, Some(TEST_HUB_TOKEN), body.clone()).await;
     assert_eq!(code, 200, "{first}");
@@ -73,6 +89,7 @@ async fn qr_scan_ready_send_and_restart_without_a_new_qr() {
         (received[0].to.as_str(), received[0].body.as_str(), received[0].from.as_str()),
         ("5491155550000", "hola", PHONE)
     );
+    assert_eq!(first["id"].as_str(), Some(received[0].id.as_str()));
 
     // Bad numbers get clear errors; only the hub may send.
     let (code, err) =
@@ -88,7 +105,7 @@ async fn qr_scan_ready_send_and_restart_without_a_new_qr() {
     process.stop();
     ns.wait_status("acme", "DISCONNECTED after stopping", |s| s.state == Some(SessionState::Disconnected))
         .await;
-    let process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    let process = SessionProcess::start(&ns, "acme", &profile, &sim);
     let again =
         ns.wait_status("acme", "READY after a restart", |s| s.state == Some(SessionState::Ready)).await;
     assert_eq!(again.me.map(|m| m.phone), Some(PHONE.to_string()));
@@ -101,6 +118,41 @@ async fn qr_scan_ready_send_and_restart_without_a_new_qr() {
     .await;
     assert_eq!((code, &replay["duplicate"]), (200, &json!(true)));
     assert_eq!(sim.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn a_build_without_a_module_the_bridge_uses_is_reported_not_failed_later() {
+    let ns = cluster().namespace("session-canary").await;
+    let sim = Simulator::start(SimConfig {
+        without_modules: vec!["WAWebQueryExistsJob".into()],
+        ..fast_simulator()
+    })
+    .await
+    .unwrap();
+    ns.create_session("acme", json!({"clienteId": 1})).await;
+    let process = SessionProcess::start(&ns, "acme", &ns.profile_dir("acme"), &sim);
+    let status = ns
+        .wait_status("acme", "BridgeCompatible=False", |s| {
+            s.conditions.iter().any(|c| c.type_ == "BridgeCompatible" && c.status == "False")
+        })
+        .await;
+    let condition = status.conditions.iter().find(|c| c.type_ == "BridgeCompatible").unwrap();
+    assert_eq!(condition.reason, "ModuleMissing");
+    assert!(condition.message.contains("WAWebQueryExistsJob"), "{}", condition.message);
+    let metrics = reqwest::get(format!("{}/metrics", process.url())).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("whatsapp_session_bridge_compatible 0"), "{metrics}");
+    assert!(
+        metrics.contains(r#"whatsapp_session_bridge_missing_info{item="WAWebQueryExistsJob"} 1"#),
+        "{metrics}"
+    );
+
+    // Linking still works (it needs nothing missing); a send says what is missing at once.
+    link(&ns, &sim, "acme").await;
+    let (code, err) =
+        send(&process, Some(TEST_HUB_TOKEN), json!({"to": "5491155550000", "message": "x"})).await;
+    assert_eq!(code, 502, "{err}");
+    assert!(err["message"].as_str().is_some_and(|m| m.contains("WAWebQueryExistsJob")), "{err}");
+    assert!(sim.messages().is_empty());
 }
 
 /// Scans whichever QR the session shows (retrying once if it rotated meanwhile) and waits for
@@ -133,7 +185,7 @@ async fn a_killed_browser_recovers_and_logout_and_conflict_are_reported() {
     let sim = Simulator::start(fast_simulator()).await.unwrap();
     ns.create_session("acme", json!({"clienteId": 1})).await;
     let profile = ns.profile_dir("acme");
-    let process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    let process = SessionProcess::start(&ns, "acme", &profile, &sim);
     link(&ns, &sim, "acme").await;
 
     // Chromium is killed: the driver notices, restarts it, and the login is still there.
@@ -168,7 +220,7 @@ async fn a_killed_browser_recovers_and_logout_and_conflict_are_reported() {
     // Linked again, then the account is opened elsewhere: a conflict, reported.
     link(&ns, &sim, "acme").await;
     let conflict = reqwest::Client::new()
-        .post(format!("http://{}/control/conflict", sim.addr))
+        .post(format!("{}/control/conflict", sim.control_url()))
         .json(&json!({"phone": PHONE}))
         .send()
         .await
@@ -203,9 +255,9 @@ async fn a_second_process_on_the_same_profile_refuses_to_start() {
     let sim = Simulator::start(fast_simulator()).await.unwrap();
     ns.create_session("acme", json!({"clienteId": 1})).await;
     let profile = ns.profile_dir("acme");
-    let _first = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    let _first = SessionProcess::start(&ns, "acme", &profile, &sim);
     ns.wait_status("acme", "the first process to show a QR", |s| s.qr.is_some()).await;
-    let mut second = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    let mut second = SessionProcess::start(&ns, "acme", &profile, &sim);
     let log = second.exited(Duration::from_secs(20)).await.expect("the second process exits");
     assert!(log.contains("in use by another session process"), "{log}");
 }
@@ -222,7 +274,7 @@ async fn an_unscanned_qr_stops_after_max_attempts_with_a_clear_reason() {
     .unwrap();
     ns.create_session("acme", json!({"clienteId": 1, "qr": {"maxAttempts": 3}})).await;
     let profile = ns.profile_dir("acme");
-    let _process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    let _process = SessionProcess::start(&ns, "acme", &profile, &sim);
     let failed = ns.wait_status("acme", "FAILED", |s| s.state == Some(SessionState::Failed)).await;
     assert_eq!(failed.reason.as_deref(), Some("QRAttemptsExhausted"));
     assert!(failed.message.unwrap_or_default().contains("3 QR codes"));
@@ -239,14 +291,14 @@ async fn phone_code_pairing_links_the_session() {
     )
     .await;
     let profile = ns.profile_dir("acme");
-    let _process = SessionProcess::start(&ns, "acme", &profile, &sim.url());
+    let _process = SessionProcess::start(&ns, "acme", &profile, &sim);
     let waiting = ns.wait_status("acme", "a pairing code", |s| s.pairing_code.is_some()).await;
     assert_eq!(waiting.state, Some(SessionState::QrRequired));
     assert!(waiting.qr.is_none(), "no QR with phone-code pairing");
     let code = waiting.pairing_code.unwrap();
     assert_eq!(code.len(), 8);
     let response = reqwest::Client::new()
-        .post(format!("http://{}/control/enter-code", sim.addr))
+        .post(format!("{}/control/enter-code", sim.control_url()))
         .json(&json!({"phone": PHONE, "code": code}))
         .send()
         .await
@@ -275,7 +327,7 @@ async fn through_the_operator_a_session_links_sends_and_survives_crashes_and_pod
     let ns = cluster().namespace("session-op").await;
     let sim = Simulator::start(fast_simulator()).await.unwrap();
     let _operator = whatsapp_tests::processes::Operator::start(&ns, "op", "op", &[]);
-    let runner = ns.pod_runner(&sim.url());
+    let runner = ns.pod_runner(&sim);
     let applied = ns.apply("apiVersion: whatsapp.leadmaster.dev/v1alpha1\nkind: WhatsAppSession\nmetadata:\n  name: acme\nspec:\n  clienteId: 7\n");
     assert!(applied.success, "{applied:?}");
 
@@ -340,13 +392,14 @@ fn run_kubectl_wait(ns: &TestNamespace, condition: &str) {
 async fn a_pinned_web_version_is_served_instead_of_the_live_page() {
     let ns = cluster().namespace("session-pin").await;
     let sim = Simulator::start(fast_simulator()).await.unwrap();
-    let pinned = "2.3000.1011111111";
+    // The older build, pinned: the session still links on it.
+    let pinned = Build::Legacy.version();
     ns.create_session("pinned", json!({"clienteId": 1, "browser": {"webVersion": pinned}})).await;
     ns.create_session("live", json!({"clienteId": 2})).await;
-    let template = format!("http://{}/versions/{{version}}.html", sim.addr);
+    let template = format!("{}/versions/{{version}}.html", sim.control_url());
     let env = [("WAO_WEB_VERSION_URL", template.as_str())];
-    let with_pin = SessionProcess::start_with(&ns, "pinned", &ns.profile_dir("pinned"), &sim.url(), &env);
-    let without = SessionProcess::start_with(&ns, "live", &ns.profile_dir("live"), &sim.url(), &env);
+    let with_pin = SessionProcess::start_with(&ns, "pinned", &ns.profile_dir("pinned"), &sim, &env);
+    let without = SessionProcess::start_with(&ns, "live", &ns.profile_dir("live"), &sim, &env);
     ns.wait_status("pinned", "a QR on the pinned build", |s| s.qr.is_some()).await;
     ns.wait_status("live", "a QR on the live build", |s| s.qr.is_some()).await;
     let version_of = |process: &SessionProcess| {
@@ -360,11 +413,13 @@ async fn a_pinned_web_version_is_served_instead_of_the_live_page() {
         }
     };
     assert_eq!(version_of(&with_pin).await.as_deref(), Some(pinned));
-    assert_eq!(version_of(&without).await.as_deref(), Some(SimConfig::default().version.as_str()));
+    assert_eq!(version_of(&without).await.as_deref(), Some(Build::Current.version()));
     assert!(
         with_pin.profile.join(format!("whatsapp-web-{pinned}.html")).exists(),
         "the build is cached on the volume"
     );
+    let ready = link(&ns, &sim, "pinned").await;
+    assert_eq!(ready.me.map(|m| m.phone), Some(PHONE.to_string()));
 
     // A build nobody has: reported, not a crash loop.
     ns.create_session("missing", json!({"clienteId": 3, "browser": {"webVersion": "2.3000.1"}})).await;
@@ -372,8 +427,8 @@ async fn a_pinned_web_version_is_served_instead_of_the_live_page() {
         &ns,
         "missing",
         &ns.profile_dir("missing"),
-        &sim.url(),
-        &[("WAO_WEB_VERSION_URL", &format!("http://{}/nothing/{{version}}", sim.addr))],
+        &sim,
+        &[("WAO_WEB_VERSION_URL", &format!("{}/nothing/{{version}}", sim.control_url()))],
     );
     let reported = ns
         .wait_status("missing", "the missing build reported", |s| {

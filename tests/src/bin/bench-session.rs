@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
         let name = format!("qr{i}");
         ns.create_session(&name, json!({"clienteId": i + 1})).await;
         let t = Instant::now();
-        let _p = SessionProcess::start(&ns, &name, &ns.profile_dir(&name), &sim.url());
+        let _p = SessionProcess::start(&ns, &name, &ns.profile_dir(&name), &sim);
         ns.wait_status(&name, "the benchmark condition", |s| s.qr.is_some()).await;
         to_qr.push(t.elapsed());
     }
@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
     // Through the operator and the pod runner: CR created -> QR in status.
     {
         let _op = Operator::start(&ns, "op", "op", &[]);
-        let _runner = ns.pod_runner(&sim.url());
+        let _runner = ns.pod_runner(&sim);
         let t = Instant::now();
         ns.create_session("viaop", json!({"clienteId": 99})).await;
         ns.wait_status("viaop", "the benchmark condition", |s| s.qr.is_some()).await;
@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     // Link one session, then restarts and sends.
     ns.create_session("main", json!({"clienteId": 500, "send": {"ratePerMinute": 180}})).await;
     let dir = ns.profile_dir("main");
-    let mut process = SessionProcess::start(&ns, "main", &dir, &sim.url());
+    let mut process = SessionProcess::start(&ns, "main", &dir, &sim);
     let qr = ns.wait_status("main", "the benchmark condition", |s| s.qr.is_some()).await.qr.unwrap().code;
     sim.scan(&qr, PHONE, "Bench").map_err(anyhow::Error::msg)?;
     ns.wait_status("main", "the benchmark condition", |s| s.state == Some(SessionState::Ready)).await;
@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         process.stop();
         ns.wait_status("main", "the benchmark condition", |s| s.state != Some(SessionState::Ready)).await;
         let t = Instant::now();
-        process = SessionProcess::start(&ns, "main", &dir, &sim.url());
+        process = SessionProcess::start(&ns, "main", &dir, &sim);
         ns.wait_status("main", "the benchmark condition", |s| s.state == Some(SessionState::Ready)).await;
         restarts.push(t.elapsed());
     }
@@ -88,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
     // Memory, after the page settled.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let session_pss = pss_tree_kib(process.pid());
-    let bare = bare_chromium_pss_kib(&sim.url()).await?;
+    let bare = bare_chromium_pss_kib(&sim).await?;
     println!(
         "PSS: session process + its Chromium {:.0} MiB; bare Chromium on the same page {:.0} MiB",
         session_pss as f64 / 1024.0,
@@ -149,7 +149,7 @@ fn pss_tree_kib(root: u32) -> u64 {
 
 /// Bare Chromium (same binary, same machine flags) on the simulator page, its PSS after it
 /// settled.
-async fn bare_chromium_pss_kib(url: &str) -> anyhow::Result<u64> {
+async fn bare_chromium_pss_kib(sim: &Simulator) -> anyhow::Result<u64> {
     let dir = std::env::temp_dir().join(format!("bare-chromium-{}", std::process::id()));
     let mut child = std::process::Command::new("/usr/lib/chromium/chromium")
         .args([
@@ -163,7 +163,8 @@ async fn bare_chromium_pss_kib(url: &str) -> anyhow::Result<u64> {
             "--remote-debugging-port=0",
         ])
         .arg(format!("--user-data-dir={}", dir.display()))
-        .arg(url)
+        .args(sim.chromium_args())
+        .arg(sim.web_url())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;

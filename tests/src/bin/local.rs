@@ -41,7 +41,8 @@ struct Args {
     /// The operator's /metrics and probes.
     #[arg(long, default_value = "127.0.0.1:8081")]
     operator_listen: SocketAddr,
-    /// The WhatsApp Web simulator (the page and the phone's control API).
+    /// The WhatsApp Web simulator's control API (the phone); its page is https://web.whatsapp.com/
+    /// to the session pods' Chromium.
     #[arg(long, default_value = "127.0.0.1:8090")]
     simulator_listen: SocketAddr,
     /// clienteId of the demo session (also the hub's admin session).
@@ -115,7 +116,7 @@ async fn run(args: &Args, dir: &Path, stack: &mut Stack) -> Result<()> {
 
     let simulator =
         stack.simulator.insert(Simulator::start_on(args.simulator_listen, SimConfig::default()).await?);
-    let simulator_url = simulator.url().trim_end_matches('/').to_string();
+    let simulator_url = simulator.control_url();
     stack.runner = Some(PodRunner::start(
         client,
         RunnerConfig {
@@ -123,7 +124,7 @@ async fn run(args: &Args, dir: &Path, stack: &mut Stack) -> Result<()> {
             ca_pem: std::fs::read_to_string(plane.dir.join("pki/ca.crt"))?,
             work_dir: dir.join("pods"),
             namespace: None,
-            extra_env: vec![("WAO_WHATSAPP_URL".into(), simulator_url.clone())],
+            extra_env: vec![("WAO_CHROMIUM".into(), simulator.chromium_wrapper().display().to_string())],
         },
     ));
 
@@ -188,7 +189,7 @@ async fn run(args: &Args, dir: &Path, stack: &mut Stack) -> Result<()> {
          \x20 kubectl     export KUBECONFIG={kubeconfig} PATH={bin}:$PATH; kubectl get whatsappsessions\n\
          \x20 hub         {hub_url} (OpenAPI at /openapi.json; log {dir}/hub.log)\n\
          \x20 metrics     hub http://{hub_metrics}/metrics, operator http://{operator}/metrics\n\
-         \x20 simulator   {simulator_url} (WhatsApp Web and the phone)\n\
+         \x20 simulator   {simulator_url} (the phone; WhatsApp Web is https://web.whatsapp.com/ to the session pods)\n\
          \x20 login       admin / {password} (POST {hub_url}/auth/login)\n\
          \x20 demo        session cliente-{id} (clienteId {id}); tokens valid 24 h:\n\n\
          export WAO_HUB={hub_url} WAO_TOKEN={tenant} WAO_ADMIN_TOKEN={admin}\n\n\

@@ -1,34 +1,156 @@
-//! The WhatsApp Web simulator: WhatsApp's servers and the user's phone, on loopback.
+//! The WhatsApp Web simulator: WhatsApp's servers, WhatsApp Web's page and the user's phone, on
+//! loopback, for tests and the local stack.
 //!
-//! WhatsApp's servers cannot be reached here, so this serves a page (`page.html`) with the
-//! same module layer the real WhatsApp Web offers (`window.require('WAWeb...')`) and plays
-//! the other side of it: ref batches for the QR, linking from the phone (a scan of the current
-//! QR, or a typed pairing code), login tokens the page keeps in the browser profile, logout
-//! from the phone, conflicts, and a chat that receives what is sent. The production driver
-//! talks to this page exactly as it talks to WhatsApp Web.
+//! # What it models
 //!
-//! Tests act as the phone through the control API (`/control/...`), or through [`Simulator`].
+//! The simulator serves `https://web.whatsapp.com/` over TLS (a certificate made at start;
+//! Chromium reaches it through [`Simulator::chromium_args`]) with a page that offers WhatsApp
+//! Web's own module layer: `window.Debug.VERSION` once the modules are ready and
+//! `window.require(name)`, which throws `Requiring unknown module "<name>"` for a module the
+//! build lacks, as the real page does. The page's modules behave as WhatsApp Web's do for the
+//! flow drivers use: linking (QR or phone-number code), login kept in the browser profile,
+//! sending text, acks, incoming messages, contacts, number lookups, logout and conflicts. Its
+//! backend (`/sim/*` on the same origin) plays WhatsApp's servers, and [`Simulator`] (or the
+//! control API on [`Simulator::control_url`]) plays the phone and the other WhatsApp users.
+//!
+//! The page's surface, module by module (current build; [`Build::Legacy`] differs where noted):
+//!
+//! | module | exports |
+//! |---|---|
+//! | `WAWebSocketModel` | `Socket`: `state` (`OPENING`, `UNPAIRED`, `UNPAIRED_IDLE`, `PAIRING`, `CONNECTED`, `CONFLICT`), `hasSynced`, `logout()`, `takeover()`, `reconnect()` |
+//! | `WAWebConnModel` | `Conn`: `ref` (the bare `2@…` ref), `pushname`, `platform`, `serialize()`, `canSetMyPushname()` |
+//! | `WAWebCmd` | `Cmd`: `refreshQR()`; events `logout`, `logout_from_bridge`, `offline_progress_update_from_bridge` |
+//! | `WAWebStreamModel` | `Stream`: `markAvailable()`, `markUnavailable()` |
+//! | `WAWebOfflineHandler` | `OfflineMessageHandler.getOfflineDeliveryProgress()` |
+//! | `WAWebUserPrefsInfoStore` | `waNoiseInfo.get()` → `{staticKeyPair: {pubKey, privKey}}` |
+//! | `WAWebSignalStoreApi` | `waSignalStore.getRegistrationInfo()` → `{registrationId, identityKeyPair}` |
+//! | `WAWebUserPrefsMultiDevice` | `getADVSecretKey()` (base64) |
+//! | `WAWebCompanionRegClientUtils` | `DEVICE_PLATFORM` (`"1"`, Chrome) |
+//! | `WAWebAdvSignatureApi` | `getADVSecretKey()` (async), `getADVEncodedIdentity()` |
+//! | `WABase64` | `encodeB64`, `decodeB64`, `encodeB64UrlSafe`, `decodeB64UrlSafe` |
+//! | `WAWebUserPrefsMeUser` | `getMaybeMePnUser`, `getMaybeMeLidUser`, `getMeUserOrThrow`, `getMePnUserOrThrow`, `getMeLidUserOrThrow`, `isMeAccount` (legacy: `getMaybeMeUser`, `getMeUser`, `isMeAccount`) |
+//! | `WAWebAltDeviceLinkingApi` | `setPairingType`, `getPairingType`, `getCurrentRef`, `initializeAltDeviceLinking`, `startAltLinkingFlow(phone, showNotification)` → code, `initializeQRLinking` |
+//! | `WAWebLaunchSocketUtils` | `refreshQR` |
+//! | `WAWebCollections` | `Msg`, `Chat`, `Contact`, `Blocklist`, `BusinessProfile`, `Label`, `Status`, `GroupMetadata` |
+//! | `WAWebWidFactory` | `createWid` (one instance per id), `createWidFromWidLike`, `createUserWid`, `createUserWidOrThrow`, `isWidlike`, `asUserWidOrThrow`, `asUserLidOrThrow`; wids have `user`, `server`, `_serialized`, `isLid()`, `isUser()`, `isGroup()`, `equals()`, `toString()` |
+//! | `WAWebMsgKey` | the `MsgKey` class: `new MsgKey({from, to, id, participant, selfDir})` (wids only) or `({fromMe, remote, id})`, `newId()`, `fromString`, `from`; `_serialized` is `true_<remote>_<id>` |
+//! | `WAWebFindChatAction` | `findOrCreateLatestChat(wid)` → `{chat, created}` |
+//! | `WAWebSendMsgChatAction` | `addAndSendMsgToChat(chat, msg)` → `[added, sent]` (sent: `{messageSendResult: 'OK'}`; legacy: `'OK'`) |
+//! | `WAWebGetEphemeralFieldsMsgActionsUtils` | `getEphemeralFields(chat)` |
+//! | `WAWebQueryExistsJob` | `queryWidExists(wid)`, `queryPhoneExists('+<digits>')` (null when not on WhatsApp) |
+//! | `WAWebApiContact`, `WAWebLidMigrationUtils` (current only) | the LID ↔ phone number mapping the page knows |
+//! | `WAWebChatGetters`, `WAWebContactGetters`, `WAWebFrontendContactGetters`, `WAWebPhoneUtils`, `WALinkify`, `WAWebLinkPreviewChatAction`, `WAWebUpdateUnreadChatAction`, `WAWebSyncGatingUtils`, `WAWebCallCollection`, `WAWebMiscBrowserUtils`, `WAWebAddonReactionTableMode`, `WAWebAddonPollVoteTableMode`, `WAWebBackendJobsCommon`, `WAWebE2EProtoUtils` | what whatsapp-web.js 1.34.7 touches around the flow above |
+//!
+//! Models and collections are Backbone-shaped like WhatsApp's: `on`/`off`/`once`/`trigger`,
+//! `change:<field>` handlers get `(model, value, previous)`, a collection re-fires its models'
+//! events and fires `add` with `(model, collection, options)`; collections have `get`,
+//! `getModelsArray`, `find`, `models`; models have `serialize()`.
+//!
+//! Behaviour:
+//! - Each browser profile is a companion device with real X25519 key pairs (noise static key,
+//!   identity key, made with WebCrypto) and a 32-byte ADV secret, kept in IndexedDB (`wawc`)
+//!   with the login, so a login survives a killed Chromium. The page reports its public keys
+//!   when it connects (as the noise handshake does) and a SHA-256 of its ADV secret (the real
+//!   phone proves the secret with an HMAC the page checks; the simulator's phone compares the
+//!   hash instead, so a wrong secret is refused at scan time).
+//! - The QR string is `ref,noise key,identity key,ADV secret,DEVICE_PLATFORM` (base64), in
+//!   `div[data-ref]` and drawn on a canvas. The server hands out batches of
+//!   [`SimConfig::refs_per_batch`] refs: the first lives [`SimConfig::first_ref`], the others
+//!   [`SimConfig::next_ref`], then the socket is `UNPAIRED_IDLE` until `Cmd.refreshQR()` or a
+//!   click. [`Simulator::scan`] checks every part against the device that shows the ref.
+//! - Phone-number pairing: the page makes the 8-character code (alphabet without 0, I, O, U)
+//!   and tells the server the phone number; the phone accepts the code for 180 s.
+//! - Linked accounts are LID-migrated unless [`SimConfig::lid_migrated`] is false: chats and
+//!   senders are `@lid`, a phone wid resolves to the contact's LID chat only once the page knows
+//!   that LID (otherwise `findOrCreateLatestChat` throws `No LID for user`, as WhatsApp Web does),
+//!   and a message must come `from` the own LID user in a LID chat.
+//! - `addAndSendMsgToChat` refuses (throws, naming the field) a message WhatsApp would not
+//!   deliver properly. Acks: 1 when the server takes it, 2 after
+//!   [`SimConfig::delivered_after`], 3 on [`Simulator::read`]; each fires `change:ack`.
+//! - Logout from the phone: `Cmd` fires `starting_logout_from_bridge` and `logout_from_bridge`,
+//!   the profile is wiped (new keys) and the page reloads as `/?post_logout=1`. `Socket.logout()`
+//!   resolves once the server forgot the device (drivers close the browser then); about a second
+//!   later the page does the same with `Cmd` `logout`. Conflict: the
+//!   page goes `CONFLICT` until `Socket.takeover()` (or its "Use here" button).
+//!
+//! # Where the facts come from
+//!
+//! Module names, exports, argument orders, the QR string, the `post_logout=1` reload, the
+//! batch of 6 refs with 60 s / 20 s lifetimes and the 180 s code lifetime come from
+//! whatsapp-web.js 1.34.7 (`src/Client.js`, `src/util/Injected/Utils.js`,
+//! `src/util/Injected/AuthStore/AuthStore.js`, `src/structures/*`), from publicly stored copies
+//! of WhatsApp Web's own `__d("WAWeb…")` modules (`WAWebCmd` events, `WAWebAltDeviceLinkingApi`,
+//! `WAWebSocketModel`, the `Requiring unknown module` error), from issue reports (`No LID for
+//! user` thrown by `findOrCreateLatestChat`), and from the project's
+//! `whatsapp-web-contract.md`. No code of those projects is used here.
+//!
+//! # Simplifications (known, deliberate)
+//!
+//! Text messages and 1:1 chats only; messages live in the page's memory (not IndexedDB); the
+//! server drives the QR rotation (the real server sends the batch and the page rotates it);
+//! transport is HTTPS requests plus server-sent events instead of a noise-encrypted WebSocket.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
+mod http;
+mod tls;
+mod world;
+
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use futures::Stream;
+use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use tokio::sync::broadcast;
+use sha2::{Digest, Sha256};
 
-const PAGE: &str = include_str!("page.html");
+use world::World;
 
-/// WhatsApp's timings, shortened in tests.
+/// What the page reports as `WAWebCompanionRegClientUtils.DEVICE_PLATFORM`, the QR string's
+/// last part: WhatsApp's companion platform number as a decimal string, `"1"` for Chrome.
+pub(crate) const DEVICE_PLATFORM: &str = "1";
+/// The phone's platform, as `Conn.platform` reports it once linked.
+pub(crate) const PHONE_PLATFORM: &str = "android";
+/// How long a pairing code is accepted by the phone.
+pub(crate) const CODE_LIFETIME: Duration = Duration::from_secs(180);
+/// The alphabet of pairing codes: Crockford's base 32 without 0 (digits 1-9, letters without I, O, U).
+pub(crate) const CODE_ALPHABET: &str = "123456789ABCDEFGHJKLMNPQRSTVWXYZ";
+
+/// Two WhatsApp Web builds with different module surfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Build {
+    /// Today's surface: LIDs, `getMaybeMePnUser`/`getMaybeMeLidUser`, send result `{messageSendResult: 'OK'}`.
+    #[default]
+    Current,
+    /// An older surface: `getMaybeMeUser`, no LIDs, send result the string `'OK'`.
+    Legacy,
+}
+
+impl Build {
+    /// The build's `window.Debug.VERSION`.
+    pub fn version(&self) -> &'static str {
+        match self {
+            Build::Current => "2.3000.1029560484",
+            Build::Legacy => "2.2412.54",
+        }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Build::Current => "current",
+            Build::Legacy => "legacy",
+        }
+    }
+
+    pub(crate) fn from_name(name: &str) -> Option<Build> {
+        [Build::Current, Build::Legacy].into_iter().find(|b| b.name() == name)
+    }
+
+    pub(crate) fn from_version(version: &str) -> Option<Build> {
+        [Build::Current, Build::Legacy].into_iter().find(|b| b.version() == version)
+    }
+}
+
+/// WhatsApp's behaviour, with timings tests shorten.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
     /// How long the first QR code of a batch lives (WhatsApp: 60 s).
@@ -37,10 +159,18 @@ pub struct SimConfig {
     pub next_ref: Duration,
     /// QR codes per batch before the page goes idle (WhatsApp: 6).
     pub refs_per_batch: usize,
-    /// Delay between connecting and the chat list being synced.
+    /// From connected to `hasSynced` (offline messages delivered, chats loaded; WhatsApp: a few
+    /// seconds). whatsapp-web.js only sees `hasSynced` change if it happens after it attached its
+    /// listener, several round trips after the page loaded: keep it above about a second.
     pub sync: Duration,
-    /// The WhatsApp Web build the page claims (`window.Debug.VERSION`).
-    pub version: String,
+    /// What `https://web.whatsapp.com/` serves.
+    pub build: Build,
+    /// Accounts linked to this simulator are LID-migrated (the legacy build ignores it: no LIDs).
+    pub lid_migrated: bool,
+    /// Modules the served pages lack (`window.require` throws for them).
+    pub without_modules: Vec<String>,
+    /// The recipient's phone acks "delivered" (2) this long after the server ack (1).
+    pub delivered_after: Duration,
 }
 
 impl Default for SimConfig {
@@ -49,436 +179,420 @@ impl Default for SimConfig {
             first_ref: Duration::from_secs(60),
             next_ref: Duration::from_secs(20),
             refs_per_batch: 6,
-            sync: Duration::from_millis(300),
-            version: "2.3000.1029560484".into(),
+            sync: Duration::from_secs(3),
+            build: Build::Current,
+            lid_migrated: true,
+            without_modules: Vec::new(),
+            delivered_after: Duration::from_millis(500),
         }
     }
 }
 
-/// A message that reached WhatsApp.
+/// A message a linked session sent, as WhatsApp received it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Received {
+    /// The WhatsApp message id (`MsgKey.id`).
+    pub id: String,
+    /// The sender's phone number.
     pub from: String,
+    /// The recipient's phone number.
     pub to: String,
     pub body: String,
-    pub id: String,
     pub at_ms: u64,
+    /// 1 server, 2 delivered, 3 read.
+    pub ack: i32,
 }
 
-#[derive(Default)]
-struct Device {
-    current_ref: Option<String>,
-    shown_at_ms: u64,
-    token: Option<String>,
-    pairing: Option<(String, String)>,
+pub(crate) struct Shared {
+    pub(crate) config: SimConfig,
+    pub(crate) world: Mutex<World>,
 }
 
-#[derive(Clone)]
-struct Account {
-    push_name: String,
-    token: String,
-    device: String,
-}
-
-#[derive(Default)]
-struct World {
-    devices: HashMap<String, Device>,
-    /// Linked accounts by phone number.
-    accounts: HashMap<String, Account>,
-    messages: Vec<Received>,
-    channels: HashMap<String, broadcast::Sender<Value>>,
-    counter: u64,
-}
-
-impl World {
-    fn channel(&mut self, device: &str) -> broadcast::Sender<Value> {
-        self.channels.entry(device.to_string()).or_insert_with(|| broadcast::channel(16).0).clone()
-    }
-
-    fn next(&mut self) -> u64 {
-        self.counter += 1;
-        self.counter
-    }
-
-    fn account_by_token(&self, token: &str) -> Option<(String, Account)> {
-        self.accounts.iter().find(|(_, a)| a.token == token).map(|(p, a)| (p.clone(), a.clone()))
-    }
-
-    /// Links `device` to `phone`: a fresh login token, pushed to the page.
-    fn link(&mut self, device: &str, phone: &str, push_name: &str) -> Value {
-        let token = format!("tok-{}-{}", self.next(), now_ms());
-        if let Some(d) = self.devices.get_mut(device) {
-            d.current_ref = None;
-            d.pairing = None;
-            d.token = Some(token.clone());
-        }
-        self.accounts.insert(
-            phone.to_string(),
-            Account { push_name: push_name.to_string(), token: token.clone(), device: device.to_string() },
-        );
-        let event = json!({"type": "linked", "token": token, "phone": phone, "pushName": push_name});
-        let _ = self.channel(device).send(event);
-        json!({"device": device, "phone": phone})
+impl Shared {
+    pub(crate) fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-struct Shared {
-    config: SimConfig,
-    world: Mutex<World>,
-}
-
-/// A running simulator.
+/// A running simulator. Dropping it stops both listeners and removes its temporary files.
 pub struct Simulator {
-    pub addr: SocketAddr,
     shared: Arc<Shared>,
-    _server: tokio::task::JoinHandle<()>,
+    control: SocketAddr,
+    tls_port: u16,
+    spki_pin: String,
+    dir: PathBuf,
+    wrapper: PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Simulator {
-    /// Starts on 127.0.0.1, on a free port.
+    /// Starts both listeners on 127.0.0.1, on free ports.
     pub async fn start(config: SimConfig) -> std::io::Result<Simulator> {
-        Self::start_on("127.0.0.1:0".parse().expect("address"), config).await
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
     }
 
-    /// Starts on a given address.
-    pub async fn start_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<Simulator> {
+    /// Starts the control listener on `control` (the TLS listener on a free port).
+    pub async fn start_on(control: SocketAddr, config: SimConfig) -> std::io::Result<Simulator> {
+        let identity = tls::identity()?;
         let shared = Arc::new(Shared { config, world: Mutex::new(World::default()) });
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let app = router(shared.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Simulator { addr, shared, _server: server })
+
+        let control_listener = tokio::net::TcpListener::bind(control).await?;
+        let control = control_listener.local_addr()?;
+        let web_listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let tls_port = web_listener.local_addr()?.port();
+        let web_listener = tls::TlsListener::new(web_listener, identity.acceptor)?;
+
+        let dir = std::env::temp_dir().join(format!(
+            "wao-simulator-{}-{}",
+            std::process::id(),
+            world::random_hex(6)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let wrapper = dir.join("chromium");
+        let chromium =
+            std::env::var("WAO_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/lib/chromium/chromium".into());
+        let args = chromium_args(tls_port, &identity.spki_pin);
+        let script = format!(
+            "#!/bin/sh\n# Chromium on the simulator's \"network\": web.whatsapp.com is the WhatsApp Web simulator.\nexec {} {} \"$@\"\n",
+            shell_quote(&chromium),
+            args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+        );
+        std::fs::write(&wrapper, script)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+        }
+
+        let web_app = http::web_router(shared.clone());
+        let control_app = http::control_router(shared.clone());
+        let tasks = vec![
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(web_listener, web_app).await {
+                    tracing::error!("simulator web listener: {e}");
+                }
+            }),
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(control_listener, control_app).await {
+                    tracing::error!("simulator control listener: {e}");
+                }
+            }),
+        ];
+        Ok(Simulator { shared, control, tls_port, spki_pin: identity.spki_pin, dir, wrapper, tasks })
     }
 
-    /// The page's address, to give the session as its WhatsApp Web URL.
-    pub fn url(&self) -> String {
-        format!("http://{}/", self.addr)
+    /// `http://127.0.0.1:<port>` (no trailing slash): `/control/*` and the build cache
+    /// `/versions/<version>.html`.
+    pub fn control_url(&self) -> String {
+        format!("http://{}", self.control)
     }
 
-    /// Messages that reached WhatsApp, oldest first.
-    pub fn messages(&self) -> Vec<Received> {
-        self.shared.world.lock().expect("lock").messages.clone()
+    /// Where the page is: `https://web.whatsapp.com/`.
+    pub fn web_url(&self) -> &'static str {
+        "https://web.whatsapp.com/"
     }
 
-    /// The phone scans `qr` (the string in the QR code). Fails unless it is the current QR of
-    /// a page.
+    /// What Chromium needs to reach the page: the host mapped to the TLS listener and its
+    /// certificate trusted by its public key pin.
+    pub fn chromium_args(&self) -> Vec<String> {
+        chromium_args(self.tls_port, &self.spki_pin)
+    }
+
+    /// An executable script that runs Chromium (`$WAO_TEST_CHROMIUM` at start, else
+    /// `/usr/lib/chromium/chromium`) with [`Simulator::chromium_args`] and its own arguments.
+    pub fn chromium_wrapper(&self) -> PathBuf {
+        self.wrapper.clone()
+    }
+
+    /// The phone reads the QR text: links only if the ref is the current one of a page and the
+    /// noise key, identity key, ADV secret and platform are that page's.
     pub fn scan(&self, qr: &str, phone: &str, push_name: &str) -> Result<(), String> {
-        let ref_ = qr.split(',').next().unwrap_or_default();
-        let mut world = self.shared.world.lock().expect("lock");
-        let device = world
-            .devices
-            .iter()
-            .find(|(_, d)| d.current_ref.as_deref() == Some(ref_))
-            .map(|(id, _)| id.clone())
-            .ok_or_else(|| {
-                "that QR code is not the current one of any page (expired or never shown)".to_string()
-            })?;
-        world.link(&device, phone, push_name);
+        self.shared.world().scan(&self.shared.config, qr, phone, push_name)
+    }
+
+    /// The phone reads a picture of the QR code (PNG), then [`Simulator::scan`].
+    pub fn scan_png(&self, png: &[u8], phone: &str, push_name: &str) -> Result<(), String> {
+        let text = http::decode_qr_png(png)?;
+        self.scan(&text, phone, push_name)
+    }
+
+    /// The user types a pairing code (`ABCD-EFGH` or `ABCDEFGH`) on the phone: links the page
+    /// that asked for a code for `phone`, if the code is right and younger than 180 s.
+    pub fn enter_code(&self, phone: &str, code: &str) -> Result<(), String> {
+        self.shared.world().enter_code(&self.shared.config, phone, code, phone)
+    }
+
+    /// What linked sessions sent, oldest first, with the current ack.
+    pub fn messages(&self) -> Vec<Received> {
+        self.shared.world().sent.clone()
+    }
+
+    /// WhatsApp user `from` sends `body` to the linked account `to`; returns the message id.
+    pub fn send_from_phone(&self, from: &str, to: &str, body: &str) -> Result<String, String> {
+        self.shared.world().send_from_phone(&self.shared.config, from, to, body)
+    }
+
+    /// The recipient reads a message a session sent: ack 3.
+    pub fn read(&self, message_id: &str) -> Result<(), String> {
+        self.shared.world().read(message_id)
+    }
+
+    /// The phone removes its linked devices.
+    pub fn logout_from_phone(&self, phone: &str) -> Result<(), String> {
+        self.shared.world().logout_from_phone(phone)
+    }
+
+    /// The account is opened in another WhatsApp Web: its connected pages go `CONFLICT`.
+    pub fn conflict(&self, phone: &str) -> Result<(), String> {
+        self.shared.world().conflict(phone)
+    }
+
+    /// The LID (digits) WhatsApp assigns a phone number, the same every time.
+    pub fn lid_of(phone: &str) -> String {
+        lid_of(phone)
+    }
+
+    /// Whether a number is a WhatsApp account here: 8 to 15 digits, not starting with `000`.
+    pub fn is_on_whatsapp(phone: &str) -> bool {
+        is_on_whatsapp(phone)
+    }
+}
+
+fn chromium_args(tls_port: u16, spki_pin: &str) -> Vec<String> {
+    vec![
+        format!("--host-resolver-rules=MAP {} 127.0.0.1:{tls_port}", tls::HOST),
+        format!("--ignore-certificate-errors-spki-list={spki_pin}"),
+    ]
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+pub(crate) fn is_on_whatsapp(phone: &str) -> bool {
+    (8..=15).contains(&phone.len()) && phone.bytes().all(|b| b.is_ascii_digit()) && !phone.starts_with("000")
+}
+
+pub(crate) fn lid_of(phone: &str) -> String {
+    let digest = Sha256::digest(format!("whatsapp-simulator-lid:{phone}").as_bytes());
+    let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    // 15 digits, as WhatsApp's LIDs.
+    (100_000_000_000_000 + n % 900_000_000_000_000).to_string()
+}
+
+fn b64() -> &'static base64::engine::GeneralPurpose {
+    &base64::engine::general_purpose::STANDARD
+}
+
+/// The keys a companion device reported when it connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DeviceKeys {
+    pub noise: [u8; 32],
+    pub identity: [u8; 32],
+    /// SHA-256 of the ADV secret.
+    pub adv_hash: [u8; 32],
+    pub platform: String,
+}
+
+/// The parts of a WhatsApp Web QR string.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct QrParts {
+    pub reference: String,
+    pub noise: [u8; 32],
+    pub identity: [u8; 32],
+    pub adv_secret: [u8; 32],
+    pub platform: String,
+}
+
+fn key_part(parts: &[&str], index: usize, what: &str) -> Result<[u8; 32], String> {
+    let bytes = b64()
+        .decode(parts[index])
+        .map_err(|e| format!("part {} of the QR ({what}) is not base64: {e}", index + 1))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("part {} of the QR ({what}) is {} bytes, not 32", index + 1, b.len()))
+}
+
+impl QrParts {
+    pub(crate) fn parse(qr: &str) -> Result<QrParts, String> {
+        let qr = qr.trim();
+        let parts: Vec<&str> = qr.split(',').collect();
+        if parts.len() == 1 {
+            return Err(format!(
+                "\"{qr}\" is a bare ref (Conn.ref): a phone cannot link with it; WhatsApp Web's QR is \
+                 ref,noise public key,identity public key,ADV secret,platform"
+            ));
+        }
+        let with_faq = parts.len() == 6 && parts[5].starts_with("https://");
+        if parts.len() != 5 && !with_faq {
+            return Err(format!(
+                "the QR has {} comma-separated parts; WhatsApp Web's QR is ref,noise public key,identity public key,ADV secret,platform",
+                parts.len()
+            ));
+        }
+        if !parts[0].starts_with("2@") || parts[0].len() < 4 {
+            return Err(format!("part 1 of the QR (\"{}\") is not a WhatsApp Web ref (2@…)", parts[0]));
+        }
+        Ok(QrParts {
+            reference: parts[0].to_string(),
+            noise: key_part(&parts, 1, "noise public key")?,
+            identity: key_part(&parts, 2, "identity public key")?,
+            adv_secret: key_part(&parts, 3, "ADV secret")?,
+            platform: parts[4].to_string(),
+        })
+    }
+
+    /// The phone's checks against the device that shows this ref.
+    pub(crate) fn check(&self, device: &DeviceKeys) -> Result<(), String> {
+        if self.noise != device.noise {
+            return Err("part 2 of the QR (noise public key) is not the noise static key of the browser showing this ref".into());
+        }
+        if self.identity != device.identity {
+            return Err("part 3 of the QR (identity public key) is not the identity key of the browser showing this ref".into());
+        }
+        if <[u8; 32]>::from(Sha256::digest(self.adv_secret)) != device.adv_hash {
+            return Err(
+                "part 4 of the QR (ADV secret) is not the ADV secret of the browser showing this ref".into(),
+            );
+        }
+        if self.platform != device.platform || self.platform != DEVICE_PLATFORM {
+            return Err(format!(
+                "part 5 of the QR (platform) is \"{}\"; WhatsApp Web reports \"{DEVICE_PLATFORM}\"",
+                self.platform
+            ));
+        }
         Ok(())
     }
+}
 
-    /// The phone logs this device out.
-    pub fn logout_from_phone(&self, phone: &str) -> Result<(), String> {
-        control_logout(&self.shared, phone)
+/// A typed pairing code, normalised (`ABCD-EFGH`, `abcdefgh` → `ABCDEFGH`), or why it cannot be one.
+pub(crate) fn normalize_code(code: &str) -> Result<String, String> {
+    let code: String =
+        code.chars().filter(|c| *c != '-' && !c.is_whitespace()).collect::<String>().to_uppercase();
+    if code.len() != 8 || !code.chars().all(|c| CODE_ALPHABET.contains(c)) {
+        return Err(format!(
+            "\"{code}\" is not a pairing code: 8 characters from {CODE_ALPHABET} (an optional dash in the middle)"
+        ));
     }
+    Ok(code)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+pub(crate) fn code_hash(code: &str) -> String {
+    hex(&Sha256::digest(code.as_bytes()))
 }
 
-/// 32 pseudo-random bytes in base64 (xorshift): refs and keys that look like WhatsApp's.
-fn random_b64(seed: u64) -> String {
-    use base64::Engine;
-    let mut x = seed ^ now_ms() ^ 0x9E37_79B9_7F4A_7C15;
-    let mut bytes = [0u8; 32];
-    for b in bytes.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> (DeviceKeys, String) {
+        let noise = [1u8; 32];
+        let identity = [2u8; 32];
+        let adv = [3u8; 32];
+        let device = DeviceKeys {
+            noise,
+            identity,
+            adv_hash: Sha256::digest(adv).into(),
+            platform: DEVICE_PLATFORM.to_string(),
+        };
+        let qr = format!(
+            "2@abcdef,{},{},{},{DEVICE_PLATFORM}",
+            b64().encode(noise),
+            b64().encode(identity),
+            b64().encode(adv)
+        );
+        (device, qr)
     }
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
-fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
-        .route("/versions/{file}", get(pinned_build))
-        .route("/sim/config", get(sim_config))
-        .route("/sim/events", get(sim_events))
-        .route("/sim/refs", post(sim_refs))
-        .route("/sim/ref", post(sim_ref))
-        .route("/sim/login", post(sim_login))
-        .route("/sim/logout", post(sim_logout))
-        .route("/sim/takeover", post(sim_takeover))
-        .route("/sim/pair-code", post(sim_pair_code))
-        .route("/sim/lookup", post(sim_lookup))
-        .route("/sim/send", post(sim_send))
-        .route("/control/scan", post(control_scan))
-        .route("/control/enter-code", post(control_enter_code))
-        .route("/control/logout", post(control_logout_route))
-        .route("/control/conflict", post(control_conflict))
-        .route("/control/messages", get(control_messages))
-        .with_state(shared)
-}
+    #[test]
+    fn a_complete_qr_of_the_device_is_accepted() {
+        let (device, qr) = keys();
+        let parts = QrParts::parse(&qr).expect("parses");
+        assert_eq!(parts.reference, "2@abcdef");
+        parts.check(&device).expect("accepted");
+        let with_faq = format!("{qr},https://faq.whatsapp.com/r/ld");
+        QrParts::parse(&with_faq).expect("parses").check(&device).expect("accepted");
+    }
 
-type S = State<Arc<Shared>>;
+    #[test]
+    fn a_bare_ref_is_refused() {
+        let err = QrParts::parse("2@abcdef").unwrap_err();
+        assert!(err.contains("bare ref"), "{err}");
+    }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": code, "message": message}))).into_response()
-}
-
-/// A cache of older WhatsApp Web builds, like the public ones pinning drivers use:
-/// `/versions/<version>.html` is the page claiming that build.
-async fn pinned_build(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
-    match file.strip_suffix(".html").filter(|v| v.chars().all(|c| c.is_ascii_digit() || c == '.')) {
-        Some(version) => {
-            let marker = format!("<script>window.__SIM_VERSION__ = {};</script>\n<script>", json!(version));
-            Html(PAGE.replacen("<script>", &marker, 1)).into_response()
+    #[test]
+    fn each_wrong_part_is_named() {
+        let (device, qr) = keys();
+        let parts: Vec<String> = qr.split(',').map(String::from).collect();
+        let other = b64().encode([9u8; 32]);
+        for (index, needle) in [(1, "noise"), (2, "identity"), (3, "ADV secret")] {
+            let mut wrong = parts.clone();
+            wrong[index] = other.clone();
+            let err = QrParts::parse(&wrong.join(",")).expect("parses").check(&device).unwrap_err();
+            assert!(err.contains(needle), "{err}");
         }
-        None => error(StatusCode::NOT_FOUND, "NO_SUCH_BUILD", "no such WhatsApp Web build"),
+        let mut wrong = parts.clone();
+        wrong[4] = "MACOS".into();
+        let err = QrParts::parse(&wrong.join(",")).expect("parses").check(&device).unwrap_err();
+        assert!(err.contains("platform"), "{err}");
+        let mut short = parts.clone();
+        short[1] = b64().encode([1u8; 16]);
+        let err = QrParts::parse(&short.join(",")).unwrap_err();
+        assert!(err.contains("16 bytes"), "{err}");
+        let err = QrParts::parse(&parts[..4].join(",")).unwrap_err();
+        assert!(err.contains("4 comma-separated parts"), "{err}");
+        let mut not_ref = parts.clone();
+        not_ref[0] = "1@x".into();
+        assert!(QrParts::parse(&not_ref.join(",")).unwrap_err().contains("not a WhatsApp Web ref"));
     }
-}
 
-async fn sim_config(State(s): S) -> Json<Value> {
-    Json(json!({
-        "firstRefMs": s.config.first_ref.as_millis() as u64,
-        "nextRefMs": s.config.next_ref.as_millis() as u64,
-        "syncMs": s.config.sync.as_millis() as u64,
-        "version": s.config.version,
-    }))
-}
-
-#[derive(Deserialize)]
-struct DeviceQuery {
-    device: String,
-}
-
-async fn sim_events(
-    State(s): S,
-    Query(q): Query<DeviceQuery>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let rx = s.world.lock().expect("lock").channel(&q.device).subscribe();
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(v) => return Some((Ok(Event::default().data(v.to_string())), rx)),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
-}
-
-#[derive(Deserialize)]
-struct Body {
-    device: String,
-    #[serde(default, rename = "ref")]
-    ref_: Option<String>,
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    phone: Option<String>,
-    #[serde(default)]
-    to: Option<String>,
-    #[serde(default)]
-    body: Option<String>,
-    #[serde(default)]
-    id: Option<String>,
-}
-
-async fn sim_refs(State(s): S, Json(b): Json<Body>) -> Json<Value> {
-    let mut world = s.world.lock().expect("lock");
-    let batch = world.next();
-    world.devices.entry(b.device.clone()).or_default();
-    let refs: Vec<String> = (0..s.config.refs_per_batch)
-        .map(|i| format!("2@{}", random_b64(batch * 100 + i as u64).replace('=', "")))
-        .collect();
-    Json(json!({
-        "refs": refs,
-        "noiseKey": random_b64(batch * 7 + 1),
-        "identityKey": random_b64(batch * 7 + 2),
-        "advSecret": random_b64(batch * 7 + 3),
-    }))
-}
-
-async fn sim_ref(State(s): S, Json(b): Json<Body>) -> StatusCode {
-    let mut world = s.world.lock().expect("lock");
-    let device = world.devices.entry(b.device).or_default();
-    device.current_ref = b.ref_;
-    device.shown_at_ms = now_ms();
-    StatusCode::NO_CONTENT
-}
-
-async fn sim_login(State(s): S, Json(b): Json<Body>) -> Response {
-    let mut world = s.world.lock().expect("lock");
-    match b.token.as_deref().and_then(|t| world.account_by_token(t)) {
-        Some((phone, account)) if account.device == b.device => {
-            world.devices.entry(b.device).or_default().token = Some(account.token.clone());
-            Json(json!({"phone": phone, "pushName": account.push_name})).into_response()
-        }
-        _ => error(
-            StatusCode::UNAUTHORIZED,
-            "LOGGED_OUT",
-            "this device is not linked (logged out from the phone?)",
-        ),
+    #[test]
+    fn pairing_codes_are_normalised_and_checked() {
+        assert_eq!(normalize_code("ABCD-EFGH").unwrap(), "ABCDEFGH");
+        assert_eq!(normalize_code("abcd efgh").unwrap(), "ABCDEFGH");
+        assert!(normalize_code("ABCDEFG").is_err());
+        // 0, I, O and U are not in WhatsApp's code alphabet.
+        assert!(normalize_code("ABCDEFG0").is_err());
+        assert!(normalize_code("ABCDEFGU").is_err());
+        assert_eq!(code_hash("ABCDEFGH"), code_hash("ABCDEFGH"));
+        assert_ne!(code_hash("ABCDEFGH"), code_hash("ABCDEFGJ"));
     }
-}
 
-async fn sim_logout(State(s): S, Json(b): Json<Body>) -> StatusCode {
-    let mut world = s.world.lock().expect("lock");
-    if let Some((phone, _)) = b.token.as_deref().and_then(|t| world.account_by_token(t)) {
-        world.accounts.remove(&phone);
+    #[test]
+    fn lids_are_stable_fifteen_digit_numbers() {
+        let lid = lid_of("5511999990000");
+        assert_eq!(lid, lid_of("5511999990000"));
+        assert_ne!(lid, lid_of("5511999990001"));
+        assert_eq!(lid.len(), 15);
+        assert!(lid.bytes().all(|b| b.is_ascii_digit()));
     }
-    StatusCode::NO_CONTENT
-}
 
-async fn sim_takeover(State(s): S, Json(b): Json<Body>) -> Response {
-    let world = s.world.lock().expect("lock");
-    match b.token.as_deref().and_then(|t| world.account_by_token(t)) {
-        Some((phone, _)) => Json(json!({"phone": phone})).into_response(),
-        None => error(StatusCode::UNAUTHORIZED, "LOGGED_OUT", "not linked"),
+    #[test]
+    fn who_is_on_whatsapp() {
+        assert!(is_on_whatsapp("5511999990000"));
+        assert!(!is_on_whatsapp("0005511999990"));
+        assert!(!is_on_whatsapp("1234567"));
+        assert!(!is_on_whatsapp("1234567890123456"));
+        assert!(!is_on_whatsapp("55119999x0000"));
     }
-}
 
-async fn sim_pair_code(State(s): S, Json(b): Json<Body>) -> Response {
-    let Some(phone) =
-        b.phone.filter(|p| p.len() >= 8 && p.len() <= 15 && p.chars().all(|c| c.is_ascii_digit()))
-    else {
-        return error(StatusCode::BAD_REQUEST, "BAD_PHONE", "phone must be 8 to 15 digits");
-    };
-    let mut world = s.world.lock().expect("lock");
-    let n = world.next();
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTVWXYZ23456789";
-    let code: String = (0..8)
-        .map(|i| ALPHABET[((n * 31 + i * 17 + now_ms() % 997) % ALPHABET.len() as u64) as usize] as char)
-        .collect();
-    world.devices.entry(b.device).or_default().pairing = Some((phone, code.clone()));
-    Json(json!({"code": code})).into_response()
-}
-
-/// Numbers starting with 000 are "not on WhatsApp".
-fn registered(number: &str) -> bool {
-    (8..=15).contains(&number.len())
-        && number.chars().all(|c| c.is_ascii_digit())
-        && !number.starts_with("000")
-}
-
-async fn sim_lookup(State(s): S, Json(b): Json<Body>) -> Response {
-    let world = s.world.lock().expect("lock");
-    if b.token.as_deref().and_then(|t| world.account_by_token(t)).is_none() {
-        return error(StatusCode::UNAUTHORIZED, "LOGGED_OUT", "not linked");
+    #[test]
+    fn builds_have_their_versions() {
+        assert_eq!(Build::from_version(Build::Current.version()), Some(Build::Current));
+        assert_eq!(Build::from_version(Build::Legacy.version()), Some(Build::Legacy));
+        assert_eq!(Build::from_version("2.1.1"), None);
+        assert_eq!(Build::from_name("legacy"), Some(Build::Legacy));
     }
-    let to = b.to.unwrap_or_default();
-    if !registered(&to) {
-        return error(StatusCode::NOT_FOUND, "NOT_ON_WHATSAPP", &format!("{to} is not on WhatsApp"));
-    }
-    let existing = world.messages.iter().any(|m| m.to == to);
-    Json(json!({"name": to, "existing": existing})).into_response()
-}
-
-async fn sim_send(State(s): S, Json(b): Json<Body>) -> Response {
-    let mut world = s.world.lock().expect("lock");
-    let Some((from, _)) = b.token.as_deref().and_then(|t| world.account_by_token(t)) else {
-        return error(StatusCode::UNAUTHORIZED, "LOGGED_OUT", "not linked");
-    };
-    let to = b.to.unwrap_or_default();
-    if !registered(&to) {
-        return error(StatusCode::NOT_FOUND, "NOT_ON_WHATSAPP", &format!("{to} is not on WhatsApp"));
-    }
-    let message = Received {
-        from,
-        to,
-        body: b.body.unwrap_or_default(),
-        id: b.id.unwrap_or_default(),
-        at_ms: now_ms(),
-    };
-    world.messages.push(message);
-    Json(json!({"status": "OK"})).into_response()
-}
-
-#[derive(Deserialize)]
-struct Phone {
-    #[serde(default)]
-    qr: Option<String>,
-    phone: String,
-    #[serde(default, rename = "pushName")]
-    push_name: Option<String>,
-    #[serde(default)]
-    code: Option<String>,
-}
-
-async fn control_scan(State(s): S, Json(p): Json<Phone>) -> Response {
-    let mut world = s.world.lock().expect("lock");
-    let push_name = p.push_name.unwrap_or_else(|| "Simulated Phone".into());
-    // Without a QR string: the QR most recently put on screen.
-    let device = match p.qr.as_deref().map(|q| q.split(',').next().unwrap_or_default().to_string()) {
-        Some(ref_) => world
-            .devices
-            .iter()
-            .find(|(_, d)| d.current_ref.as_deref() == Some(ref_.as_str()))
-            .map(|(id, _)| id.clone()),
-        None => world
-            .devices
-            .iter()
-            .filter(|(_, d)| d.current_ref.is_some())
-            .max_by_key(|(_, d)| d.shown_at_ms)
-            .map(|(id, _)| id.clone()),
-    };
-    match device {
-        Some(device) => Json(world.link(&device, &p.phone, &push_name)).into_response(),
-        None => error(
-            StatusCode::CONFLICT,
-            "NO_CURRENT_QR",
-            "no page shows that QR code now (expired, idle, or never shown)",
-        ),
-    }
-}
-
-async fn control_enter_code(State(s): S, Json(p): Json<Phone>) -> Response {
-    let mut world = s.world.lock().expect("lock");
-    let code = p.code.unwrap_or_default().replace('-', "");
-    let device = world
-        .devices
-        .iter()
-        .find(|(_, d)| d.pairing.as_ref().is_some_and(|(phone, c)| *phone == p.phone && *c == code))
-        .map(|(id, _)| id.clone());
-    match device {
-        Some(device) => {
-            let push_name = p.push_name.unwrap_or_else(|| "Simulated Phone".into());
-            Json(world.link(&device, &p.phone, &push_name)).into_response()
-        }
-        None => error(StatusCode::CONFLICT, "WRONG_CODE", "no page waits for that code for that phone"),
-    }
-}
-
-fn control_logout(shared: &Shared, phone: &str) -> Result<(), String> {
-    let mut world = shared.world.lock().expect("lock");
-    let account = world.accounts.remove(phone).ok_or_else(|| format!("{phone} is not linked"))?;
-    let _ = world.channel(&account.device).send(json!({"type": "logout"}));
-    Ok(())
-}
-
-async fn control_logout_route(State(s): S, Json(p): Json<Phone>) -> Response {
-    match control_logout(&s, &p.phone) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => error(StatusCode::NOT_FOUND, "NOT_LINKED", &e),
-    }
-}
-
-async fn control_conflict(State(s): S, Json(p): Json<Phone>) -> Response {
-    let mut world = s.world.lock().expect("lock");
-    let Some(account) = world.accounts.get(&p.phone).cloned() else {
-        return error(StatusCode::NOT_FOUND, "NOT_LINKED", "that phone is not linked");
-    };
-    let _ = world.channel(&account.device).send(json!({"type": "conflict"}));
-    StatusCode::NO_CONTENT.into_response()
-}
-
-async fn control_messages(State(s): S) -> Json<Vec<Received>> {
-    Json(s.world.lock().expect("lock").messages.clone())
 }

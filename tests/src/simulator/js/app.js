@@ -1,0 +1,788 @@
+// The page: WhatsApp Web's module layer over this profile's device and its connection to
+// "WhatsApp's servers" (the simulator: POST /sim/* from the page, server events on
+// GET /sim/events as the socket's incoming stanzas).
+
+const SIM = window.__SIM__;
+const CURRENT = SIM.build === 'current';
+const DEVICE_PLATFORM = SIM.platform;
+
+let device = null;
+let login = null;
+let conn = null;
+let events = null;
+let loggingOut = false;
+let reconnectTimer = null;
+const me = { pn: null, lid: null };
+const lidByPn = new Map();
+const pnByLid = new Map();
+
+function b64(bytes) {
+  return Base64.encodeB64(bytes);
+}
+
+async function post(path, body) {
+  const res = await fetch(path, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(Object.assign({ conn }, body || {})),
+  });
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    const e = new Error(data.message || 'HTTP ' + res.status);
+    e.status = res.status;
+    e.code = data.error;
+    throw e;
+  }
+  return data;
+}
+
+function remember(pn, lid) {
+  if (!pn || !lid) return;
+  lidByPn.set(String(pn), String(lid));
+  pnByLid.set(String(lid), String(pn));
+}
+
+// ---- the models drivers read -------------------------------------------------------------
+
+const Socket = new Model({ state: 'OPENING', hasSynced: false, stream: 'DISCONNECTED' });
+const Conn = new Model({ ref: null, pushname: undefined, platform: undefined, isSMB: false });
+const Cmd = new Events();
+const Stream = new Model({ available: false, displayInfo: 'OPENING', mode: 'MAIN' });
+const OfflineMessageHandler = {
+  _progress: 0,
+  getOfflineDeliveryProgress() {
+    return this._progress;
+  },
+};
+
+Conn.serialize = function () {
+  return { ref: this.ref, pushname: this.pushname, platform: this.platform, isSMB: this.isSMB };
+};
+Conn.canSetMyPushname = () => true;
+Stream.markAvailable = () => Stream.set('available', true);
+Stream.markUnavailable = () => Stream.set('available', false);
+
+const MSG_FIELDS = ['id', 'type', 'body', 't', 'from', 'to', 'author', 'ack', 'self', 'isNewMsg', 'local', 'notifyName'];
+class MsgModel extends Model {
+  constructor(attrs) {
+    super(
+      Object.assign(
+        {
+          star: false,
+          broadcast: false,
+          isForwarded: false,
+          forwardingScore: 0,
+          hasReaction: false,
+          isEphemeral: false,
+          isStatusV3: false,
+          mentionedJidList: [],
+          groupMentions: [],
+        },
+        attrs,
+      ),
+      MSG_FIELDS,
+    );
+  }
+  unsafe() {
+    return this;
+  }
+  canReply() {
+    return true;
+  }
+  msgContextInfo() {
+    return { quotedMsg: this.serialize(), quotedStanzaID: this.id.id, quotedRemoteJid: this.id.remote };
+  }
+}
+
+class ContactModel extends Model {
+  constructor(attrs) {
+    super(
+      Object.assign(
+        {
+          name: undefined,
+          shortName: undefined,
+          pushname: undefined,
+          type: 'in',
+          isBusiness: false,
+          isEnterprise: false,
+          isContactBlocked: false,
+          isAddressBookContact: false,
+          verifiedName: undefined,
+          verifiedLevel: undefined,
+          statusMute: false,
+          labels: [],
+        },
+        attrs,
+      ),
+      ['id', 'name', 'pushname', 'phoneNumber'],
+    );
+  }
+  get formattedName() {
+    return this.name || this.pushname || formattedPhone(this.phoneNumber || this.id);
+  }
+}
+
+class ChatModel extends Model {
+  constructor(attrs) {
+    super(
+      Object.assign(
+        {
+          t: 0,
+          unreadCount: 0,
+          archive: false,
+          pin: 0,
+          isLocked: false,
+          isReadOnly: false,
+          mute: { expiration: 0 },
+          muteExpiration: 0,
+          notSpam: true,
+          ephemeralDuration: 0,
+          ephemeralSettingTimestamp: 0,
+          lastReceivedKey: undefined,
+          msgs: new Collection(MsgModel),
+        },
+        attrs,
+      ),
+      ['id', 'name', 't', 'unreadCount', 'lastReceivedKey', 'archive'],
+    );
+  }
+  get formattedTitle() {
+    const contact = Contact.get(this.id);
+    return (contact && contact.formattedName) || this.name || formattedPhone(this.id);
+  }
+}
+
+function formattedPhone(wid) {
+  if (!wid) return '';
+  const w = WidFactory.createWid(wid);
+  return w.isLid() ? w.user : '+' + w.user;
+}
+
+async function contactFinder(id) {
+  const wid = WidFactory.createWid(id);
+  return Contact.add(newContact(wid, {}));
+}
+
+async function chatFinder(id) {
+  return (await findOrCreateLatestChat(id)).chat;
+}
+
+const Msg = new Collection(MsgModel);
+const Chat = new Collection(ChatModel, chatFinder);
+const Contact = new Collection(ContactModel, contactFinder);
+const Blocklist = new Collection(Model);
+const BusinessProfile = new Collection(Model, async (id) => BusinessProfile.add(new Model({ id: WidFactory.createWid(id) })));
+const Label = new Collection(Model);
+const Status = new Collection(Model);
+const GroupMetadata = new Collection(Model);
+GroupMetadata.update = async () => {};
+Msg.getMessagesById = async (ids) => ({ messages: (ids || []).map((id) => Msg.get(id)).filter(Boolean) });
+Msg.search = async () => ({ messages: [] });
+const CallCollection = new Collection(Model);
+
+function newContact(wid, extra) {
+  const attrs = Object.assign({ id: wid }, extra);
+  if (wid.isLid() && pnByLid.has(wid.user)) attrs.phoneNumber = new Wid(pnByLid.get(wid.user) + '@c.us');
+  return new ContactModel(attrs);
+}
+
+function upsertContact(wid, pushname) {
+  const existing = Contact.get(wid);
+  if (existing) {
+    if (pushname && existing.pushname !== pushname) existing.pushname = pushname;
+    return existing;
+  }
+  return Contact.add(newContact(wid, { pushname }));
+}
+
+// ---- the logged-in user ------------------------------------------------------------------
+
+function lidMigrated() {
+  return CURRENT && me.lid != null;
+}
+
+function requireLoggedIn(what) {
+  if (!me.pn) throw new Error(what + ': not logged in');
+}
+
+MsgKey._me = () => me.pn;
+MsgKey._isMe = (w) => (me.pn && me.pn.equals(w)) || (me.lid && me.lid.equals(w));
+
+const MeUserCurrent = {
+  getMaybeMePnUser: () => me.pn || undefined,
+  getMaybeMeLidUser: () => me.lid,
+  getMeUserOrThrow() {
+    if (!me.pn) throw new Error('getMeUserOrThrow: no logged-in user');
+    return me.pn;
+  },
+  getMePnUserOrThrow() {
+    if (!me.pn) throw new Error('getMePnUserOrThrow: no logged-in user');
+    return me.pn;
+  },
+  getMeLidUserOrThrow() {
+    if (!me.lid) throw new Error('getMeLidUserOrThrow: no LID user');
+    return me.lid;
+  },
+  isMeAccount: (w) => w != null && ((me.pn && me.pn.equals(w)) || (me.lid && me.lid.equals(w))),
+};
+const MeUserLegacy = {
+  getMaybeMeUser: () => me.pn || undefined,
+  getMeUser() {
+    if (!me.pn) throw new Error('getMeUser: no logged-in user');
+    return me.pn;
+  },
+  isMeAccount: (w) => w != null && me.pn != null && me.pn.equals(w),
+};
+
+// ---- chats, contacts, lookups ------------------------------------------------------------
+
+// On a LID-migrated account the latest chat with a phone number is the contact's LID chat, and
+// the page must already know that LID (from a lookup, a contact sync or a message): otherwise
+// the real page throws "No LID for user".
+async function findOrCreateLatestChat(widLike) {
+  requireLoggedIn('findOrCreateLatestChat');
+  let wid = WidFactory.createWid(widLike);
+  if (!wid.isUser()) throw new Error('findOrCreateLatestChat: ' + wid + ' is not a user (the simulator models 1:1 chats)');
+  if (lidMigrated() && !wid.isLid()) {
+    const lid = lidByPn.get(wid.user);
+    if (!lid) throw new Error('No LID for user');
+    wid = new Wid(lid + '@lid');
+  }
+  if (!lidMigrated() && wid.isLid()) {
+    throw new Error('findOrCreateLatestChat: this account is not LID-migrated; use the phone number wid, not ' + wid);
+  }
+  const existing = Chat.get(wid);
+  if (existing) return { chat: existing, created: false };
+  const chat = Chat.add(new ChatModel({ id: wid }));
+  return { chat, created: true };
+}
+
+async function queryExists(wid) {
+  const r = await post('/sim/exists', { wid: wid._serialized });
+  if (!r.exists) return null;
+  remember(r.phone, r.lid);
+  const pnWid = new Wid(r.phone + '@c.us');
+  const lidWid = r.lid ? new Wid(r.lid + '@lid') : undefined;
+  return {
+    wid: wid.isLid() ? lidWid : pnWid,
+    lid: lidWid,
+    biz: false,
+    bizInfo: undefined,
+    disappearingMode: { duration: 0, settingTimestamp: 0 },
+  };
+}
+
+async function queryWidExists(widLike) {
+  requireLoggedIn('queryWidExists');
+  return queryExists(WidFactory.createWid(widLike));
+}
+
+async function queryPhoneExists(phone) {
+  requireLoggedIn('queryPhoneExists');
+  const digits = String(phone).replace(/^\+/, '');
+  if (!/^\d+$/.test(digits)) throw new Error('queryPhoneExists: expected "+<digits>", got ' + phone);
+  return queryExists(new Wid(digits + '@c.us'));
+}
+
+const ApiContact = {
+  getCurrentLid(w) {
+    const wid = WidFactory.createWid(w);
+    if (wid.isLid()) return wid;
+    const lid = lidByPn.get(wid.user);
+    return lid ? new Wid(lid + '@lid') : null;
+  },
+  getPhoneNumber(w) {
+    const wid = WidFactory.createWid(w);
+    if (!wid.isLid()) return wid;
+    const pn = pnByLid.get(wid.user);
+    return pn ? new Wid(pn + '@c.us') : null;
+  },
+  getAlternateUserWid(w) {
+    const wid = WidFactory.createWid(w);
+    return wid.isLid() ? ApiContact.getPhoneNumber(wid) : ApiContact.getCurrentLid(wid);
+  },
+};
+
+const ContactGetters = {
+  getIsMe: (c) => MeUserCurrent.isMeAccount(c.id),
+  getIsUser: (c) => c.id.isUser(),
+  getIsGroup: (c) => c.id.isGroup(),
+  getIsWAContact: (c) => !c.id.isGroup() && !c.id.isBroadcast(),
+  getUserid: (c) => c.id.user,
+  getVerifiedName: (c) => c.verifiedName,
+  getVerifiedLevel: (c) => c.verifiedLevel,
+  getStatusMute: (c) => c.statusMute,
+  getName: (c) => c.name,
+  getShortName: (c) => c.shortName,
+  getPushname: (c) => c.pushname,
+  getIsEnterprise: (c) => c.isEnterprise,
+  getIsBusiness: (c) => c.isBusiness,
+  getPhoneNumber: (c) => c.phoneNumber,
+  getFormattedName: (c) => c.formattedName,
+};
+
+const ChatGetters = {
+  getIsNewsletter: (c) => c.id.isNewsletter(),
+  getIsBroadcast: (c) => c.id.isBroadcast(),
+  getIsGroup: (c) => c.id.isGroup(),
+  getIsUser: (c) => c.id.isUser(),
+  getFormattedTitle: (c) => c.formattedTitle,
+};
+
+// ---- sending -----------------------------------------------------------------------------
+
+function whenConnected() {
+  if (Socket.state === 'CONNECTED') return Promise.resolve();
+  return new Promise((resolve) => {
+    const wait = (_s, state) => {
+      if (state === 'CONNECTED') {
+        Socket.off('change:state', wait);
+        resolve();
+      }
+    };
+    Socket.on('change:state', wait);
+  });
+}
+
+function refuse(why) {
+  throw new Error('addAndSendMsgToChat: ' + why);
+}
+
+// What WhatsApp checks before a message leaves: a key for this chat, the sender in the chat's
+// addressing mode (the LID user in a LID chat, else the phone number user: anything else
+// reaches the recipient from "an unknown user"), a text body, a timestamp in seconds.
+function validateOutgoing(chat, m) {
+  if (!(chat instanceof ChatModel) || Chat.get(chat.id) !== chat) refuse('chat is not a chat of this page (use findOrCreateLatestChat)');
+  if (!m || typeof m !== 'object') refuse('message must be an object');
+  if (!(m.id instanceof MsgKey)) refuse('message id must be a WAWebMsgKey (new MsgKey({from, to, id, selfDir: "out"}))');
+  if (!m.id.fromMe) refuse('message key must be fromMe (selfDir "out")');
+  if (!m.id.remote.equals(chat.id)) refuse('message key remote ' + m.id.remote + ' is not the chat ' + chat.id);
+  if (Msg.get(m.id._serialized)) refuse('a message with key ' + m.id._serialized + ' exists already');
+  if (!WidFactory.isWidlike(m.to) || !chat.id.equals(m.to)) refuse('"to" must be the chat id ' + chat.id);
+  const expected = chat.id.isLid() ? me.lid : me.pn;
+  if (!WidFactory.isWidlike(m.from) || !expected || !expected.equals(m.from)) {
+    refuse(
+      '"from" is ' + (m.from && m.from._serialized) + ' but this ' + (chat.id.isLid() ? 'LID' : 'phone number') +
+        ' chat needs ' + (expected && expected._serialized) + ': the recipient would see the message from an unknown user',
+    );
+  }
+  if (m.type !== 'chat') refuse('type ' + JSON.stringify(m.type) + ' is not modelled (the simulator sends text: type "chat")');
+  if (typeof m.body !== 'string' || m.body.length === 0) refuse('a text message needs a non-empty string body');
+  if (m.self !== 'out') refuse('self must be "out"');
+  if (m.ack !== 0) refuse('a new message starts with ack 0');
+  const now = Date.now() / 1000;
+  if (!Number.isInteger(m.t) || Math.abs(m.t - now) > 600) refuse('t must be the current time in whole seconds (got ' + m.t + ')');
+  if ((m.ephemeralDuration || 0) !== (chat.ephemeralDuration || 0)) refuse('the chat ephemeral fields are missing (getEphemeralFields(chat))');
+}
+
+function addAndSendMsgToChat(chat, m) {
+  validateOutgoing(chat, m);
+  const msg = new MsgModel(Object.assign({}, m, { isNewMsg: true, local: true }));
+  Msg.add(msg);
+  chat.msgs.add(msg);
+  chat.t = msg.t;
+  const added = Promise.resolve([msg]);
+  const sent = (async () => {
+    await whenConnected();
+    try {
+      await post('/sim/send', {
+        id: msg.id.id,
+        to: chat.id._serialized,
+        from: msg.from._serialized,
+        type: msg.type,
+        body: msg.body,
+        t: msg.t,
+      });
+      if (msg.ack < 1) msg.ack = 1;
+      return CURRENT ? { messageSendResult: 'OK', t: msg.t } : 'OK';
+    } catch (e) {
+      console.error('send failed', e);
+      msg.ack = -1;
+      return CURRENT ? { messageSendResult: 'ERROR_UNKNOWN', error: e.message } : 'ERROR';
+    }
+  })();
+  return [added, sent];
+}
+
+function getEphemeralFields(chat) {
+  return {
+    ephemeralDuration: (chat && chat.ephemeralDuration) || 0,
+    ephemeralSettingTimestamp: (chat && chat.ephemeralSettingTimestamp) || 0,
+    disappearingModeInitiator: 'chat',
+  };
+}
+
+async function sendSeen({ chat }) {
+  if (chat && chat.unreadCount) chat.unreadCount = 0;
+}
+
+// ---- incoming from the server ------------------------------------------------------------
+
+function onIncoming(ev) {
+  remember(ev.phone, ev.lid);
+  const sender = lidMigrated() && ev.lid ? new Wid(ev.lid + '@lid') : new Wid(ev.phone + '@c.us');
+  const mine = sender.isLid() ? me.lid : me.pn;
+  upsertContact(sender, ev.pushName);
+  const chat = Chat.get(sender) || Chat.add(new ChatModel({ id: sender }));
+  const key = new MsgKey({ fromMe: false, remote: sender, id: ev.id });
+  if (Msg.get(key._serialized)) return;
+  const msg = new MsgModel({
+    id: key,
+    type: 'chat',
+    body: ev.body,
+    t: ev.t,
+    from: sender,
+    to: mine,
+    author: undefined,
+    notifyName: ev.pushName || '',
+    ack: 1,
+    self: 'in',
+    isNewMsg: true,
+    local: false,
+  });
+  Msg.add(msg);
+  chat.msgs.add(msg);
+  chat.set({ t: ev.t, lastReceivedKey: key });
+  chat.unreadCount = (chat.unreadCount || 0) + 1;
+}
+
+function onAck(ev) {
+  const msg = Msg.models.find((m) => m.id.fromMe && m.id.id === ev.id);
+  if (msg && msg.ack < ev.ack) msg.ack = ev.ack;
+}
+
+// ---- pairing -----------------------------------------------------------------------------
+
+let pairingType = 'QR_CODE';
+let altInitialized = false;
+let linkCode = null;
+const CODE_ALPHABET = '123456789ABCDEFGHJKLMNPQRSTVWXYZ';
+
+function requireUnpaired(what) {
+  if (!conn || (Socket.state !== 'UNPAIRED' && Socket.state !== 'UNPAIRED_IDLE')) {
+    throw new Error(what + ': only while the page is unpaired (socket state ' + Socket.state + ')');
+  }
+}
+
+const AltDeviceLinkingApi = {
+  setPairingType(t) {
+    if (t !== 'QR_CODE' && t !== 'ALT_DEVICE_LINKING') throw new Error('setPairingType: unknown pairing type ' + t);
+    pairingType = t;
+  },
+  getPairingType: () => pairingType,
+  getCurrentRef: () => Conn.ref,
+  async initializeAltDeviceLinking() {
+    requireUnpaired('initializeAltDeviceLinking');
+    if (pairingType !== 'ALT_DEVICE_LINKING') throw new Error('initializeAltDeviceLinking: pairing type is ' + pairingType);
+    altInitialized = true;
+  },
+  async startAltLinkingFlow(phone, showNotification) {
+    requireUnpaired('startAltLinkingFlow');
+    if (!altInitialized) throw new Error('startAltLinkingFlow: call initializeAltDeviceLinking() first');
+    const digits = String(phone);
+    if (!/^\d{8,15}$/.test(digits)) throw new Error('startAltLinkingFlow: the phone number must be 8 to 15 digits, got ' + JSON.stringify(phone));
+    const random = crypto.getRandomValues(new Uint8Array(8));
+    const code = Array.from(random, (b) => CODE_ALPHABET[b % CODE_ALPHABET.length]).join('');
+    await post('/sim/link-code', {
+      phone: digits,
+      codeHash: await sha256Hex(new TextEncoder().encode(code)),
+      showNotification: showNotification !== false,
+    });
+    linkCode = code;
+    render();
+    return code;
+  },
+  async initializeQRLinking() {
+    pairingType = 'QR_CODE';
+    altInitialized = false;
+    if (linkCode) await post('/sim/link-code', { cancel: true }).catch(() => {});
+    linkCode = null;
+    render();
+  },
+};
+
+function refreshQR() {
+  if (!conn || (Socket.state !== 'UNPAIRED' && Socket.state !== 'UNPAIRED_IDLE')) return;
+  post('/sim/refresh-qr').catch((e) => console.error('refreshQR', e));
+}
+Cmd.refreshQR = refreshQR;
+
+function qrString(ref) {
+  return ref + ',' + b64(device.noise.pubKey) + ',' + b64(device.identity.pubKey) + ',' + device.advSecret + ',' + DEVICE_PLATFORM;
+}
+
+// ---- the connection ----------------------------------------------------------------------
+
+async function connect() {
+  if (reconnectTimer) clearTimeout(reconnectTimer);
+  reconnectTimer = null;
+  const previous = conn;
+  if (events) events.close();
+  events = null;
+  conn = null;
+  let res;
+  try {
+    res = await fetch('/sim/connect', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        device: device.id,
+        noiseKey: b64(device.noise.pubKey),
+        identityKey: b64(device.identity.pubKey),
+        advSecretHash: await sha256Hex(Base64.decodeB64(device.advSecret)),
+        platform: DEVICE_PLATFORM,
+        registrationId: device.registrationId,
+        login: login ? login.token : null,
+        replaces: previous,
+        build: SIM.build,
+      }),
+    });
+  } catch (e) {
+    return lost();
+  }
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    console.error('connect refused', data);
+    return lost();
+  }
+  conn = data.conn;
+  events = new EventSource('/sim/events?conn=' + encodeURIComponent(conn));
+  events.onmessage = (e) => {
+    let ev;
+    try {
+      ev = JSON.parse(e.data);
+    } catch (err) {
+      return;
+    }
+    onServerEvent(ev);
+  };
+  events.onerror = () => {
+    if (events && !loggingOut) lost();
+  };
+}
+
+function lost() {
+  if (loggingOut) return;
+  if (events) events.close();
+  events = null;
+  conn = null;
+  if (Socket.state !== 'CONFLICT') Socket.state = 'OPENING';
+  render();
+  if (!reconnectTimer) reconnectTimer = setTimeout(connect, 1000);
+}
+
+async function onServerEvent(ev) {
+  switch (ev.type) {
+    case 'ref':
+      Conn.ref = ev.ref;
+      if (Socket.state !== 'UNPAIRED') Socket.state = 'UNPAIRED';
+      render();
+      break;
+    case 'idle':
+      Socket.state = 'UNPAIRED_IDLE';
+      render();
+      break;
+    case 'pair-success':
+      login = { token: ev.token, phone: ev.phone, lid: ev.lid || null, pushName: ev.pushName, platform: ev.platform };
+      await idb.set('login', login);
+      linkCode = null;
+      altInitialized = false;
+      Socket.state = 'PAIRING';
+      render();
+      await connect();
+      break;
+    case 'connected':
+      me.pn = new Wid(ev.phone + '@c.us');
+      me.lid = CURRENT && ev.lid ? new Wid(ev.lid + '@lid') : null;
+      remember(ev.phone, me.lid && me.lid.user);
+      Conn.set({ pushname: ev.pushName, platform: ev.platform });
+      upsertContact(me.lid || me.pn, ev.pushName);
+      Socket.state = 'CONNECTED';
+      Stream.displayInfo = 'NORMAL';
+      render();
+      break;
+    case 'offline-progress':
+      OfflineMessageHandler._progress = ev.progress;
+      Cmd.trigger('offline_progress_update_from_bridge');
+      break;
+    case 'synced':
+      OfflineMessageHandler._progress = 100;
+      Socket.hasSynced = true;
+      render();
+      break;
+    case 'msg':
+      onIncoming(ev);
+      break;
+    case 'ack':
+      onAck(ev);
+      break;
+    case 'conflict':
+      Socket.state = 'CONFLICT';
+      render();
+      break;
+    case 'logged-out':
+      await loggedOut('logout_from_bridge');
+      break;
+  }
+}
+
+// The device is gone (logged out here or from the phone): the page forgets the login and its
+// keys, tells its listeners, and reloads as /?post_logout=1, where a fresh device shows a QR.
+async function loggedOut(cmdEvent) {
+  if (loggingOut) return;
+  loggingOut = true;
+  if (events) events.close();
+  events = null;
+  try {
+    await idb.clear();
+  } catch (e) {
+    console.error('clearing the profile failed', e);
+  }
+  if (cmdEvent === 'logout_from_bridge') Cmd.trigger('starting_logout_from_bridge');
+  Cmd.trigger(cmdEvent);
+  setTimeout(() => location.replace('/?post_logout=1'), 0);
+}
+
+// Logging out here: the server forgets the device first (Socket.logout() resolves then, as
+// drivers await it before closing the browser); the page then shows "Logging out…" for a
+// moment, cleans up and reloads.
+Socket.logout = async function () {
+  if (conn) await post('/sim/logout').catch(() => {});
+  if (events) events.close();
+  events = null;
+  conn = null;
+  document.getElementById('app').innerHTML = '<div class="landing"><div>Logging out…</div></div>';
+  setTimeout(() => loggedOut('logout'), 1000);
+};
+Socket.takeover = async function () {
+  if (Socket.state !== 'CONFLICT') return;
+  await post('/sim/takeover');
+};
+Socket.reconnect = function () {
+  lost();
+};
+Socket.poke = () => {};
+
+// ---- what the user sees ------------------------------------------------------------------
+
+function render() {
+  const app = document.getElementById('app');
+  if (!app) return;
+  const state = Socket.state;
+  if ((state === 'UNPAIRED' || state === 'UNPAIRED_IDLE') && pairingType === 'ALT_DEVICE_LINKING' && linkCode) {
+    app.innerHTML =
+      '<div class="link-code"><p>Enter code on phone</p><div aria-details="link-device-phone-number-code-screen-instructions"></div></div>';
+    const box = app.querySelector('div[aria-details]');
+    box.setAttribute('data-link-code', linkCode.slice(0, 4) + ',' + linkCode.slice(4));
+    box.textContent = linkCode.slice(0, 4) + '-' + linkCode.slice(4);
+  } else if (state === 'UNPAIRED' && Conn.ref) {
+    const text = qrString(Conn.ref);
+    app.innerHTML =
+      '<div class="landing"><div><p>Scan to log in</p><div data-ref=""><canvas aria-label="Scan this QR code to link a device!" role="img" width="264" height="264"></canvas></div></div></div>';
+    app.querySelector('div[data-ref]').setAttribute('data-ref', text);
+    const img = new Image();
+    img.onload = () => {
+      const canvas = app.querySelector('canvas');
+      if (canvas) canvas.getContext('2d').drawImage(img, 0, 0, canvas.width, canvas.height);
+    };
+    img.src = '/sim/qr.png?text=' + encodeURIComponent(text);
+  } else if (state === 'UNPAIRED_IDLE') {
+    app.innerHTML =
+      '<div class="landing"><div data-ref=""><button type="button">Click to reload QR code</button></div></div>';
+    app.querySelector('button').onclick = () => refreshQR();
+  } else if (state === 'CONNECTED' && Socket.hasSynced) {
+    app.innerHTML = '<div id="side"><div id="pane-side" aria-label="Chat list"></div></div><div id="main"></div>';
+  } else if (state === 'CONNECTED') {
+    app.innerHTML = '<div class="loading"><progress max="100"></progress><div>Loading your chats</div></div>';
+  } else if (state === 'CONFLICT') {
+    app.innerHTML =
+      '<div class="conflict"><p>WhatsApp is open on another computer or browser. Click "Use here" to use WhatsApp in this window.</p><button type="button">Use here</button></div>';
+    app.querySelector('button').onclick = () => Socket.takeover();
+  } else {
+    app.innerHTML = '<div class="landing"><div class="startup">WhatsApp</div></div>';
+  }
+}
+Socket.on('change:hasSynced', render);
+
+// ---- the module layer --------------------------------------------------------------------
+
+function buildModules() {
+  const m = {
+    WAWebSocketModel: { Socket },
+    WAWebConnModel: { Conn },
+    WAWebCmd: { Cmd },
+    WAWebStreamModel: { Stream },
+    WAWebOfflineHandler: { OfflineMessageHandler },
+    WAWebUserPrefsInfoStore: {
+      waNoiseInfo: {
+        get: async () => ({ staticKeyPair: { pubKey: device.noise.pubKey, privKey: device.noise.privKey } }),
+      },
+    },
+    WAWebSignalStoreApi: {
+      waSignalStore: {
+        getRegistrationInfo: async () => ({
+          registrationId: device.registrationId,
+          identityKeyPair: { pubKey: device.identity.pubKey, privKey: device.identity.privKey },
+        }),
+      },
+    },
+    WAWebUserPrefsMultiDevice: { getADVSecretKey: () => device.advSecret },
+    WAWebCompanionRegClientUtils: { DEVICE_PLATFORM },
+    WAWebAdvSignatureApi: {
+      getADVSecretKey: async () => device.advSecret,
+      getADVEncodedIdentity: () => (login ? login.token : null),
+    },
+    WABase64: Base64,
+    WAWebUserPrefsMeUser: CURRENT ? MeUserCurrent : MeUserLegacy,
+    WAWebAltDeviceLinkingApi: AltDeviceLinkingApi,
+    WAWebLaunchSocketUtils: { refreshQR },
+    WAWebCollections: { Msg, Chat, Contact, Blocklist, BusinessProfile, Label, Status, GroupMetadata },
+    WAWebWidFactory: WidFactory,
+    WAWebMsgKey: MsgKey,
+    WAWebFindChatAction: { findOrCreateLatestChat },
+    WAWebSendMsgChatAction: { addAndSendMsgToChat },
+    WAWebGetEphemeralFieldsMsgActionsUtils: { getEphemeralFields },
+    WAWebQueryExistsJob: { queryWidExists, queryPhoneExists },
+    WAWebChatGetters: ChatGetters,
+    WAWebContactGetters: ContactGetters,
+    WAWebFrontendContactGetters: { getIsMyContact: (c) => Boolean(c.isAddressBookContact) },
+    WAWebApiContact: ApiContact,
+    WAWebPhoneUtils: { formattedPhoneNumber: (w) => formattedPhone(String(w).replace('@s.whatsapp.net', '@c.us')) },
+    WALinkify: Linkify,
+    WAWebLinkPreviewChatAction: { getLinkPreview: async () => null },
+    WAWebUpdateUnreadChatAction: { sendSeen },
+    WAWebSyncGatingUtils: { isPlaceholderMessageResendEnabled: () => false },
+    WAWebCallCollection: CallCollection,
+    WAWebMiscBrowserUtils: { info: () => ({ name: 'Chrome', version: navigator.userAgent, os: 'Linux' }) },
+    WAWebAddonReactionTableMode: { reactionTableMode: { bulkUpsert: async () => {} } },
+    WAWebAddonPollVoteTableMode: { pollVoteTableMode: { bulkUpsert: async () => {} } },
+    WAWebBackendJobsCommon: { mediaTypeFromProtobuf: () => null },
+    WAWebE2EProtoUtils: { typeAttributeFromProtobuf: () => 'text' },
+  };
+  if (CURRENT) {
+    m.WAWebLidMigrationUtils = {
+      toPn: (w) => ApiContact.getPhoneNumber(w),
+      toLid: (w) => ApiContact.getCurrentLid(w),
+      isLidMigrated: () => lidMigrated(),
+    };
+  }
+  for (const name of SIM.without || []) delete m[name];
+  return m;
+}
+
+async function boot() {
+  render();
+  ({ device, login } = await loadDevice());
+  const modules = buildModules();
+  window.require = function (name) {
+    if (!Object.prototype.hasOwnProperty.call(modules, name)) throw new Error('Requiring unknown module "' + name + '"');
+    return modules[name];
+  };
+  window.Debug = { VERSION: SIM.version };
+  await connect();
+}
+
+boot().catch((e) => {
+  console.error('boot failed', e);
+  document.getElementById('app').textContent = 'The page failed to start: ' + e;
+});

@@ -1,0 +1,855 @@
+//! WhatsApp's side: companion devices and their connections, QR ref batches, pairing codes,
+//! linked accounts, messages and their acks. Everything here runs under one lock; what waits
+//! (ref lifetimes, the sync delay, delivery) runs in tasks started by `http.rs`.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::{
+    Build, CODE_LIFETIME, DeviceKeys, PHONE_PLATFORM, QrParts, Received, SimConfig, code_hash,
+    is_on_whatsapp, lid_of, normalize_code,
+};
+
+/// An error for the page: HTTP status, code, message.
+pub(crate) type Refusal = (u16, &'static str, String);
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Unpredictable bytes: SHA-256 over a process-random key, a counter and the clock.
+pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        let seed = h.finish();
+        let mut digest = Sha256::new();
+        digest.update(seed.to_le_bytes());
+        digest.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        out.extend_from_slice(&digest.finalize());
+    }
+    out.truncate(n);
+    out
+}
+
+pub(crate) fn random_hex(n: usize) -> String {
+    super::hex(&random_bytes(n))
+}
+
+struct Qr {
+    conn: u64,
+    generation: u64,
+    current: Option<String>,
+    shown_at: Instant,
+}
+
+struct LinkCode {
+    conn: u64,
+    phone: String,
+    hash: String,
+    issued: Instant,
+}
+
+struct Link {
+    phone: String,
+    token: String,
+}
+
+struct Device {
+    keys: DeviceKeys,
+    qr: Option<Qr>,
+    qr_generation: u64,
+    code: Option<LinkCode>,
+    link: Option<Link>,
+    /// Server events for a linked device that is offline, delivered when it connects again.
+    pending: Vec<Value>,
+}
+
+pub(crate) struct Conn {
+    device: String,
+    build: Build,
+    tx: mpsc::UnboundedSender<Value>,
+    rx: Option<mpsc::UnboundedReceiver<Value>>,
+    /// Connected with a valid login and not replaced (conflict) since.
+    active: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct World {
+    devices: HashMap<String, Device>,
+    conns: HashMap<u64, Conn>,
+    /// Push names of the accounts that linked, by phone number.
+    push_names: HashMap<String, String>,
+    /// Every ref ever handed out, to tell "expired" from "never shown".
+    issued_refs: HashSet<String>,
+    /// Phone numbers by LID, for the LIDs handed out.
+    phones_by_lid: HashMap<String, String>,
+    pub(crate) sent: Vec<Received>,
+    next_id: u64,
+}
+
+/// What a new connection needs next.
+pub(crate) enum AfterConnect {
+    /// An unpaired page: run a QR batch.
+    Batch {
+        device: String,
+        conn: u64,
+        generation: u64,
+    },
+    /// A logged-in page: offline delivery, then synced.
+    Sync {
+        conn: u64,
+    },
+    Nothing,
+}
+
+pub(crate) struct ConnectRequest {
+    pub device: String,
+    pub keys: DeviceKeys,
+    pub login: Option<String>,
+    pub replaces: Option<u64>,
+    pub build: Build,
+}
+
+impl World {
+    fn next(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn lid(&mut self, phone: &str) -> String {
+        let lid = lid_of(phone);
+        self.phones_by_lid.insert(lid.clone(), phone.to_string());
+        lid
+    }
+
+    fn push(&self, conn: u64, event: Value) {
+        if let Some(c) = self.conns.get(&conn) {
+            let _ = c.tx.send(event);
+        }
+    }
+
+    fn active_conn(&self, device: &str) -> Option<u64> {
+        self.conns.iter().find(|(_, c)| c.device == device && c.active).map(|(id, _)| *id)
+    }
+
+    fn linked_devices(&self, phone: &str) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter(|(_, d)| d.link.as_ref().is_some_and(|l| l.phone == phone))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Sends `event` to every device linked to `phone`, queueing it for the offline ones.
+    fn deliver(&mut self, phone: &str, event: Value) {
+        for device in self.linked_devices(phone) {
+            match self.active_conn(&device) {
+                Some(conn) => self.push(conn, event.clone()),
+                None => {
+                    if let Some(d) = self.devices.get_mut(&device) {
+                        d.pending.push(event.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The linked connection `conn`, with its device and phone, or why not.
+    fn linked(&self, conn: u64) -> Result<(&Conn, &str, &str), Refusal> {
+        let c =
+            self.conns.get(&conn).ok_or((409, "NO_CONNECTION", "this connection is closed".to_string()))?;
+        let d = self.devices.get(&c.device).ok_or((409, "NO_DEVICE", "unknown device".to_string()))?;
+        let link = d.link.as_ref().ok_or((401, "LOGGED_OUT", "this device is not linked".to_string()))?;
+        if !c.active {
+            return Err((409, "CONFLICT", "the account is open in another window (conflict)".into()));
+        }
+        Ok((c, &c.device, &link.phone))
+    }
+
+    pub(crate) fn connect(&mut self, req: ConnectRequest) -> (u64, AfterConnect) {
+        if let Some(previous) = req.replaces
+            && self.conns.get(&previous).is_some_and(|c| c.device == req.device)
+        {
+            self.close(previous);
+        }
+        let id = self.next();
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.conns.insert(
+            id,
+            Conn { device: req.device.clone(), build: req.build, tx, rx: Some(rx), active: false },
+        );
+        let device = self.devices.entry(req.device.clone()).or_insert_with(|| Device {
+            keys: req.keys.clone(),
+            qr: None,
+            qr_generation: 0,
+            code: None,
+            link: None,
+            pending: Vec::new(),
+        });
+        let same_keys = device.keys == req.keys;
+        if device.link.is_none() {
+            device.keys = req.keys.clone();
+        }
+        match req.login {
+            Some(token) => {
+                let valid = same_keys && device.link.as_ref().is_some_and(|l| l.token == token);
+                if !valid {
+                    self.push(id, json!({"type": "logged-out", "reason": "the login is no longer valid"}));
+                    return (id, AfterConnect::Nothing);
+                }
+                self.activate(id);
+                (id, AfterConnect::Sync { conn: id })
+            }
+            None => {
+                let generation = self.start_batch(&req.device, id);
+                (id, AfterConnect::Batch { device: req.device, conn: id, generation })
+            }
+        }
+    }
+
+    /// Makes `conn` its device's connection: the others get a conflict.
+    fn activate(&mut self, conn: u64) {
+        let Some(device) = self.conns.get(&conn).map(|c| c.device.clone()) else { return };
+        let others: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(id, c)| **id != conn && c.device == device && c.active)
+            .map(|(id, _)| *id)
+            .collect();
+        for other in others {
+            if let Some(c) = self.conns.get_mut(&other) {
+                c.active = false;
+            }
+            self.push(other, json!({"type": "conflict"}));
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.active = true;
+        }
+        let Some(link) = self.devices.get(&device).and_then(|d| d.link.as_ref()) else { return };
+        let phone = link.phone.clone();
+        let lid = self.lid(&phone);
+        let push_name = self.push_names.get(&phone).cloned().unwrap_or_default();
+        self.push(
+            conn,
+            json!({"type": "connected", "phone": phone, "lid": lid, "pushName": push_name, "platform": PHONE_PLATFORM}),
+        );
+    }
+
+    /// After the sync delay: what arrived while the device was offline, then synced.
+    pub(crate) fn finish_sync(&mut self, conn: u64) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if !c.active {
+            return;
+        }
+        let device = c.device.clone();
+        let pending =
+            self.devices.get_mut(&device).map(|d| std::mem::take(&mut d.pending)).unwrap_or_default();
+        let total = pending.len().max(1);
+        for (i, event) in pending.into_iter().enumerate() {
+            self.push(conn, event);
+            self.push(conn, json!({"type": "offline-progress", "progress": (i + 1) * 100 / total}));
+        }
+        self.push(conn, json!({"type": "offline-progress", "progress": 100}));
+        self.push(conn, json!({"type": "synced"}));
+    }
+
+    pub(crate) fn take_events(&mut self, conn: u64) -> Option<mpsc::UnboundedReceiver<Value>> {
+        self.conns.get_mut(&conn).and_then(|c| c.rx.take())
+    }
+
+    /// The connection is gone (its event stream closed, or it was replaced).
+    pub(crate) fn close(&mut self, conn: u64) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        if let Some(d) = self.devices.get_mut(&c.device) {
+            if d.qr.as_ref().is_some_and(|q| q.conn == conn) {
+                d.qr = None;
+            }
+            if d.code.as_ref().is_some_and(|code| code.conn == conn) {
+                d.code = None;
+            }
+        }
+    }
+
+    fn start_batch(&mut self, device: &str, conn: u64) -> u64 {
+        let Some(d) = self.devices.get_mut(device) else { return 0 };
+        d.qr_generation += 1;
+        d.qr = Some(Qr { conn, generation: d.qr_generation, current: None, shown_at: Instant::now() });
+        d.qr_generation
+    }
+
+    /// The page asks for new refs (`Cmd.refreshQR()`): a new batch, if it is unpaired.
+    pub(crate) fn refresh_qr(&mut self, conn: u64) -> Result<(String, u64), Refusal> {
+        let c =
+            self.conns.get(&conn).ok_or((409, "NO_CONNECTION", "this connection is closed".to_string()))?;
+        if c.active {
+            return Err((409, "PAIRED", "this page is logged in".into()));
+        }
+        let device = c.device.clone();
+        Ok((device.clone(), self.start_batch(&device, conn)))
+    }
+
+    /// Shows the next ref of a batch; false once the batch is no longer the page's current one.
+    pub(crate) fn show_ref(&mut self, device: &str, conn: u64, generation: u64) -> bool {
+        let reference =
+            format!("2@{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(random_bytes(48)));
+        let Some(qr) = self.devices.get_mut(device).and_then(|d| d.qr.as_mut()) else { return false };
+        if qr.conn != conn || qr.generation != generation {
+            return false;
+        }
+        qr.current = Some(reference.clone());
+        qr.shown_at = Instant::now();
+        self.issued_refs.insert(reference.clone());
+        self.push(conn, json!({"type": "ref", "ref": reference}));
+        true
+    }
+
+    /// The batch ran out: the page goes idle until it asks for more.
+    pub(crate) fn end_batch(&mut self, device: &str, conn: u64, generation: u64) {
+        let Some(qr) = self.devices.get_mut(device).and_then(|d| d.qr.as_mut()) else { return };
+        if qr.conn != conn || qr.generation != generation {
+            return;
+        }
+        qr.current = None;
+        self.push(conn, json!({"type": "idle"}));
+    }
+
+    /// The phone links `device` to `phone`: a fresh login for the page that paired.
+    fn link(&mut self, config: &SimConfig, device: &str, phone: &str, push_name: &str) {
+        let token = random_hex(32);
+        let Some(d) = self.devices.get_mut(device) else { return };
+        let conn = d.qr.as_ref().map(|q| q.conn).or(d.code.as_ref().map(|c| c.conn));
+        d.qr = None;
+        d.code = None;
+        d.pending.clear();
+        d.link = Some(Link { phone: phone.to_string(), token: token.clone() });
+        self.push_names.insert(phone.to_string(), push_name.to_string());
+        let lid = config.lid_migrated.then(|| self.lid(phone));
+        if let Some(conn) = conn {
+            self.push(
+                conn,
+                json!({"type": "pair-success", "token": token, "phone": phone, "lid": lid, "pushName": push_name, "platform": PHONE_PLATFORM}),
+            );
+        }
+    }
+
+    pub(crate) fn scan(
+        &mut self,
+        config: &SimConfig,
+        qr: &str,
+        phone: &str,
+        push_name: &str,
+    ) -> Result<(), String> {
+        let parts = QrParts::parse(qr)?;
+        let device = self
+            .devices
+            .iter()
+            .find(|(_, d)| d.qr.as_ref().and_then(|q| q.current.as_deref()) == Some(parts.reference.as_str()))
+            .map(|(id, _)| id.clone())
+            .ok_or_else(|| {
+                if self.issued_refs.contains(&parts.reference) {
+                    "that QR code expired: its ref is no longer the one its page shows (refs rotate, then the page goes idle)"
+                        .to_string()
+                } else {
+                    "no page shows that QR code: WhatsApp never handed out its ref".to_string()
+                }
+            })?;
+        parts.check(&self.devices[&device].keys)?;
+        check_phone(phone)?;
+        self.link(config, &device, phone, push_name);
+        Ok(())
+    }
+
+    /// The phone points at the QR most recently put on a screen.
+    pub(crate) fn scan_on_screen(
+        &mut self,
+        config: &SimConfig,
+        phone: &str,
+        push_name: &str,
+    ) -> Result<(), String> {
+        check_phone(phone)?;
+        let device = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.qr.as_ref().is_some_and(|q| q.current.is_some()))
+            .max_by_key(|(_, d)| d.qr.as_ref().map(|q| q.shown_at))
+            .map(|(id, _)| id.clone())
+            .ok_or("no page shows a QR code now (expired, idle, logged in, or never shown)")?;
+        self.link(config, &device, phone, push_name);
+        Ok(())
+    }
+
+    /// The page asks for a pairing code for `phone` (or cancels it).
+    pub(crate) fn link_code(
+        &mut self,
+        conn: u64,
+        phone: Option<String>,
+        hash: Option<String>,
+        cancel: bool,
+    ) -> Result<(), Refusal> {
+        let c =
+            self.conns.get(&conn).ok_or((409, "NO_CONNECTION", "this connection is closed".to_string()))?;
+        if c.active {
+            return Err((409, "PAIRED", "this page is logged in".into()));
+        }
+        let device = c.device.clone();
+        let d = self.devices.get_mut(&device).ok_or((409, "NO_DEVICE", "unknown device".to_string()))?;
+        if cancel {
+            d.code = None;
+            return Ok(());
+        }
+        let phone = phone.unwrap_or_default();
+        if !(8..=15).contains(&phone.len()) || !phone.bytes().all(|b| b.is_ascii_digit()) {
+            return Err((400, "BAD_PHONE", format!("\"{phone}\" is not a phone number (8 to 15 digits)")));
+        }
+        if !is_on_whatsapp(&phone) {
+            return Err((404, "NOT_ON_WHATSAPP", format!("{phone} is not a WhatsApp account")));
+        }
+        let hash = hash.filter(|h| h.len() == 64).ok_or((
+            400,
+            "BAD_CODE",
+            "codeHash must be a SHA-256 in hex".to_string(),
+        ))?;
+        d.code = Some(LinkCode { conn, phone, hash, issued: Instant::now() });
+        Ok(())
+    }
+
+    pub(crate) fn enter_code(
+        &mut self,
+        config: &SimConfig,
+        phone: &str,
+        code: &str,
+        push_name: &str,
+    ) -> Result<(), String> {
+        let code = normalize_code(code)?;
+        let hash = code_hash(&code);
+        let asking: Vec<(String, bool, bool)> = self
+            .devices
+            .iter()
+            .filter_map(|(id, d)| {
+                d.code
+                    .as_ref()
+                    .filter(|c| c.phone == phone)
+                    .map(|c| (id.clone(), c.hash == hash, c.issued.elapsed() <= CODE_LIFETIME))
+            })
+            .collect();
+        if asking.is_empty() {
+            return Err(format!("no page asked for a pairing code for {phone}"));
+        }
+        let Some((device, _, fresh)) = asking.into_iter().find(|(_, right, _)| *right) else {
+            return Err(format!("wrong code: {code} is not the code the page shows for {phone}"));
+        };
+        if !fresh {
+            return Err(format!(
+                "code {code} expired: the phone accepts a code for {} s",
+                CODE_LIFETIME.as_secs()
+            ));
+        }
+        self.link(config, &device, phone, push_name);
+        Ok(())
+    }
+
+    /// Whether a wid is on WhatsApp: `{exists, phone, lid}`.
+    pub(crate) fn exists(&mut self, config: &SimConfig, conn: u64, wid: &str) -> Result<Value, Refusal> {
+        self.linked(conn)?;
+        let Some(phone) = self.phone_of_wid(wid)? else { return Ok(json!({"exists": false})) };
+        if !is_on_whatsapp(&phone) {
+            return Ok(json!({"exists": false}));
+        }
+        let lid = config.lid_migrated.then(|| self.lid(&phone));
+        Ok(json!({"exists": true, "phone": phone, "lid": lid}))
+    }
+
+    /// The phone number behind `<digits>@c.us` or a LID handed out; None for an unknown LID.
+    fn phone_of_wid(&self, wid: &str) -> Result<Option<String>, Refusal> {
+        let (user, server) = wid.split_once('@').ok_or((
+            400,
+            "BAD_WID",
+            format!("\"{wid}\" is not a wid (<user>@<server>)"),
+        ))?;
+        match server {
+            "c.us" | "s.whatsapp.net" => Ok(Some(user.to_string())),
+            "lid" => Ok(self.phones_by_lid.get(user).cloned()),
+            other => Err((400, "UNSUPPORTED", format!("@{other} chats are not modelled (1:1 chats only)"))),
+        }
+    }
+
+    pub(crate) fn send(&mut self, conn: u64, msg: &OutgoingMessage) -> Result<(String, String), Refusal> {
+        let (_, _, sender) = self.linked(conn)?;
+        let sender = sender.to_string();
+        let to_phone = self.phone_of_wid(&msg.to)?.ok_or((
+            404,
+            "UNKNOWN_LID",
+            format!("{} is not a LID WhatsApp handed out", msg.to),
+        ))?;
+        let expected_from = if msg.to.ends_with("@lid") {
+            format!("{}@lid", lid_of(&sender))
+        } else {
+            format!("{sender}@c.us")
+        };
+        if msg.from != expected_from {
+            return Err((
+                400,
+                "UNKNOWN_SENDER",
+                format!(
+                    "from {} to {}: the recipient would see an unknown user (expected from {expected_from})",
+                    msg.from, msg.to
+                ),
+            ));
+        }
+        if !is_on_whatsapp(&to_phone) {
+            return Err((404, "NOT_ON_WHATSAPP", format!("{to_phone} is not a WhatsApp account")));
+        }
+        if msg.kind != "chat" || msg.body.is_empty() {
+            return Err((
+                400,
+                "UNSUPPORTED",
+                "only text messages (type chat, non-empty body) are modelled".into(),
+            ));
+        }
+        if msg.id.is_empty() || self.sent.iter().any(|m| m.id == msg.id && m.from == sender) {
+            return Err((409, "DUPLICATE", format!("message id \"{}\" was sent already", msg.id)));
+        }
+        self.sent.push(Received {
+            id: msg.id.clone(),
+            from: sender.clone(),
+            to: to_phone,
+            body: msg.body.clone(),
+            at_ms: now_ms(),
+            ack: 1,
+        });
+        Ok((msg.id.clone(), sender))
+    }
+
+    fn set_ack(&mut self, id: &str, ack: i32) -> Result<(), String> {
+        let m = self
+            .sent
+            .iter_mut()
+            .find(|m| m.id == id)
+            .ok_or_else(|| format!("no message with id {id} was sent through this WhatsApp"))?;
+        if m.ack >= ack {
+            return Ok(());
+        }
+        m.ack = ack;
+        let from = m.from.clone();
+        self.deliver(&from, json!({"type": "ack", "id": id, "ack": ack}));
+        Ok(())
+    }
+
+    /// The recipient's phone got the message (ack 2).
+    pub(crate) fn delivered(&mut self, id: &str) {
+        let _ = self.set_ack(id, 2);
+    }
+
+    pub(crate) fn read(&mut self, id: &str) -> Result<(), String> {
+        self.set_ack(id, 3)
+    }
+
+    pub(crate) fn send_from_phone(
+        &mut self,
+        config: &SimConfig,
+        from: &str,
+        to: &str,
+        body: &str,
+    ) -> Result<String, String> {
+        if !is_on_whatsapp(from) {
+            return Err(format!("{from} is not a WhatsApp account (8 to 15 digits, not starting with 000)"));
+        }
+        if self.linked_devices(to).is_empty() {
+            return Err(format!("{to} has no linked page to receive the message"));
+        }
+        if body.is_empty() {
+            return Err("the message body is empty".into());
+        }
+        let id = random_hex(16).to_uppercase();
+        let lid = config.lid_migrated.then(|| self.lid(from));
+        let push_name = self.push_names.get(from).cloned();
+        let t = now_ms() / 1000;
+        self.deliver(
+            to,
+            json!({"type": "msg", "id": id, "phone": from, "lid": lid, "pushName": push_name, "body": body, "t": t}),
+        );
+        Ok(id)
+    }
+
+    pub(crate) fn logout_from_phone(&mut self, phone: &str) -> Result<(), String> {
+        let devices = self.linked_devices(phone);
+        if devices.is_empty() {
+            return Err(format!("{phone} has no linked device"));
+        }
+        for device in devices {
+            self.unlink(&device);
+        }
+        Ok(())
+    }
+
+    fn unlink(&mut self, device: &str) {
+        if let Some(d) = self.devices.get_mut(device) {
+            d.link = None;
+            d.pending.clear();
+        }
+        let conns: Vec<u64> =
+            self.conns.iter().filter(|(_, c)| c.device == device).map(|(id, _)| *id).collect();
+        for conn in conns {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.active = false;
+            }
+            self.push(conn, json!({"type": "logged-out", "reason": "removed from the phone"}));
+        }
+    }
+
+    /// The page logs itself out.
+    pub(crate) fn logout(&mut self, conn: u64) -> Result<(), Refusal> {
+        let device = self.conns.get(&conn).map(|c| c.device.clone()).ok_or((
+            409,
+            "NO_CONNECTION",
+            "this connection is closed".to_string(),
+        ))?;
+        if let Some(d) = self.devices.get_mut(&device) {
+            d.link = None;
+            d.pending.clear();
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.active = false;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn conflict(&mut self, phone: &str) -> Result<(), String> {
+        let devices = self.linked_devices(phone);
+        let conns: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.active && devices.contains(&c.device))
+            .map(|(id, _)| *id)
+            .collect();
+        if conns.is_empty() {
+            return Err(format!("no page of {phone} is connected"));
+        }
+        for conn in conns {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.active = false;
+            }
+            self.push(conn, json!({"type": "conflict"}));
+        }
+        Ok(())
+    }
+
+    /// "Use here": this page takes the account back.
+    pub(crate) fn takeover(&mut self, conn: u64) -> Result<(), Refusal> {
+        let c =
+            self.conns.get(&conn).ok_or((409, "NO_CONNECTION", "this connection is closed".to_string()))?;
+        let linked = self.devices.get(&c.device).is_some_and(|d| d.link.is_some());
+        if !linked {
+            return Err((401, "LOGGED_OUT", "this device is not linked".into()));
+        }
+        self.activate(conn);
+        Ok(())
+    }
+
+    pub(crate) fn conn_build(&self, conn: u64) -> Option<Build> {
+        self.conns.get(&conn).map(|c| c.build)
+    }
+}
+
+fn check_phone(phone: &str) -> Result<(), String> {
+    if is_on_whatsapp(phone) {
+        Ok(())
+    } else {
+        Err(format!("\"{phone}\" is not a WhatsApp account (8 to 15 digits, not starting with 000)"))
+    }
+}
+
+/// A message as the page hands it to the server.
+pub(crate) struct OutgoingMessage {
+    pub id: String,
+    pub to: String,
+    pub from: String,
+    pub kind: String,
+    pub body: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulator::DEVICE_PLATFORM;
+    use base64::engine::general_purpose::STANDARD;
+
+    const PHONE: &str = "5511999990000";
+    const FRIEND: &str = "5511988887777";
+
+    fn keys(seed: u8) -> (DeviceKeys, [u8; 32]) {
+        let adv = [seed.wrapping_add(2); 32];
+        let keys = DeviceKeys {
+            noise: [seed; 32],
+            identity: [seed.wrapping_add(1); 32],
+            adv_hash: Sha256::digest(adv).into(),
+            platform: DEVICE_PLATFORM.into(),
+        };
+        (keys, adv)
+    }
+
+    fn events(rx: &mut mpsc::UnboundedReceiver<Value>) -> Vec<Value> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    fn of_type<'a>(events: &'a [Value], kind: &str) -> Option<&'a Value> {
+        events.iter().find(|e| e["type"] == kind)
+    }
+
+    /// A page that connected without a login and shows its first QR: its connection, its events, the QR.
+    fn unpaired(world: &mut World) -> (u64, mpsc::UnboundedReceiver<Value>, String) {
+        let (keys, adv) = keys(1);
+        let request = ConnectRequest {
+            device: "d1".into(),
+            keys: keys.clone(),
+            login: None,
+            replaces: None,
+            build: Build::Current,
+        };
+        let (conn, after) = world.connect(request);
+        let AfterConnect::Batch { device, conn: batch_conn, generation } = after else {
+            panic!("expected a QR batch")
+        };
+        assert_eq!(batch_conn, conn);
+        assert!(world.show_ref(&device, conn, generation));
+        let mut rx = world.take_events(conn).expect("events");
+        let shown = events(&mut rx);
+        let reference = of_type(&shown, "ref").expect("a ref")["ref"].as_str().unwrap().to_string();
+        let qr = format!(
+            "{reference},{},{},{},{DEVICE_PLATFORM}",
+            STANDARD.encode(keys.noise),
+            STANDARD.encode(keys.identity),
+            STANDARD.encode(adv)
+        );
+        (conn, rx, qr)
+    }
+
+    #[test]
+    fn scanning_links_the_page_and_its_login_reconnects() {
+        let config = SimConfig::default();
+        let mut world = World::default();
+        let (_, mut rx, qr) = unpaired(&mut world);
+        world.scan(&config, &qr, PHONE, "Tester").expect("linked");
+        let paired = events(&mut rx);
+        let success = of_type(&paired, "pair-success").expect("pair-success");
+        assert_eq!(success["lid"], lid_of(PHONE));
+        // The same QR cannot be used twice.
+        assert!(world.scan(&config, &qr, PHONE, "Tester").unwrap_err().contains("expired"));
+
+        let (keys, _) = keys(1);
+        let token = success["token"].as_str().unwrap().to_string();
+        let request = ConnectRequest {
+            device: "d1".into(),
+            keys,
+            login: Some(token),
+            replaces: None,
+            build: Build::Current,
+        };
+        let (conn, after) = world.connect(request);
+        assert!(matches!(after, AfterConnect::Sync { .. }));
+        let mut rx = world.take_events(conn).unwrap();
+        assert_eq!(of_type(&events(&mut rx), "connected").expect("connected")["phone"], PHONE);
+
+        // Sending from the wrong addressing is refused, the right one recorded with ack 1.
+        let lid = lid_of(FRIEND);
+        world.phones_by_lid.insert(lid.clone(), FRIEND.into());
+        let wrong = OutgoingMessage {
+            id: "3EB0AA".into(),
+            to: format!("{lid}@lid"),
+            from: format!("{PHONE}@c.us"),
+            kind: "chat".into(),
+            body: "hi".into(),
+        };
+        assert!(world.send(conn, &wrong).unwrap_err().2.contains("unknown user"));
+        let right = OutgoingMessage { from: format!("{}@lid", lid_of(PHONE)), ..wrong };
+        world.send(conn, &right).expect("sent");
+        world.delivered("3EB0AA");
+        world.read("3EB0AA").expect("read");
+        let acks: Vec<i64> = events(&mut rx)
+            .iter()
+            .filter(|e| e["type"] == "ack")
+            .map(|e| e["ack"].as_i64().unwrap())
+            .collect();
+        assert_eq!(acks, [2, 3]);
+        assert_eq!(world.sent[0].to, FRIEND);
+
+        // Incoming while connected; logout from the phone ends the login.
+        world.send_from_phone(&config, FRIEND, PHONE, "hello").expect("sent to the account");
+        assert_eq!(of_type(&events(&mut rx), "msg").expect("msg")["lid"], lid);
+        world.logout_from_phone(PHONE).expect("logged out");
+        assert!(of_type(&events(&mut rx), "logged-out").is_some());
+        assert!(world.send_from_phone(&config, FRIEND, PHONE, "again").is_err());
+    }
+
+    #[test]
+    fn a_qr_of_another_browser_is_refused() {
+        let config = SimConfig::default();
+        let mut world = World::default();
+        let (_, _rx, qr) = unpaired(&mut world);
+        let (other, _) = keys(9);
+        let mut parts: Vec<String> = qr.split(',').map(String::from).collect();
+        parts[1] = STANDARD.encode(other.noise);
+        let err = world.scan(&config, &parts.join(","), PHONE, "Tester").unwrap_err();
+        assert!(err.contains("noise"), "{err}");
+        let err = world.scan(&config, "2@never-shown,a,b,c,1", PHONE, "Tester").unwrap_err();
+        assert!(err.contains("not base64") || err.contains("never"), "{err}");
+    }
+
+    #[test]
+    fn a_pairing_code_links_the_phone_it_was_asked_for() {
+        let config = SimConfig::default();
+        let mut world = World::default();
+        let (conn, mut rx, _) = unpaired(&mut world);
+        assert_eq!(
+            world
+                .link_code(conn, Some("0001234567".into()), Some(code_hash("ABCDEFGH")), false)
+                .unwrap_err()
+                .0,
+            404
+        );
+        world.link_code(conn, Some(PHONE.into()), Some(code_hash("ABCDEFGH")), false).expect("asked");
+        assert!(world.enter_code(&config, FRIEND, "ABCD-EFGH", "x").unwrap_err().contains("no page asked"));
+        assert!(world.enter_code(&config, PHONE, "ABCD-EFGJ", "x").unwrap_err().contains("wrong code"));
+        world.enter_code(&config, PHONE, "abcd-efgh", "Tester").expect("linked");
+        assert!(of_type(&events(&mut rx), "pair-success").is_some());
+    }
+
+    #[test]
+    fn a_second_connection_of_a_device_conflicts_the_first() {
+        let config = SimConfig::default();
+        let mut world = World::default();
+        let (_, mut rx, qr) = unpaired(&mut world);
+        world.scan(&config, &qr, PHONE, "Tester").unwrap();
+        let token = of_type(&events(&mut rx), "pair-success").unwrap()["token"].as_str().unwrap().to_string();
+        let connect = |world: &mut World| {
+            let request = ConnectRequest {
+                device: "d1".into(),
+                keys: keys(1).0,
+                login: Some(token.clone()),
+                replaces: None,
+                build: Build::Current,
+            };
+            let (conn, _) = world.connect(request);
+            (conn, world.take_events(conn).unwrap())
+        };
+        let (first, mut first_rx) = connect(&mut world);
+        let (_second, _) = connect(&mut world);
+        assert!(of_type(&events(&mut first_rx), "conflict").is_some());
+        world.takeover(first).expect("took over");
+        assert!(of_type(&events(&mut first_rx), "connected").is_some());
+        world.conflict(PHONE).expect("conflict");
+        assert!(of_type(&events(&mut first_rx), "conflict").is_some());
+    }
+}
