@@ -247,7 +247,8 @@ pub struct WhatsAppSessionStatus {
     pub observed_generation: Option<i64>,
 
     /// Conditions, keyed by type. The operator owns `Reconciled` and `PodReady`; the session
-    /// pod owns `Ready` (linked and able to send).
+    /// pod owns `Ready` (linked and able to send) and `BridgeCompatible` (the WhatsApp Web
+    /// build has every module the bridge uses; reason `ModuleMissing` names what it lacks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
