@@ -18,18 +18,22 @@
   }
 
   // Everything this bridge calls, module -> exports. An entry 'a|b' is satisfied by either
-  // (today's export first, the older build's after it).
-  const NEEDS = {
+  // (today's export first, the older build's after it). WhatsApp Web loads some modules
+  // late, so what linking needs is checked once the page shows a QR or a code, and what
+  // sending needs once the account is connected and synced.
+  const LINKING = {
     WAWebSocketModel: ['Socket'],
     WAWebConnModel: ['Conn'],
-    WAWebCmd: ['Cmd'],
-    WAWebUserPrefsMeUser: ['getMaybeMePnUser|getMaybeMeUser'],
     WAWebUserPrefsInfoStore: ['waNoiseInfo'],
     WAWebSignalStoreApi: ['waSignalStore'],
     WAWebUserPrefsMultiDevice: ['getADVSecretKey'],
     WAWebCompanionRegClientUtils: ['DEVICE_PLATFORM'],
     WABase64: ['encodeB64'],
     WAWebAltDeviceLinkingApi: ['setPairingType', 'initializeAltDeviceLinking', 'startAltLinkingFlow'],
+  };
+  const SENDING = {
+    WAWebUserPrefsMeUser: ['getMaybeMePnUser|getMaybeMeUser'],
+    WAWebCollections: ['Msg'],
     WAWebWidFactory: ['createWid'],
     WAWebQueryExistsJob: ['queryWidExists'],
     WAWebFindChatAction: ['findOrCreateLatestChat'],
@@ -37,10 +41,10 @@
     WAWebSendMsgChatAction: ['addAndSendMsgToChat'],
   };
 
-  // What of NEEDS this build lacks, as 'Module' or 'Module.export'.
-  function missing() {
+  // What of `needs` this build lacks, as 'Module' or 'Module.export'.
+  function lacking(needs) {
     const out = [];
-    for (const [name, exports] of Object.entries(NEEDS)) {
+    for (const [name, exports] of Object.entries(needs)) {
       const m = mod(name);
       if (!m) { out.push(name); continue; }
       for (const alternatives of exports) {
@@ -48,6 +52,17 @@
       }
     }
     return out;
+  }
+
+  // The canary's answer, computed once per page load at each stage (a throwing require is
+  // reported by the page's own error logging, so it is not repeated every poll).
+  const checked = {linking: null, sending: null};
+  function missing(socket) {
+    const state = socket ? socket.state : null;
+    if (!checked.linking && (state === 'UNPAIRED' || state === 'UNPAIRED_IDLE' || state === 'CONNECTED')) checked.linking = lacking(LINKING);
+    if (!checked.sending && state === 'CONNECTED' && socket.hasSynced) checked.sending = lacking(SENDING);
+    if (!checked.linking && !checked.sending) return socket ? null : ['WAWebSocketModel'];
+    return (checked.linking || []).concat(checked.sending || []);
   }
 
   // The own user: phone-number id (today) or the older single getter; the LID id, if any.
@@ -68,36 +83,50 @@
     const b64 = mod('WABase64');
     const noise = await mod('WAWebUserPrefsInfoStore').waNoiseInfo.get();
     const registration = await mod('WAWebSignalStoreApi').waSignalStore.getRegistrationInfo();
-    return [
+    const parts = [
       ref,
       b64.encodeB64(noise.staticKeyPair.pubKey),
       b64.encodeB64(registration.identityKeyPair.pubKey),
       mod('WAWebUserPrefsMultiDevice').getADVSecretKey(),
       mod('WAWebCompanionRegClientUtils').DEVICE_PLATFORM,
-    ].join(',');
+    ];
+    // The real component draws nothing while a part is missing; neither do we.
+    return parts.every((p) => typeof p === 'string' || typeof p === 'number') && parts.every((p) => String(p) !== '') ? parts.join(',') : null;
   }
 
-  // The QR of the current ref, rebuilt when WhatsApp Web rotates the ref (change:ref).
-  let qr = {ref: null, text: null};
-  let watchedConn = null;
-  async function currentQr(conn) {
-    if (conn && conn !== watchedConn && typeof conn.on === 'function') {
-      watchedConn = conn;
-      conn.on('change:ref', () => { qr = {ref: null, text: null}; });
-    }
-    const ref = conn && conn.ref;
-    if (ref && qr.ref !== ref) {
-      try {
-        qr = {ref, text: await qrString(ref)};
-      } catch (e) {
-        qr = {ref: null, text: null};
-      }
-    }
-    if (ref && qr.ref === ref) return qr.text;
-    // The QR component puts the same string in the DOM.
+  function domQr() {
     const el = document.querySelector('div[data-ref]');
-    const domRef = el && el.getAttribute('data-ref');
-    return domRef && domRef.includes(',') ? domRef : null;
+    const text = el && el.getAttribute('data-ref');
+    return text && text.split(',').length >= 5 ? text : null;
+  }
+
+  // The QR of the current ref. Built in the background (it reads IndexedDB), so a poll never
+  // waits on it; rebuilt when the ref rotates (change:ref), when WhatsApp renews the ADV
+  // secret (advSecretEventEmitter 'change'), and every few seconds. The page's own QR
+  // (div[data-ref]) wins when it shows the current ref.
+  let qr = {ref: null, text: null, at: 0};
+  let building = false;
+  const watched = new Set();
+  function watch(emitter, event) {
+    if (!emitter || watched.has(emitter) || typeof emitter.on !== 'function') return;
+    watched.add(emitter);
+    emitter.on(event, () => { qr = {ref: null, text: null, at: 0}; });
+  }
+  function currentQr(conn) {
+    watch(conn, 'change:ref');
+    watch((mod('WAWebUserPrefsMultiDevice') || {}).advSecretEventEmitter, 'change');
+    const ref = conn && conn.ref;
+    const dom = domQr();
+    if (!ref) return dom;
+    if (dom && dom.startsWith(ref + ',')) return dom;
+    if (!building && (qr.ref !== ref || Date.now() - qr.at > 3000)) {
+      building = true;
+      qrString(ref)
+        .then((text) => { qr = text ? {ref, text, at: Date.now()} : {ref: null, text: null, at: 0}; })
+        .catch(() => { qr = {ref: null, text: null, at: 0}; })
+        .finally(() => { building = false; });
+    }
+    return qr.ref === ref ? qr.text : null;
   }
 
   function failure(code, message) {
@@ -107,21 +136,24 @@
   const bridge = {
     version: 2,
 
-    // Everything the driver needs to know, in one call.
-    async snapshot() {
+    // Everything the driver needs to know, in one call. Never waits and never throws: a
+    // failing read is reported as unknown, not as a dead page.
+    snapshot() {
+      const attempt = (f, fallback) => { try { return f(); } catch (e) { return fallback; } };
+      watchAcks();
       const loaded = !!(window.Debug && window.Debug.VERSION);
       const socket = (mod('WAWebSocketModel') || {}).Socket;
       const conn = (mod('WAWebConnModel') || {}).Conn;
-      const {pn, lid} = meUsers();
+      const {pn, lid} = attempt(meUsers, {pn: null, lid: null});
       const me = pn || lid;
       return {
         loaded,
         webVersion: loaded ? String(window.Debug.VERSION) : null,
-        missing: loaded ? missing() : null,
+        missing: loaded ? attempt(() => missing(socket), null) : null,
         modules: !!socket,
         state: socket ? socket.state : null,
         hasSynced: socket ? !!socket.hasSynced : false,
-        ref: await currentQr(conn),
+        ref: attempt(() => currentQr(conn), null),
         idle: socket ? socket.state === 'UNPAIRED_IDLE' : !!document.querySelector('div[data-ref] button'),
         me: me ? {phone: String(me.user), lid: lid ? String(lid.user) : null, pushName: (conn && conn.pushname) || null} : null,
       };
@@ -137,12 +169,18 @@
       return String(await api.startAltLinkingFlow(String(phone), true));
     },
 
+    // New QR codes after the page went idle: the way the page's own reload button does it,
+    // then older ways. Answers which one was used.
     refreshQR() {
+      const bus = (mod('WAWebBackendEventBus') || {}).BackendEventBus;
+      if (bus && typeof bus.triggerRefreshQR === 'function') { bus.triggerRefreshQR(); return 'WAWebBackendEventBus'; }
+      const launch = mod('WAWebLaunchSocketUtils');
+      if (launch && typeof launch.refreshQR === 'function') { launch.refreshQR(); return 'WAWebLaunchSocketUtils'; }
       const cmd = (mod('WAWebCmd') || {}).Cmd;
-      if (cmd && typeof cmd.refreshQR === 'function') { cmd.refreshQR(); return true; }
+      if (cmd && typeof cmd.refreshQR === 'function') { cmd.refreshQR(); return 'WAWebCmd'; }
       const button = document.querySelector('div[data-ref] button');
-      if (button) { button.click(); return true; }
-      return false;
+      if (button) { button.click(); return 'button'; }
+      return null;
     },
 
     async logout() {
@@ -152,10 +190,12 @@
       return true;
     },
 
-    // Sends a text. Resolves {id} once WhatsApp Web reports it sent, or {error: {code,
-    // message}} with NOT_ON_WHATSAPP, BRIDGE_INCOMPATIBLE or SEND_FAILED; throws only when the page itself fails.
-    async sendText(number, body) {
-      const gaps = missing();
+    // Sends a text with the WhatsApp message id the caller chose (the pod persists it first,
+    // so a send a crash interrupts can be looked up instead of sent twice). Resolves {id} once
+    // WhatsApp Web reports it sent, or {error: {code, message}} with NOT_ON_WHATSAPP,
+    // BRIDGE_INCOMPATIBLE or SEND_FAILED; throws only when the page itself fails.
+    async sendText(number, body, chosenId) {
+      const gaps = lacking(SENDING);
       if (gaps.length) return failure('BRIDGE_INCOMPATIBLE', 'this WhatsApp Web build lacks ' + gaps.join(', '));
       const wid = mod('WAWebWidFactory').createWid(String(number) + '@c.us');
       const exists = await mod('WAWebQueryExistsJob').queryWidExists(wid);
@@ -168,7 +208,7 @@
       const from = isLid(chat.id) ? lid : pn;
       if (!from) return failure('SEND_FAILED', 'the own ' + (isLid(chat.id) ? 'LID' : 'phone') + ' user is not known yet');
       const MsgKey = mod('WAWebMsgKey');
-      const id = new MsgKey({from, to: chat.id, id: await MsgKey.newId(), participant: undefined, selfDir: 'out'});
+      const id = new MsgKey({from, to: chat.id, id: chosenId || await MsgKey.newId(), participant: undefined, selfDir: 'out'});
       const ephemeralUtils = mod('WAWebGetEphemeralFieldsMsgActionsUtils');
       const ephemeral = ephemeralUtils && typeof ephemeralUtils.getEphemeralFields === 'function' ? ephemeralUtils.getEphemeralFields(chat) : {};
       const msg = Object.assign({
@@ -181,7 +221,42 @@
       if (!ok) return failure('SEND_FAILED', 'WhatsApp Web did not send the message: ' + JSON.stringify(result));
       return {id: id.id};
     },
+
+    // Whether WhatsApp Web has our message `id` to `number` (sent before a crash), and its ack.
+    async lookup(number, id) {
+      const Msg = (mod('WAWebCollections') || {}).Msg;
+      if (!Msg) throw new Error('WhatsApp Web is not loaded');
+      const ours = (m) => !!m && !!m.id && m.id.fromMe && m.id.id === id;
+      let found = Msg.getModelsArray().find(ours);
+      if (!found && typeof Msg.getMessagesById === 'function') {
+        // The message key names the chat: the phone chat, or the contact's LID chat.
+        const wid = mod('WAWebWidFactory').createWid(String(number) + '@c.us');
+        const exists = await mod('WAWebQueryExistsJob').queryWidExists(wid);
+        const chats = [wid, exists && exists.wid, exists && exists.lid].filter(Boolean).map((w) => w._serialized || String(w));
+        const keys = Array.from(new Set(chats)).map((chat) => 'true_' + chat + '_' + id);
+        const result = await Msg.getMessagesById(keys);
+        found = ((result && result.messages) || []).find(ours);
+      }
+      return found ? {found: true, ack: typeof found.ack === 'number' ? found.ack : 0} : {found: false};
+    },
+
+    // Receipts of our messages since the last call: [{id, ack}] (change:ack on Msg).
+    drainAcks() {
+      watchAcks();
+      return acks.splice(0, acks.length);
+    },
   };
+
+  const acks = [];
+  let watchedMsg = null;
+  function watchAcks() {
+    const Msg = (mod('WAWebCollections') || {}).Msg;
+    if (!Msg || Msg === watchedMsg || typeof Msg.on !== 'function') return;
+    watchedMsg = Msg;
+    Msg.on('change:ack', (msg, ack) => {
+      if (msg && msg.id && msg.id.fromMe) acks.push({id: msg.id.id, ack: Number(ack)});
+    });
+  }
 
   Object.defineProperty(window, '__waoBridge', {value: bridge, enumerable: false});
 })();

@@ -1,6 +1,7 @@
 //! The driver: keeps one Chromium on WhatsApp Web, turns what the page shows into reports
-//! (through the [`Tracker`]), runs the page actions, and restarts a crashed or hung browser
-//! with backoff.
+//! (through the [`Tracker`]), runs the page actions, sends the outbox's messages (paced, each
+//! to its end, settling after a crash what WhatsApp Web already has), records receipts, and
+//! restarts a crashed or hung browser with backoff.
 
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +11,7 @@ use whatsapp_crds::{SessionState, WhatsAppSessionSpec};
 
 use crate::browser::{BrowserError, LaunchOptions, Session};
 use crate::metrics::Metrics;
+use crate::outbox::{Outbox, reason};
 use crate::tracker::{Action, QrTimings, Report, Snapshot, Tracker};
 
 /// How often the page is read.
@@ -19,18 +21,16 @@ const MAX_FAILED_POLLS: u32 = 3;
 
 /// Requests from the HTTP API.
 pub enum Command {
-    Send { to: String, body: String, reply: oneshot::Sender<Result<String, SendError>> },
-    Logout { reply: oneshot::Sender<Result<(), SendError>> },
+    Logout { reply: oneshot::Sender<Result<(), String>> },
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("the session is not READY (it is {0})")]
-    NotReady(SessionState),
-    #[error("{0} is not on WhatsApp")]
-    NotOnWhatsApp(String),
-    #[error("WhatsApp Web failed: {0}")]
-    Page(String),
+/// How a send ended, as far as the page could tell.
+enum Sent {
+    Yes,
+    /// WhatsApp Web refused it for good (a stable reason, and its words).
+    Refused(&'static str, String),
+    /// The call into the page failed: it may or may not have gone out.
+    Unknown(String),
 }
 
 pub struct Driver {
@@ -44,6 +44,7 @@ pub struct Driver {
     pub web_version_url: String,
     /// Milliseconds since the epoch of the last successful read of the page (readiness).
     pub last_poll_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub outbox: Outbox,
 }
 
 impl Driver {
@@ -146,9 +147,13 @@ impl Driver {
     async fn drive(&mut self, mut session: Session, shutdown: &mut watch::Receiver<bool>) -> Exit {
         let mut tracker = Tracker::new(self.timings);
         let mut failed_polls = 0;
+        // Sends a crash left unconfirmed are settled once per launch, when READY.
+        let mut settled = false;
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let ready = self.reports.borrow().state == SessionState::Ready;
+            let send_in = if ready && settled { self.next_send_in() } else { None };
             tokio::select! {
                 _ = stopped(shutdown) => {
                     info!("closing Chromium to flush the profile");
@@ -156,6 +161,12 @@ impl Driver {
                     return Exit::Shutdown;
                 }
                 Some(command) = self.commands.recv() => self.command(&session, command).await,
+                _ = self.outbox.work.notified() => {}
+                _ = tokio::time::sleep(send_in.unwrap_or_default()), if send_in.is_some() => {
+                    if !self.send_next(&session).await {
+                        settled = false;
+                    }
+                }
                 _ = tick.tick() => {
                     if !session.alive() {
                         session.kill().await;
@@ -173,10 +184,18 @@ impl Driver {
                             }
                             let (report, action) = tracker.observe(&snapshot, &spec, SystemTime::now());
                             self.metrics.observe(&report, &self.reports.borrow());
+                            let now_ready = report.state == SessionState::Ready;
                             self.report(report);
                             if let Some(action) = action {
                                 self.act(&session, &mut tracker, action).await;
                             }
+                            if now_ready {
+                                if !settled {
+                                    settled = self.settle(&session).await;
+                                }
+                                self.record_acks(&session).await;
+                            }
+                            self.metrics.outbox_queued.set(self.outbox.queued().unwrap_or(0) as i64);
                         }
                         Err(e) => {
                             failed_polls += 1;
@@ -192,10 +211,127 @@ impl Driver {
         }
     }
 
+    /// How long until the next send may go, if a message is due.
+    fn next_send_in(&self) -> Option<Duration> {
+        match self.outbox.next_due(k8s_openapi::jiff::Timestamp::now()) {
+            Ok((Some(_), next_ms)) => {
+                let now_ms = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+                Some(Duration::from_millis(next_ms.saturating_sub(now_ms).max(0) as u64))
+            }
+            Ok((None, _)) => None,
+            Err(e) => {
+                warn!(error = %e, "reading the outbox failed");
+                None
+            }
+        }
+    }
+
+    /// Sends the next due message to its end. False when the outcome is unknown (the page
+    /// call failed): the message stays `sending` and is settled by lookup.
+    async fn send_next(&self, session: &Session) -> bool {
+        let rate = self.spec.borrow().send.rate_per_minute;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let next = match self.outbox.next_due(now) {
+            Ok((Some(m), next_ms)) if next_ms <= now.as_millisecond() => m,
+            Ok(_) => return true,
+            Err(e) => {
+                warn!(error = %e, "reading the outbox failed");
+                return true;
+            }
+        };
+        // Persisted before the page sees it: a crash from here on is settled by lookup.
+        let message = match self.outbox.sending(&next.id, crate::outbox::next_gap(rate)) {
+            Ok(Some(m)) => m,
+            Ok(None) => return true,
+            Err(e) => {
+                warn!(error = %e, id = %next.id, "could not mark the message sending");
+                return true;
+            }
+        };
+        let started = std::time::Instant::now();
+        let outcome = send_text(session, &message.to, &message.message, &message.id).await;
+        let (label, stored) = match &outcome {
+            Sent::Yes => ("sent", self.outbox.sent(&message.id)),
+            Sent::Refused(why, text) => {
+                let label = if *why == reason::NOT_ON_WHATSAPP { "not_on_whatsapp" } else { "error" };
+                (label, self.outbox.failed(&message.id, why, text))
+            }
+            Sent::Unknown(text) => {
+                warn!(id = %message.id, error = %text, "the send's outcome is unknown; it will be looked up");
+                ("timeout", Ok(()))
+            }
+        };
+        if let Err(e) = stored {
+            warn!(error = %e, id = %message.id, "could not record the send's outcome");
+        }
+        self.metrics.messages.with_label_values(&[label]).inc();
+        self.metrics.send_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+        if matches!(outcome, Sent::Yes) {
+            let waited = now.as_millisecond() - message.created_at.as_millisecond();
+            self.metrics.outbox_wait.observe(waited.max(0) as f64 / 1000.0);
+        }
+        !matches!(outcome, Sent::Unknown(_))
+    }
+
+    /// Settles sends a crash interrupted: WhatsApp Web has the message (sent, with its
+    /// receipt) or it goes back to the front of the queue with the same id. True when every
+    /// one was settled.
+    async fn settle(&self, session: &Session) -> bool {
+        let in_flight = match self.outbox.in_flight() {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "reading the outbox failed");
+                return false;
+            }
+        };
+        for message in in_flight {
+            let expr = format!(
+                "window.__waoBridge.lookup({}, {})",
+                serde_json::json!(message.to),
+                serde_json::json!(message.id)
+            );
+            let found = match session.eval::<Lookup>(&expr).await {
+                Ok(found) => found,
+                Err(e) => {
+                    warn!(error = %e, id = %message.id, "looking up an interrupted send failed");
+                    return false;
+                }
+            };
+            let stored = if found.found {
+                info!(id = %message.id, "an interrupted send had reached WhatsApp");
+                self.outbox
+                    .sent(&message.id)
+                    .and_then(|_| self.outbox.ack(&message.id, found.ack.unwrap_or(1)))
+            } else {
+                info!(id = %message.id, "an interrupted send had not reached WhatsApp: sending it again");
+                self.outbox.requeue(&message.id)
+            };
+            if let Err(e) = stored {
+                warn!(error = %e, id = %message.id, "could not settle an interrupted send");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Receipts WhatsApp Web reported since the last poll.
+    async fn record_acks(&self, session: &Session) {
+        let Ok(acks) = session.eval::<Vec<Ack>>("window.__waoBridge.drainAcks()").await else { return };
+        for ack in acks {
+            if let Err(e) = self.outbox.ack(&ack.id, ack.ack) {
+                warn!(error = %e, id = %ack.id, "could not record a receipt");
+            }
+        }
+    }
+
     async fn act(&self, session: &Session, tracker: &mut Tracker, action: Action) {
         match action {
             Action::RefreshQr => {
-                let _ = session.eval::<bool>("window.__waoBridge.refreshQR()").await;
+                match session.eval::<Option<String>>("window.__waoBridge.refreshQR()").await {
+                    Ok(Some(how)) => info!(%how, "asked WhatsApp Web for new QR codes"),
+                    Ok(None) => warn!("this WhatsApp Web build offers no way to refresh the QR"),
+                    Err(e) => warn!(error = %e, "refreshing the QR failed"),
+                }
             }
             Action::RequestPairingCode(phone) => {
                 let expr = format!("window.__waoBridge.requestPairingCode({})", serde_json::json!(phone));
@@ -208,26 +344,31 @@ impl Driver {
     }
 
     async fn command(&self, session: &Session, command: Command) {
-        let state = self.reports.borrow().state;
         match command {
-            Command::Send { to, body, reply } => {
-                let result = if state != SessionState::Ready {
-                    Err(SendError::NotReady(state))
-                } else {
-                    send_text(session, &to, &body).await
-                };
-                let _ = reply.send(result);
-            }
             Command::Logout { reply } => {
                 let result = session
                     .eval::<bool>("window.__waoBridge.logout()")
                     .await
                     .map(|_| ())
-                    .map_err(|e| SendError::Page(e.to_string()));
+                    .map_err(|e| e.to_string());
                 let _ = reply.send(result);
             }
         }
     }
+}
+
+/// What the bridge's `lookup` resolves to.
+#[derive(serde::Deserialize)]
+struct Lookup {
+    found: bool,
+    ack: Option<i64>,
+}
+
+/// A receipt from the bridge's `drainAcks`.
+#[derive(serde::Deserialize)]
+struct Ack {
+    id: String,
+    ack: i64,
 }
 
 /// What the bridge's `sendText` resolves to.
@@ -243,15 +384,29 @@ struct PageError {
     message: String,
 }
 
-/// Sends a text through the bridge: the WhatsApp message id, or why not.
-async fn send_text(session: &Session, to: &str, body: &str) -> Result<String, SendError> {
-    let expr = format!("window.__waoBridge.sendText({}, {})", serde_json::json!(to), serde_json::json!(body));
-    let outcome = session.eval::<SendOutcome>(&expr).await.map_err(|e| SendError::Page(e.to_string()))?;
+/// Sends a text through the bridge with the message id the outbox chose.
+async fn send_text(session: &Session, to: &str, body: &str, id: &str) -> Sent {
+    let expr = format!(
+        "window.__waoBridge.sendText({}, {}, {})",
+        serde_json::json!(to),
+        serde_json::json!(body),
+        serde_json::json!(id)
+    );
+    let outcome = match session.eval::<SendOutcome>(&expr).await {
+        Ok(outcome) => outcome,
+        Err(e) => return Sent::Unknown(e.to_string()),
+    };
     match (outcome.id, outcome.error) {
-        (Some(id), None) => Ok(id),
-        (_, Some(e)) if e.code == "NOT_ON_WHATSAPP" => Err(SendError::NotOnWhatsApp(to.to_string())),
-        (_, Some(e)) => Err(SendError::Page(format!("{}: {}", e.code, e.message))),
-        (None, None) => Err(SendError::Page("the bridge answered neither an id nor an error".into())),
+        (Some(_), None) => Sent::Yes,
+        (_, Some(e)) => {
+            let why = match e.code.as_str() {
+                "NOT_ON_WHATSAPP" => reason::NOT_ON_WHATSAPP,
+                "BRIDGE_INCOMPATIBLE" => reason::BRIDGE_INCOMPATIBLE,
+                _ => reason::SEND_FAILED,
+            };
+            Sent::Refused(why, e.message)
+        }
+        (None, None) => Sent::Unknown("the bridge answered neither an id nor an error".into()),
     }
 }
 

@@ -6,6 +6,7 @@ mod api;
 mod browser;
 mod driver;
 mod metrics;
+mod outbox;
 mod profile;
 mod status;
 mod tracker;
@@ -79,6 +80,10 @@ struct Config {
     #[arg(long, env = "WAO_QR_LIFETIMES", default_value = "60,20", value_delimiter = ',', num_args = 2)]
     qr_lifetimes: Vec<u64>,
 
+    /// The most messages the outbox holds queued; beyond it, new ones are refused (507).
+    #[arg(long, env = "WAO_OUTBOX_MAX_QUEUED", default_value_t = 100_000)]
+    outbox_max_queued: u64,
+
     /// Log format.
     #[arg(long, env = "WAO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -99,6 +104,10 @@ async fn run(config: Config) -> Result<()> {
     let _profile = profile::lock(&config.profile_dir)?;
     let bridge_script =
         browser::bridge_script(config.bridge_script.as_deref()).context("reading the bridge script")?;
+    // The outbox lives on the session's volume beside the login.
+    let outbox_path = config.profile_dir.join("whatsapp-outbox.redb");
+    let outbox = outbox::Outbox::open(&outbox_path, config.outbox_max_queued)
+        .with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
 
     let client = whatsapp_crds::kube_client("whatsapp-session").await.context("connecting to Kubernetes")?;
     let api: Api<WhatsAppSession> = Api::namespaced(client, &config.namespace);
@@ -162,18 +171,17 @@ async fn run(config: Config) -> Result<()> {
         metrics: metrics.clone(),
         web_version_url: config.web_version_url.clone(),
         last_poll_ms: last_poll_ms.clone(),
+        outbox: outbox.clone(),
     };
     let driver = tokio::spawn(driver.run(shutdown_rx.clone()));
 
     let state = api::ApiState {
         hub_token: Arc::new(config.hub_token.clone()),
         commands: commands_tx,
-        spec: spec_rx,
+        reports: reports_rx.clone(),
         metrics,
         last_poll_ms: last_poll_ms.clone(),
-        sends: Arc::new(tokio::sync::Mutex::new(api::Sends::load(
-            config.profile_dir.join("whatsapp-session-sent-keys.json"),
-        ))),
+        outbox,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the session pod, served at `/metrics`.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use whatsapp_crds::SessionState;
 use whatsapp_crds::telemetry::{registered, render};
@@ -19,6 +19,8 @@ pub struct Metrics {
     web_version: IntGaugeVec,
     bridge_compatible: IntGauge,
     bridge_missing: IntGaugeVec,
+    pub outbox_queued: IntGauge,
+    pub outbox_wait: Histogram,
 }
 
 impl Default for Metrics {
@@ -44,7 +46,10 @@ impl Metrics {
         let messages = registered(
             &registry,
             IntCounterVec::new(
-                Opts::new("whatsapp_session_messages_sent_total", "Send requests, by result."),
+                Opts::new(
+                    "whatsapp_session_messages_sent_total",
+                    "Messages handed to WhatsApp Web, by result (sent, not_on_whatsapp, error, timeout: outcome unknown, settled by lookup).",
+                ),
                 &["result"],
             ),
         )?;
@@ -53,7 +58,7 @@ impl Metrics {
             HistogramVec::new(
                 HistogramOpts::new(
                     "whatsapp_session_send_duration_seconds",
-                    "Time from a send request to WhatsApp Web reporting it sent.",
+                    "Time WhatsApp Web took to send a message handed to it.",
                 )
                 .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
                 &["result"],
@@ -94,6 +99,20 @@ impl Metrics {
                 &["item"],
             ),
         )?;
+        let outbox_queued = registered(
+            &registry,
+            IntGauge::new("whatsapp_session_outbox_queued", "Messages in the outbox waiting to be sent."),
+        )?;
+        let outbox_wait = registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "whatsapp_session_outbox_wait_seconds",
+                    "Time from a message being accepted to WhatsApp Web sending it.",
+                )
+                .buckets(vec![0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0]),
+            ),
+        )?;
         for s in SessionState::ALL {
             state.with_label_values(&[s.as_str()]).set(0);
         }
@@ -107,6 +126,8 @@ impl Metrics {
             web_version,
             bridge_compatible,
             bridge_missing,
+            outbox_queued,
+            outbox_wait,
         })
     }
 }

@@ -108,6 +108,7 @@ pub struct Tracker {
     exhausted: bool,
     pairing_code: Option<(String, SystemTime)>,
     pairing_requested_at: Option<SystemTime>,
+    refresh_requested_at: Option<SystemTime>,
     was_ready: bool,
 }
 
@@ -201,6 +202,19 @@ impl Tracker {
         self.exhausted = false;
         self.pairing_code = None;
         self.pairing_requested_at = None;
+        self.refresh_requested_at = None;
+    }
+
+    /// Asks for new QR codes, at most every 10 s: a refresh restarts WhatsApp's connection,
+    /// and asking again while the new batch is on its way would cancel it.
+    fn refresh(&mut self, now: SystemTime) -> Option<Action> {
+        let asked_recently = self
+            .refresh_requested_at
+            .is_some_and(|at| now.duration_since(at).unwrap_or_default() < Duration::from_secs(10));
+        (!asked_recently).then(|| {
+            self.refresh_requested_at = Some(now);
+            Action::RefreshQr
+        })
     }
 
     fn unpaired(
@@ -228,6 +242,10 @@ impl Tracker {
                 ),
             );
             report.pairing_code = fresh.map(|(c, _)| c.clone());
+            // An idle page (its refs ran out) must be woken before it can give a code.
+            if snap.idle || snap.state.as_deref() == Some("UNPAIRED_IDLE") {
+                return (report, self.refresh(now));
+            }
             // Ask again when there is no live code, at most every 10 s.
             let asked_recently = self
                 .pairing_requested_at
@@ -276,7 +294,7 @@ impl Tracker {
                 } else {
                     (
                         Report::new(SessionState::QrRequired, reason, "asking WhatsApp for new QR codes"),
-                        Some(Action::RefreshQr),
+                        self.refresh(now),
                     )
                 }
             }
@@ -361,6 +379,21 @@ mod tests {
         t.observe(&unpaired(Some("2@a")), &spec, at(0));
         let (r, a) = t.observe(&unpaired(None), &spec, at(160));
         assert_eq!((r.state, a), (SessionState::QrRequired, Some(Action::RefreshQr)));
+        assert_eq!(t.observe(&unpaired(None), &spec, at(161)).1, None, "not again while the batch comes");
+        assert_eq!(t.observe(&unpaired(None), &spec, at(171)).1, Some(Action::RefreshQr));
+    }
+
+    #[test]
+    fn an_idle_page_is_woken_before_a_pairing_code_is_asked_for() {
+        let spec = spec(
+            serde_json::json!({"clienteId": 1, "pairing": {"method": "PhoneCode", "phoneNumber": "5491122334455"}}),
+        );
+        let mut t = Tracker::new(QrTimings::default());
+        assert_eq!(t.observe(&unpaired(None), &spec, at(0)).1, Some(Action::RefreshQr));
+        assert!(matches!(
+            t.observe(&unpaired(Some("2@a")), &spec, at(1)).1,
+            Some(Action::RequestPairingCode(_))
+        ));
     }
 
     #[test]

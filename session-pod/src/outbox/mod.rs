@@ -1,0 +1,307 @@
+//! The outbox: every message a caller hands the session pod, on the session's volume, from
+//! "accepted" to its last receipt. A message is persisted (fsync) before the caller hears it
+//! was accepted, and its WhatsApp message id is chosen then, so the driver, which owns each
+//! send to its end, can settle a send a crash interrupted by looking that id up in WhatsApp
+//! Web instead of sending it twice.
+//!
+//! `queued -> sending -> sent -> delivered -> read (-> played)`, or `failed` with a reason.
+
+mod pacing;
+mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, broadcast};
+
+pub use pacing::next_gap;
+pub use store::{Accepted, NewMessage, Page, StoreError};
+
+/// Where a message is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Queued,
+    Sending,
+    Sent,
+    Delivered,
+    Read,
+    Played,
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Queued,
+        Status::Sending,
+        Status::Sent,
+        Status::Delivered,
+        Status::Read,
+        Status::Played,
+        Status::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Sending => "sending",
+            Status::Sent => "sent",
+            Status::Delivered => "delivered",
+            Status::Read => "read",
+            Status::Played => "played",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Sent or any receipt after it: WhatsApp has the message.
+    pub fn is_sent(self) -> bool {
+        matches!(self, Status::Sent | Status::Delivered | Status::Read | Status::Played)
+    }
+
+    /// The status a WhatsApp Web ack (1 server, 2 delivered, 3 read, 4 played) stands for.
+    pub fn from_ack(ack: i64) -> Option<Status> {
+        match ack {
+            1 => Some(Status::Sent),
+            2 => Some(Status::Delivered),
+            3 => Some(Status::Read),
+            4.. => Some(Status::Played),
+            _ => None,
+        }
+    }
+}
+
+/// Why a message failed: stable codes callers can act on.
+pub mod reason {
+    pub const NOT_ON_WHATSAPP: &str = "NOT_ON_WHATSAPP";
+    pub const EXPIRED: &str = "EXPIRED";
+    pub const CANCELLED: &str = "CANCELLED";
+    pub const SEND_FAILED: &str = "SEND_FAILED";
+    pub const BRIDGE_INCOMPATIBLE: &str = "BRIDGE_INCOMPATIBLE";
+}
+
+/// One message, as stored and as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    /// WhatsApp's message id, chosen when the message was accepted.
+    pub id: String,
+    pub to: String,
+    pub message: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub played_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<Timestamp>,
+    pub attempts: u32,
+}
+
+impl Message {
+    /// Moves to `status` at `at` if that is forward (receipts never go back).
+    fn advance(&mut self, status: Status, at: Timestamp) -> bool {
+        let rank = |s: Status| Status::ALL.iter().position(|x| *x == s).unwrap_or(0);
+        if self.status == Status::Failed || rank(status) <= rank(self.status) {
+            return false;
+        }
+        self.status = status;
+        let field = match status {
+            Status::Sent => &mut self.sent_at,
+            Status::Delivered => &mut self.delivered_at,
+            Status::Read => &mut self.read_at,
+            Status::Played => &mut self.played_at,
+            _ => return true,
+        };
+        field.get_or_insert(at);
+        if status.is_sent() {
+            self.sent_at.get_or_insert(at);
+        }
+        true
+    }
+}
+
+/// A WhatsApp message id in WhatsApp Web's own format (`3EB0` and 20 hex digits).
+pub fn new_message_id() -> String {
+    let bytes: [u8; 10] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+    format!("3EB0{hex}")
+}
+
+/// The outbox of this session: the store, and who to wake when it changes.
+#[derive(Clone)]
+pub struct Outbox {
+    store: Arc<store::Store>,
+    /// The driver waits on this for new work.
+    pub work: Arc<Notify>,
+    updates: broadcast::Sender<Message>,
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox file; `max_queued` bounds the messages waiting.
+    pub fn open(path: &Path, max_queued: u64) -> Result<Outbox, StoreError> {
+        let store = store::Store::open(path, max_queued)?;
+        Ok(Outbox {
+            store: Arc::new(store),
+            work: Arc::new(Notify::new()),
+            updates: broadcast::channel(1024).0,
+        })
+    }
+
+    /// Every change of a message, as it happens.
+    pub fn subscribe(&self) -> broadcast::Receiver<Message> {
+        self.updates.subscribe()
+    }
+
+    fn publish(&self, message: &Message) {
+        let _ = self.updates.send(message.clone());
+    }
+
+    /// Persists new messages (all or none) and wakes the driver.
+    pub async fn accept(
+        &self,
+        messages: Vec<NewMessage>,
+        batch: Option<String>,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        let store = self.store.clone();
+        let accepted = tokio::task::spawn_blocking(move || store.accept(messages, batch, Timestamp::now()))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))??;
+        for a in accepted.iter().filter(|a| !a.duplicate) {
+            self.publish(&a.message);
+        }
+        self.work.notify_one();
+        Ok(accepted)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        self.store.get(id)
+    }
+
+    pub fn list(
+        &self,
+        status: Option<Status>,
+        batch: Option<&str>,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.store.list(status, batch, cursor, limit)
+    }
+
+    /// Counts of a batch's messages by status; `None` for an unknown batch.
+    pub fn batch_summary(&self, batch: &str) -> Result<Option<Vec<(Status, u64)>>, StoreError> {
+        self.store.batch_summary(batch)
+    }
+
+    /// Cancels a queued message: `Ok(None)` when there is no such message, `Err(NotCancellable)`
+    /// once it left the queue.
+    pub fn cancel(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        let cancelled =
+            self.store.fail_queued(id, reason::CANCELLED, "cancelled by the caller", Timestamp::now())?;
+        if let Some(m) = &cancelled {
+            self.publish(m);
+        }
+        Ok(cancelled)
+    }
+
+    /// The next message due at `now`, messages past their expiry failed on the way; and when
+    /// the pacing allows the next send (milliseconds since the epoch).
+    pub fn next_due(&self, now: Timestamp) -> Result<(Option<Message>, i64), StoreError> {
+        let (next, expired) = self.store.next_due(now)?;
+        for m in &expired {
+            self.publish(m);
+        }
+        Ok((next, self.store.next_send_ms()?))
+    }
+
+    /// The message is about to be handed to WhatsApp Web; the next send waits `gap`.
+    pub fn sending(&self, id: &str, gap: std::time::Duration) -> Result<Option<Message>, StoreError> {
+        let m = self.store.mark_sending(id, Timestamp::now(), gap)?;
+        if let Some(m) = &m {
+            self.publish(m);
+        }
+        Ok(m)
+    }
+
+    /// WhatsApp Web took the message.
+    pub fn sent(&self, id: &str) -> Result<(), StoreError> {
+        self.update(id, |m, at| {
+            m.advance(Status::Sent, at);
+        })
+    }
+
+    /// The message failed for good.
+    pub fn failed(&self, id: &str, why: &str, error: &str) -> Result<(), StoreError> {
+        self.update(id, |m, at| {
+            if !m.status.is_sent() {
+                m.status = Status::Failed;
+                m.reason = Some(why.to_string());
+                m.error = Some(error.to_string());
+                m.failed_at = Some(at);
+            }
+        })
+    }
+
+    /// A receipt from WhatsApp Web.
+    pub fn ack(&self, id: &str, ack: i64) -> Result<(), StoreError> {
+        match Status::from_ack(ack) {
+            Some(status) => self.update(id, |m, at| {
+                m.advance(status, at);
+            }),
+            None if ack < 0 => {
+                self.failed(id, reason::SEND_FAILED, "WhatsApp reported an error for this message")
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A send that a crash interrupted and WhatsApp Web does not have: back to the front of
+    /// the queue, same id.
+    pub fn requeue(&self, id: &str) -> Result<(), StoreError> {
+        self.store.requeue(id)?;
+        self.work.notify_one();
+        Ok(())
+    }
+
+    /// Messages left in `sending` (by a crash).
+    pub fn in_flight(&self) -> Result<Vec<Message>, StoreError> {
+        self.store.in_flight()
+    }
+
+    /// Messages waiting to be sent.
+    pub fn queued(&self) -> Result<u64, StoreError> {
+        self.store.queued()
+    }
+
+    fn update(&self, id: &str, change: impl FnOnce(&mut Message, Timestamp)) -> Result<(), StoreError> {
+        if let Some(m) = self.store.update(id, Timestamp::now(), change)? {
+            self.publish(&m);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,445 @@
+//! The outbox on disk: one redb file on the session's volume. Every write is one transaction,
+//! committed with fsync before it returns, so what a caller was told is accepted survives a
+//! crash of the process, of Chromium or of the node.
+
+use std::path::Path;
+
+use k8s_openapi::jiff::Timestamp;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::{Message, Status, new_message_id};
+
+/// seq -> the message (JSON).
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// WhatsApp message id -> seq.
+const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
+/// Idempotency key -> seq.
+const KEYS: TableDefinition<&str, u64> = TableDefinition::new("keys");
+/// (due, seq) of queued messages: the queue, in the order they may go.
+const QUEUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("queue");
+/// seq of messages handed to WhatsApp Web and not yet confirmed.
+const SENDING: TableDefinition<u64, ()> = TableDefinition::new("sending");
+/// (batch, seq) of messages accepted in a batch.
+const BATCHES: TableDefinition<(&str, u64), ()> = TableDefinition::new("batches");
+/// Counters: the next seq, and when the pacing allows the next send.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the outbox holds {queued} queued messages; it takes at most {max}")]
+    Full { queued: u64, max: u64 },
+    #[error("the session's volume is full: {0}")]
+    StorageFull(String),
+    #[error("the message has left the queue (it is {0:?})")]
+    NotCancellable(Status),
+    #[error("the outbox store failed: {0}")]
+    Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> StoreError {
+    let text = e.to_string();
+    // ENOSPC, however redb words it.
+    if text.contains("No space left") || text.contains("os error 28") {
+        StoreError::StorageFull(text)
+    } else {
+        StoreError::Internal(text)
+    }
+}
+
+/// A message a caller hands in.
+#[derive(Clone, Debug, Default)]
+pub struct NewMessage {
+    pub to: String,
+    pub message: String,
+    pub idempotency_key: Option<String>,
+    pub not_before: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// What became of a message handed in.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    pub message: Message,
+    /// The idempotency key was known: this is the message accepted before; nothing new.
+    pub duplicate: bool,
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug)]
+pub struct Page {
+    pub messages: Vec<Message>,
+    pub next_cursor: Option<u64>,
+}
+
+pub struct Store {
+    db: Database,
+    max_queued: u64,
+}
+
+fn ms(t: Timestamp) -> u64 {
+    t.as_millisecond().max(0) as u64
+}
+
+fn decode(bytes: &[u8]) -> Result<Message, StoreError> {
+    serde_json::from_slice(bytes).map_err(internal)
+}
+
+fn encode(m: &Message) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(m).map_err(internal)
+}
+
+impl Store {
+    pub fn open(path: &Path, max_queued: u64) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(internal)?;
+        // Every table exists from the start, so readers never meet a missing one.
+        let tx = db.begin_write().map_err(internal)?;
+        {
+            tx.open_table(MESSAGES).map_err(internal)?;
+            tx.open_table(IDS).map_err(internal)?;
+            tx.open_table(KEYS).map_err(internal)?;
+            tx.open_table(QUEUE).map_err(internal)?;
+            tx.open_table(SENDING).map_err(internal)?;
+            tx.open_table(BATCHES).map_err(internal)?;
+            tx.open_table(META).map_err(internal)?;
+        }
+        tx.commit().map_err(internal)?;
+        Ok(Store { db, max_queued })
+    }
+
+    pub fn accept(
+        &self,
+        messages: Vec<NewMessage>,
+        batch: Option<String>,
+        now: Timestamp,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        let tx = self.db.begin_write().map_err(internal)?;
+        let mut accepted = Vec::with_capacity(messages.len());
+        {
+            let mut all = tx.open_table(MESSAGES).map_err(internal)?;
+            let mut ids = tx.open_table(IDS).map_err(internal)?;
+            let mut keys = tx.open_table(KEYS).map_err(internal)?;
+            let mut queue = tx.open_table(QUEUE).map_err(internal)?;
+            let mut batches = tx.open_table(BATCHES).map_err(internal)?;
+            let mut meta = tx.open_table(META).map_err(internal)?;
+            let mut seq = meta.get("next_seq").map_err(internal)?.map(|v| v.value()).unwrap_or(1);
+            let mut queued = queue.len().map_err(internal)?;
+            for new in messages {
+                if let Some(key) = &new.idempotency_key
+                    && let Some(existing) = keys.get(key.as_str()).map_err(internal)?
+                {
+                    let existing = existing.value();
+                    let bytes = all
+                        .get(existing)
+                        .map_err(internal)?
+                        .ok_or_else(|| internal("a key without its message"))?;
+                    accepted.push(Accepted { message: decode(bytes.value())?, duplicate: true });
+                    continue;
+                }
+                if queued >= self.max_queued {
+                    return Err(StoreError::Full { queued, max: self.max_queued });
+                }
+                let message = Message {
+                    id: new_message_id(),
+                    to: new.to,
+                    message: new.message,
+                    status: Status::Queued,
+                    reason: None,
+                    error: None,
+                    idempotency_key: new.idempotency_key,
+                    batch: batch.clone(),
+                    not_before: new.not_before,
+                    expires_at: new.expires_at,
+                    created_at: now,
+                    sent_at: None,
+                    delivered_at: None,
+                    read_at: None,
+                    played_at: None,
+                    failed_at: None,
+                    attempts: 0,
+                };
+                all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
+                ids.insert(message.id.as_str(), seq).map_err(internal)?;
+                if let Some(key) = &message.idempotency_key {
+                    keys.insert(key.as_str(), seq).map_err(internal)?;
+                }
+                if let Some(batch) = &batch {
+                    batches.insert((batch.as_str(), seq), ()).map_err(internal)?;
+                }
+                let due = message.not_before.map(ms).unwrap_or(0);
+                queue.insert((due, seq), ()).map_err(internal)?;
+                queued += 1;
+                seq += 1;
+                accepted.push(Accepted { message, duplicate: false });
+            }
+            meta.insert("next_seq", seq).map_err(internal)?;
+        }
+        tx.commit().map_err(internal)?;
+        Ok(accepted)
+    }
+
+    fn seq_of(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        let tx = self.db.begin_read().map_err(internal)?;
+        let ids = tx.open_table(IDS).map_err(internal)?;
+        Ok(ids.get(id).map_err(internal)?.map(|v| v.value()))
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        let tx = self.db.begin_read().map_err(internal)?;
+        let ids = tx.open_table(IDS).map_err(internal)?;
+        let Some(seq) = ids.get(id).map_err(internal)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let all = tx.open_table(MESSAGES).map_err(internal)?;
+        all.get(seq).map_err(internal)?.map(|b| decode(b.value())).transpose()
+    }
+
+    pub fn list(
+        &self,
+        status: Option<Status>,
+        batch: Option<&str>,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let tx = self.db.begin_read().map_err(internal)?;
+        let all = tx.open_table(MESSAGES).map_err(internal)?;
+        let below = cursor.unwrap_or(u64::MAX);
+        let seqs: Box<dyn Iterator<Item = Result<u64, StoreError>>> = match batch {
+            Some(batch) => {
+                let batches = tx.open_table(BATCHES).map_err(internal)?;
+                let range = batches.range((batch, 0)..(batch, below)).map_err(internal)?;
+                let seqs: Vec<_> =
+                    range.rev().map(|r| r.map(|(k, _)| k.value().1).map_err(internal)).collect();
+                Box::new(seqs.into_iter())
+            }
+            None => Box::new(
+                all.range(..below)
+                    .map_err(internal)?
+                    .rev()
+                    .map(|r| r.map(|(k, _)| k.value()).map_err(internal))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            ),
+        };
+        let mut messages = Vec::new();
+        let mut next_cursor = None;
+        for seq in seqs {
+            let seq = seq?;
+            let Some(bytes) = all.get(seq).map_err(internal)? else { continue };
+            let message = decode(bytes.value())?;
+            if status.is_some_and(|s| s != message.status) {
+                continue;
+            }
+            if messages.len() == limit {
+                next_cursor = Some(seq + 1);
+                break;
+            }
+            messages.push(message);
+        }
+        Ok(Page { messages, next_cursor })
+    }
+
+    pub fn batch_summary(&self, batch: &str) -> Result<Option<Vec<(Status, u64)>>, StoreError> {
+        let tx = self.db.begin_read().map_err(internal)?;
+        let all = tx.open_table(MESSAGES).map_err(internal)?;
+        let batches = tx.open_table(BATCHES).map_err(internal)?;
+        let mut counts: Vec<(Status, u64)> = Status::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut any = false;
+        for entry in batches.range((batch, 0)..=(batch, u64::MAX)).map_err(internal)? {
+            let (key, _) = entry.map_err(internal)?;
+            let Some(bytes) = all.get(key.value().1).map_err(internal)? else { continue };
+            let status = decode(bytes.value())?.status;
+            any = true;
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == status) {
+                c.1 += 1;
+            }
+        }
+        Ok(any.then_some(counts))
+    }
+
+    /// Fails a queued message (cancel, expiry).
+    pub fn fail_queued(
+        &self,
+        id: &str,
+        why: &str,
+        error: &str,
+        now: Timestamp,
+    ) -> Result<Option<Message>, StoreError> {
+        let Some(seq) = self.seq_of(id)? else { return Ok(None) };
+        let tx = self.db.begin_write().map_err(internal)?;
+        let message = {
+            let mut all = tx.open_table(MESSAGES).map_err(internal)?;
+            let mut queue = tx.open_table(QUEUE).map_err(internal)?;
+            let mut message = match all.get(seq).map_err(internal)? {
+                Some(b) => decode(b.value())?,
+                None => return Ok(None),
+            };
+            if message.status != Status::Queued {
+                return Err(StoreError::NotCancellable(message.status));
+            }
+            queue.remove((message.not_before.map(ms).unwrap_or(0), seq)).map_err(internal)?;
+            message.status = Status::Failed;
+            message.reason = Some(why.to_string());
+            message.error = Some(error.to_string());
+            message.failed_at = Some(now);
+            all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
+            message
+        };
+        tx.commit().map_err(internal)?;
+        Ok(Some(message))
+    }
+
+    /// The first queued message due at `now` (sends interrupted by a crash and requeued come
+    /// first); queued messages past their expiry are failed on the way and returned apart.
+    pub fn next_due(&self, now: Timestamp) -> Result<(Option<Message>, Vec<Message>), StoreError> {
+        let mut expired = Vec::new();
+        loop {
+            let candidate = {
+                let tx = self.db.begin_read().map_err(internal)?;
+                let queue = tx.open_table(QUEUE).map_err(internal)?;
+                let first = queue.range((0, 0)..=(ms(now), u64::MAX)).map_err(internal)?.next();
+                match first {
+                    None => return Ok((None, expired)),
+                    Some(entry) => {
+                        let (key, _) = entry.map_err(internal)?;
+                        let seq = key.value().1;
+                        let all = tx.open_table(MESSAGES).map_err(internal)?;
+                        match all.get(seq).map_err(internal)? {
+                            Some(b) => decode(b.value())?,
+                            None => return Err(internal("a queued seq without its message")),
+                        }
+                    }
+                }
+            };
+            if candidate.expires_at.is_some_and(|e| e <= now) {
+                if let Some(m) = self.fail_queued(
+                    &candidate.id,
+                    super::reason::EXPIRED,
+                    "expiresAt passed before it could be sent",
+                    now,
+                )? {
+                    expired.push(m);
+                }
+                continue;
+            }
+            return Ok((Some(candidate), expired));
+        }
+    }
+
+    /// When the pacing allows the next send (ms since the epoch; 0: now).
+    pub fn next_send_ms(&self) -> Result<i64, StoreError> {
+        let tx = self.db.begin_read().map_err(internal)?;
+        let meta = tx.open_table(META).map_err(internal)?;
+        Ok(meta.get("next_send_ms").map_err(internal)?.map(|v| v.value() as i64).unwrap_or(0))
+    }
+
+    /// Queue -> sending, one more attempt; the next send may go `gap` after `now`. Persisted
+    /// before the page is asked to send, so a crash never forgets a send may have happened.
+    pub fn mark_sending(
+        &self,
+        id: &str,
+        now: Timestamp,
+        gap: std::time::Duration,
+    ) -> Result<Option<Message>, StoreError> {
+        let Some(seq) = self.seq_of(id)? else { return Ok(None) };
+        let tx = self.db.begin_write().map_err(internal)?;
+        let message = {
+            let mut all = tx.open_table(MESSAGES).map_err(internal)?;
+            let mut queue = tx.open_table(QUEUE).map_err(internal)?;
+            let mut sending = tx.open_table(SENDING).map_err(internal)?;
+            let mut meta = tx.open_table(META).map_err(internal)?;
+            let mut message = match all.get(seq).map_err(internal)? {
+                Some(b) => decode(b.value())?,
+                None => return Ok(None),
+            };
+            if message.status != Status::Queued {
+                return Ok(None);
+            }
+            queue.remove((message.not_before.map(ms).unwrap_or(0), seq)).map_err(internal)?;
+            // A requeued send sits at due 0.
+            queue.remove((0, seq)).map_err(internal)?;
+            sending.insert(seq, ()).map_err(internal)?;
+            message.status = Status::Sending;
+            message.attempts += 1;
+            all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
+            meta.insert("next_send_ms", ms(now) + gap.as_millis() as u64).map_err(internal)?;
+            message
+        };
+        tx.commit().map_err(internal)?;
+        Ok(Some(message))
+    }
+
+    /// Sending -> queued at the front (a crash interrupted it and WhatsApp does not have it).
+    pub fn requeue(&self, id: &str) -> Result<(), StoreError> {
+        let Some(seq) = self.seq_of(id)? else { return Ok(()) };
+        let tx = self.db.begin_write().map_err(internal)?;
+        {
+            let mut all = tx.open_table(MESSAGES).map_err(internal)?;
+            let mut queue = tx.open_table(QUEUE).map_err(internal)?;
+            let mut sending = tx.open_table(SENDING).map_err(internal)?;
+            let mut message = match all.get(seq).map_err(internal)? {
+                Some(b) => decode(b.value())?,
+                None => return Ok(()),
+            };
+            if message.status != Status::Sending {
+                return Ok(());
+            }
+            sending.remove(seq).map_err(internal)?;
+            queue.insert((0, seq), ()).map_err(internal)?;
+            message.status = Status::Queued;
+            // The queue entry is at due 0 now; not_before no longer matters for it.
+            message.not_before = None;
+            all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
+        }
+        tx.commit().map_err(internal)
+    }
+
+    pub fn in_flight(&self) -> Result<Vec<Message>, StoreError> {
+        let tx = self.db.begin_read().map_err(internal)?;
+        let sending = tx.open_table(SENDING).map_err(internal)?;
+        let all = tx.open_table(MESSAGES).map_err(internal)?;
+        let mut out = Vec::new();
+        for entry in sending.iter().map_err(internal)? {
+            let (seq, _) = entry.map_err(internal)?;
+            if let Some(b) = all.get(seq.value()).map_err(internal)? {
+                out.push(decode(b.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn queued(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(internal)?;
+        tx.open_table(QUEUE).map_err(internal)?.len().map_err(internal)
+    }
+
+    /// Applies `change` to a message; a message no longer `sending` leaves that set.
+    pub fn update(
+        &self,
+        id: &str,
+        now: Timestamp,
+        change: impl FnOnce(&mut Message, Timestamp),
+    ) -> Result<Option<Message>, StoreError> {
+        let Some(seq) = self.seq_of(id)? else { return Ok(None) };
+        let tx = self.db.begin_write().map_err(internal)?;
+        let message = {
+            let mut all = tx.open_table(MESSAGES).map_err(internal)?;
+            let mut sending = tx.open_table(SENDING).map_err(internal)?;
+            let mut message = match all.get(seq).map_err(internal)? {
+                Some(b) => decode(b.value())?,
+                None => return Ok(None),
+            };
+            let before = message.clone();
+            change(&mut message, now);
+            if message == before {
+                return Ok(None);
+            }
+            if message.status != Status::Sending {
+                sending.remove(seq).map_err(internal)?;
+            }
+            all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
+            message
+        };
+        tx.commit().map_err(internal)?;
+        Ok(Some(message))
+    }
+}

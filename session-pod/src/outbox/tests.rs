@@ -1,0 +1,136 @@
+use std::time::Duration;
+
+use super::*;
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn msg(to: &str, key: Option<&str>) -> NewMessage {
+    NewMessage {
+        to: to.into(),
+        message: format!("hi {to}"),
+        idempotency_key: key.map(String::from),
+        ..NewMessage::default()
+    }
+}
+
+fn outbox(dir: &tempfile::TempDir, max: u64) -> Outbox {
+    Outbox::open(&dir.path().join("outbox.redb"), max).unwrap()
+}
+
+#[tokio::test]
+async fn accepted_messages_survive_a_reopen_and_keys_are_never_queued_twice() {
+    let d = dir();
+    let ids: Vec<String> = {
+        let o = outbox(&d, 100);
+        let a =
+            o.accept(vec![msg("5491100000001", Some("k1")), msg("5491100000002", None)], None).await.unwrap();
+        assert!(a.iter().all(|a| !a.duplicate && a.message.status == Status::Queued));
+        assert!(a[0].message.id.starts_with("3EB0") && a[0].message.id.len() == 24, "{}", a[0].message.id);
+        a.into_iter().map(|a| a.message.id).collect()
+    };
+    let o = outbox(&d, 100);
+    assert_eq!(o.queued().unwrap(), 2);
+    assert_eq!(o.get(&ids[1]).unwrap().unwrap().to, "5491100000002");
+    let again = o.accept(vec![msg("5491100000001", Some("k1"))], None).await.unwrap();
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].message.id, ids[0]);
+    assert_eq!(o.queued().unwrap(), 2, "a known key queues nothing");
+}
+
+#[tokio::test]
+async fn a_full_outbox_refuses_the_whole_batch() {
+    let d = dir();
+    let o = outbox(&d, 3);
+    o.accept(vec![msg("5491100000001", None), msg("5491100000002", None)], None).await.unwrap();
+    let err = o.accept(vec![msg("5491100000003", None), msg("5491100000004", None)], None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Full { queued: 3, max: 3 }), "{err}");
+    assert_eq!(o.queued().unwrap(), 2, "nothing of the refused batch stays");
+}
+
+#[tokio::test]
+async fn the_queue_goes_in_order_honouring_not_before_and_expiry() {
+    let d = dir();
+    let o = outbox(&d, 100);
+    let now = Timestamp::now();
+    let later =
+        NewMessage { not_before: Some(now + Duration::from_secs(3600)), ..msg("5491100000001", None) };
+    let stale = NewMessage { expires_at: Some(now - Duration::from_secs(1)), ..msg("5491100000002", None) };
+    let a = o.accept(vec![later, stale, msg("5491100000003", None)], None).await.unwrap();
+    let mut updates = o.subscribe();
+    let (next, _) = o.next_due(now).unwrap();
+    assert_eq!(next.unwrap().id, a[2].message.id, "the future one waits, the stale one expires");
+    let expired = updates.recv().await.unwrap();
+    assert_eq!((expired.id.as_str(), expired.reason.as_deref()), (a[1].message.id.as_str(), Some("EXPIRED")));
+    let (next, _) = o.next_due(now + Duration::from_secs(7200)).unwrap();
+    assert_eq!(next.unwrap().id, a[2].message.id, "still first in line");
+}
+
+#[tokio::test]
+async fn a_send_is_persisted_before_it_happens_and_an_interrupted_one_goes_first_again() {
+    let d = dir();
+    let o = outbox(&d, 100);
+    let a = o.accept(vec![msg("5491100000001", None), msg("5491100000002", None)], None).await.unwrap();
+    let (first, _) = o.next_due(Timestamp::now()).unwrap();
+    let first = first.unwrap();
+    let sending = o.sending(&first.id, Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!((sending.status, sending.attempts), (Status::Sending, 1));
+    let (_, next_send) = o.next_due(Timestamp::now()).unwrap();
+    assert!(next_send > Timestamp::now().as_millisecond(), "the pacing is persisted");
+    drop(o);
+    let o = outbox(&d, 100);
+    assert_eq!(
+        o.in_flight().unwrap().iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        vec![a[0].message.id.clone()]
+    );
+    o.requeue(&a[0].message.id).unwrap();
+    let (next, _) = o.next_due(Timestamp::now()).unwrap();
+    assert_eq!(next.unwrap().id, a[0].message.id, "the interrupted send goes first, same id");
+    assert!(o.in_flight().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn receipts_only_move_forward_and_cancel_only_takes_queued_messages() {
+    let d = dir();
+    let o = outbox(&d, 100);
+    let a = o.accept(vec![msg("5491100000001", None), msg("5491100000002", None)], None).await.unwrap();
+    let id = a[0].message.id.clone();
+    o.sending(&id, Duration::ZERO).unwrap();
+    o.sent(&id).unwrap();
+    o.ack(&id, 3).unwrap();
+    o.ack(&id, 2).unwrap();
+    let m = o.get(&id).unwrap().unwrap();
+    assert_eq!(m.status, Status::Read);
+    assert!(m.sent_at.is_some() && m.read_at.is_some() && m.delivered_at.is_none());
+    assert!(o.in_flight().unwrap().is_empty());
+    assert!(matches!(o.cancel(&id), Err(StoreError::NotCancellable(Status::Read))));
+    let cancelled = o.cancel(&a[1].message.id).unwrap().unwrap();
+    assert_eq!((cancelled.status, cancelled.reason.as_deref()), (Status::Failed, Some("CANCELLED")));
+    assert_eq!(o.next_due(Timestamp::now()).unwrap().0, None);
+    assert!(o.cancel("3EB0NOPE").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn listings_page_newest_first_by_status_and_batch() {
+    let d = dir();
+    let o = outbox(&d, 100);
+    let batch: Vec<NewMessage> = (0..5).map(|i| msg(&format!("549110000001{i}"), None)).collect();
+    let a = o.accept(batch, Some("b-1".into())).await.unwrap();
+    o.accept(vec![msg("5491100000099", None)], None).await.unwrap();
+    let first = o.list(None, Some("b-1"), None, 2).unwrap();
+    assert_eq!(
+        first.messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        vec![a[4].message.id.clone(), a[3].message.id.clone()]
+    );
+    let second = o.list(None, Some("b-1"), first.next_cursor, 2).unwrap();
+    assert_eq!(second.messages[0].id, a[2].message.id);
+    let third = o.list(None, Some("b-1"), second.next_cursor, 2).unwrap();
+    assert_eq!((third.messages.len(), third.next_cursor), (1, None));
+    assert_eq!(o.list(Some(Status::Queued), None, None, 100).unwrap().messages.len(), 6);
+    o.cancel(&a[0].message.id).unwrap();
+    assert_eq!(o.list(Some(Status::Failed), None, None, 100).unwrap().messages.len(), 1);
+    let summary = o.batch_summary("b-1").unwrap().unwrap();
+    assert!(summary.contains(&(Status::Queued, 4)) && summary.contains(&(Status::Failed, 1)));
+    assert!(o.batch_summary("b-2").unwrap().is_none());
+}
