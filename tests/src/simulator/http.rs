@@ -1,6 +1,8 @@
 //! The simulator's two HTTP faces: `https://web.whatsapp.com/` (the page and the page's
 //! backend, `/sim/*`) and the control listener (the phone and other WhatsApp users,
-//! `/control/*`, and the cache of pinned builds, `/versions/<version>.html`).
+//! `/control/*`: scan, enter-code, logout, conflict, messages, send, read, and `phone` (`{phone,
+//! online}`: that WhatsApp user's phone off or on), and the cache of pinned builds,
+//! `/versions/<version>.html`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -67,6 +69,7 @@ pub(crate) fn control_router(shared: Arc<Shared>) -> Router {
         .route("/control/messages", get(control_messages))
         .route("/control/send", post(control_send))
         .route("/control/read", post(control_read))
+        .route("/control/phone", post(control_phone))
         .with_state(shared)
 }
 
@@ -236,6 +239,8 @@ struct PageBody {
     kind: Option<String>,
     #[serde(default)]
     body: Option<String>,
+    #[serde(default)]
+    resend: bool,
 }
 
 fn conn_of(b: &PageBody) -> Result<u64, Refusal> {
@@ -278,22 +283,26 @@ async fn send(State(s): S, Json(b): Json<PageBody>) -> Response {
         from: b.from.clone().unwrap_or_default(),
         kind: b.kind.clone().unwrap_or_default(),
         body: b.body.clone().unwrap_or_default(),
+        resend: b.resend,
     };
     let result = conn_of(&b).and_then(|conn| {
         let mut world = s.world();
         if world.conn_build(conn).is_none() {
             return Err((409, "NO_CONNECTION", "this connection is closed".to_string()));
         }
-        world.send(conn, &message)
+        world.send(&s.config, conn, &message)
     });
     match result {
-        Ok((id, _sender)) => {
-            let s = s.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(s.config.delivered_after).await;
-                s.world().delivered(&id);
-            });
-            Json(json!({"ack": 1})).into_response()
+        Ok(accepted) => {
+            if accepted.new {
+                let s = s.clone();
+                let id = accepted.id.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(s.config.delivered_after).await;
+                    s.world().delivered(&id);
+                });
+            }
+            Json(json!({"ack": accepted.ack})).into_response()
         }
         Err(r) => refused(r),
     }
@@ -489,6 +498,17 @@ async fn control_read(State(s): S, Json(b): Json<ReadBody>) -> Response {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => error(404, "NO_SUCH_MESSAGE", &e),
     }
+}
+
+#[derive(Deserialize)]
+struct PhoneStateBody {
+    phone: String,
+    online: bool,
+}
+
+async fn control_phone(State(s): S, Json(b): Json<PhoneStateBody>) -> Response {
+    s.world().set_phone_online(&b.phone, b.online);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[cfg(test)]

@@ -31,9 +31,11 @@
 //! | `WAWebUserPrefsMeUser` | `getMaybeMePnUser`, `getMaybeMeLidUser`, `getMeUserOrThrow`, `getMePnUserOrThrow`, `getMeLidUserOrThrow`, `isMeAccount` (legacy: `getMaybeMeUser`, `getMeUser`, `isMeAccount`) |
 //! | `WAWebAltDeviceLinkingApi` | `setPairingType`, `getPairingType`, `getCurrentRef`, `initializeAltDeviceLinking`, `startAltLinkingFlow(phone, showNotification)` → code, `initializeQRLinking` |
 //! | `WAWebLaunchSocketUtils` | `refreshQR` |
-//! | `WAWebCollections` | `Msg`, `Chat`, `Contact`, `Blocklist`, `BusinessProfile`, `Label`, `Status`, `GroupMetadata` |
+//! | `WAWebCollections` | `Msg`, `Chat`, `Contact`, `Blocklist`, `BusinessProfile`, `Label`, `Status`, `GroupMetadata`; `Msg.getMessagesById([key])` → `{messages, eof, canceled}` |
 //! | `WAWebWidFactory` | `createWid` (one instance per id), `createWidFromWidLike`, `createUserWid`, `createUserWidOrThrow`, `isWidlike`, `asUserWidOrThrow`, `asUserLidOrThrow`; wids have `user`, `server`, `_serialized`, `isLid()`, `isUser()`, `isGroup()`, `equals()`, `toString()` |
-//! | `WAWebMsgKey` | the `MsgKey` class: `new MsgKey({from, to, id, participant, selfDir})` (wids only) or `({fromMe, remote, id})`, `newId()`, `fromString`, `from`; `_serialized` is `true_<remote>_<id>` |
+//! | `WAWebMsgKey` | the `MsgKey` class: `new MsgKey({from, to, id, participant, selfDir})` (wids only) or `({fromMe, remote, id})`, `newId()` (async: `3EB0` + 18 uppercase hex), `newId_DEPRECATED()` (`3EB0` + 16), `fromString`, `from`; `_serialized` is `true_<remote>_<id>` |
+//! | `WAWebMsgKeyNewId` | `getMsgKeyNewSHA256Id()` (what `newId()` uses: SHA-256 of time, own phone user, 16 random bytes; first 9 bytes), `genMsgKeyUint()` |
+//! | `WAWebDBMessageFindLocal` | the stored message table: `getMsgByMsgKey(key)`, `getMsgsByMsgKey(keys)` (message data), `getMsgsByMsgIdsAndChatId(ids, chat)` (rows of bare ids in a chat) |
 //! | `WAWebFindChatAction` | `findOrCreateLatestChat(wid)` → `{chat, created}` |
 //! | `WAWebSendMsgChatAction` | `addAndSendMsgToChat(chat, msg)` → `[added, sent]` (sent: `{messageSendResult: 'OK'}`; legacy: `'OK'`) |
 //! | `WAWebGetEphemeralFieldsMsgActionsUtils` | `getEphemeralFields(chat)` |
@@ -65,8 +67,22 @@
 //!   that LID (otherwise `findOrCreateLatestChat` throws `No LID for user`, as WhatsApp Web does),
 //!   and a message must come `from` the own LID user in a LID chat.
 //! - `addAndSendMsgToChat` refuses (throws, naming the field) a message WhatsApp would not
-//!   deliver properly. Acks: 1 when the server takes it, 2 after
-//!   [`SimConfig::delivered_after`], 3 on [`Simulator::read`]; each fires `change:ack`.
+//!   deliver properly, and a key this profile has already (in memory or stored; a failed one,
+//!   ack -1, may be sent again). Acks: 1 when the server takes it, 2 after
+//!   [`SimConfig::delivered_after`] (not while [`Simulator::set_phone_online`] has the
+//!   recipient's phone off; when it comes on), 3 on [`Simulator::read`]; each fires `change:ack`.
+//!   The server takes any id WhatsApp clients make (letters and digits: WhatsApp Web's `3EB0…`,
+//!   phones' 32 hex digits) and refuses an id it has from the account already (`DUPLICATE`).
+//!   [`SimConfig::throttle`] plays WhatsApp's rate limit: over it the message fails (server
+//!   error 429 `rate-overlimit`, ack -1, send result not OK) and the account is punished a while.
+//! - Messages are kept as WhatsApp Web keeps them: in the profile's IndexedDB
+//!   (`model-storage`, table `message`, keyed `true_<chat>_<id>`), written before a message
+//!   leaves (ack 0) and on every ack, so after a killed Chromium the page finds them again with
+//!   `Msg.getMessagesById([key])` (not `Msg.get`, until loaded), with the acks that came while
+//!   it was away (the server keeps them for the offline device). On reconnecting the page sends
+//!   again what it had stored as pending (ack 0); the server takes a message it has as the same
+//!   one (nothing new in [`Simulator::messages`]). A bare id is not a key:
+//!   `WAWebDBMessageFindLocal.getMsgsByMsgIdsAndChatId([id], chat)` finds it.
 //! - Logout from the phone: `Cmd` fires `starting_logout_from_bridge` and `logout_from_bridge`,
 //!   the profile is wiped (new keys) and the page reloads as `/?post_logout=1`. `Socket.logout()`
 //!   resolves once the server forgot the device (drivers close the browser then); about a second
@@ -86,7 +102,9 @@
 //!
 //! # Simplifications (known, deliberate)
 //!
-//! Text messages and 1:1 chats only; messages live in the page's memory (not IndexedDB); the
+//! Text messages and 1:1 chats only; no history sync (a newly linked profile has no messages,
+//! and messages sent from one linked profile do not reach the others); chats are not stored
+//! (after a restart a chat comes back with `findOrCreateLatestChat` or an incoming message); the
 //! server drives the QR rotation (the real server sends the batch and the page rotates it);
 //! transport is HTTPS requests plus server-sent events instead of a noise-encrypted WebSocket.
 
@@ -169,8 +187,74 @@ pub struct SimConfig {
     pub lid_migrated: bool,
     /// Modules the served pages lack (`window.require` throws for them).
     pub without_modules: Vec<String>,
-    /// The recipient's phone acks "delivered" (2) this long after the server ack (1).
+    /// The recipient's phone acks "delivered" (2) this long after the server ack (1) (unless
+    /// [`Simulator::set_phone_online`] turned that phone off).
     pub delivered_after: Duration,
+    /// WhatsApp's own rate limit on sending, per account; `None` (the default): no limit.
+    pub throttle: Option<Throttle>,
+}
+
+/// WhatsApp punishing an account that sends too fast. WhatsApp publishes no numbers (users
+/// report errors from about 3 messages a second); tests choose theirs.
+///
+/// A message over a limit is refused as WhatsApp refuses it: the server answers the message
+/// with error 429 `rate-overlimit`, the page sets its ack to -1 (`ACK_ERROR`, firing
+/// `change:ack`) and `addAndSendMsgToChat`'s send result is not OK. The refused message is not
+/// WhatsApp's (not in [`Simulator::messages`], its id may be sent again later); it is counted
+/// in [`Simulator::throttled`], and the account is refused everything for
+/// [`Throttle::penalty`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Throttle {
+    /// Accepted messages in any 60 s window.
+    pub max_per_minute: usize,
+    /// Accepted messages in any 1 s window.
+    pub max_burst: usize,
+    /// After a refusal, every send of the account is refused this long (a send refused
+    /// meanwhile starts it again: retrying at once does not help).
+    pub penalty: Duration,
+}
+
+impl Default for Throttle {
+    /// 20 a minute, 3 a second, 30 s of punishment.
+    fn default() -> Self {
+        Throttle { max_per_minute: 20, max_burst: 3, penalty: Duration::from_secs(30) }
+    }
+}
+
+impl Throttle {
+    /// Whether an account that had messages accepted at `accepted` (ms, any order) and is
+    /// punished until `punished_until` (ms) may send one more at `now` (ms); why not otherwise.
+    pub(crate) fn check(&self, accepted: &[u64], punished_until: u64, now: u64) -> Result<(), String> {
+        if now < punished_until {
+            return Err(format!(
+                "rate-overlimit: this account sent too fast and is refused for {} ms more",
+                punished_until - now
+            ));
+        }
+        let within = |window: u64| accepted.iter().filter(|t| **t + window > now && **t <= now).count();
+        if within(60_000) + 1 > self.max_per_minute {
+            return Err(format!("rate-overlimit: more than {} messages in a minute", self.max_per_minute));
+        }
+        if within(1_000) + 1 > self.max_burst {
+            return Err(format!("rate-overlimit: more than {} messages in a second", self.max_burst));
+        }
+        Ok(())
+    }
+}
+
+/// The most of `times` (ms) inside any window of `window_ms` (a window `[t, t + window_ms)`).
+pub fn max_in_window(times: &[u64], window_ms: u64) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] >= sorted[start] + window_ms {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
 }
 
 impl Default for SimConfig {
@@ -184,6 +268,7 @@ impl Default for SimConfig {
             lid_migrated: true,
             without_modules: Vec::new(),
             delivered_after: Duration::from_millis(500),
+            throttle: None,
         }
     }
 }
@@ -330,9 +415,28 @@ impl Simulator {
         self.shared.world().enter_code(&self.shared.config, phone, code, phone)
     }
 
-    /// What linked sessions sent, oldest first, with the current ack.
+    /// What linked sessions sent, oldest first, with the current ack: each message WhatsApp
+    /// accepted appears once (a refused one, throttled or duplicate, never; the page resending a
+    /// pending message after a restart does not add it again).
     pub fn messages(&self) -> Vec<Received> {
         self.shared.world().sent.clone()
+    }
+
+    /// When WhatsApp accepted each message `from_phone` sent (ms since the epoch, oldest first):
+    /// with [`max_in_window`], what a pacing test asserts on.
+    pub fn sent_times(&self, from_phone: &str) -> Vec<u64> {
+        self.shared.world().sent.iter().filter(|m| m.from == from_phone).map(|m| m.at_ms).collect()
+    }
+
+    /// How many sends [`SimConfig::throttle`] refused.
+    pub fn throttled(&self) -> usize {
+        self.shared.world().throttled
+    }
+
+    /// The phone of WhatsApp user `phone` is on (the default) or off: while it is off, messages
+    /// to it stay at ack 1 (server) and cannot be read; turned on, it acks them delivered (2).
+    pub fn set_phone_online(&self, phone: &str, online: bool) {
+        self.shared.world().set_phone_online(phone, online)
     }
 
     /// WhatsApp user `from` sends `body` to the linked account `to`; returns the message id.
@@ -340,7 +444,7 @@ impl Simulator {
         self.shared.world().send_from_phone(&self.shared.config, from, to, body)
     }
 
-    /// The recipient reads a message a session sent: ack 3.
+    /// The recipient reads a message a session sent: ack 3 (refused while their phone is off).
     pub fn read(&self, message_id: &str) -> Result<(), String> {
         self.shared.world().read(message_id)
     }
@@ -586,6 +690,47 @@ mod tests {
         assert!(!is_on_whatsapp("1234567"));
         assert!(!is_on_whatsapp("1234567890123456"));
         assert!(!is_on_whatsapp("55119999x0000"));
+    }
+
+    #[test]
+    fn the_throttle_counts_accepted_messages_in_sliding_windows() {
+        let throttle = Throttle { max_per_minute: 3, max_burst: 2, penalty: Duration::from_secs(5) };
+        assert!(throttle.check(&[], 0, 1_000).is_ok());
+        assert!(throttle.check(&[1_000], 0, 1_500).is_ok());
+        assert!(throttle.check(&[1_000, 1_400], 0, 1_500).unwrap_err().contains("second"));
+        // A second later the burst is over; the minute still counts all three.
+        assert!(throttle.check(&[1_000, 1_400], 0, 2_400).is_ok());
+        assert!(throttle.check(&[1_000, 1_400, 2_400], 0, 30_000).unwrap_err().contains("minute"));
+        assert!(throttle.check(&[1_000, 1_400, 2_400], 0, 61_000).is_ok());
+        assert!(throttle.check(&[], 10_000, 9_999).unwrap_err().contains("refused for 1 ms"));
+        assert!(throttle.check(&[], 10_000, 10_000).is_ok());
+        assert_eq!(Throttle::default().max_burst, 3);
+        assert_eq!(SimConfig::default().throttle, None);
+    }
+
+    #[test]
+    fn windows_find_the_busiest_stretch() {
+        assert_eq!(max_in_window(&[], 1_000), 0);
+        assert_eq!(max_in_window(&[5], 1_000), 1);
+        assert_eq!(max_in_window(&[0, 999, 1_000, 1_500, 1_999], 1_000), 3);
+        assert_eq!(max_in_window(&[3_000, 0, 1_000, 2_000], 60_000), 4);
+        assert_eq!(max_in_window(&[0, 60_000, 120_000], 60_000), 1);
+    }
+
+    #[test]
+    fn message_ids_are_what_whatsapp_clients_make() {
+        for id in [
+            "3EB0A1B2C3D4E5F60718",
+            "3EB0A1B2C3D4E5F6071829",
+            "3EB0A1B2C3D4E5F607182930",
+            "3A1B2C",
+            "BAE5F00D",
+        ] {
+            world::check_message_id(id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        }
+        for id in ["", "3EB0_A", "3EB0-A", "3EB0 A", "ñ"] {
+            assert!(world::check_message_id(id).is_err(), "{id:?}");
+        }
     }
 
     #[test]

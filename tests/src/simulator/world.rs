@@ -96,7 +96,26 @@ pub(crate) struct World {
     /// Phone numbers by LID, for the LIDs handed out.
     phones_by_lid: HashMap<String, String>,
     pub(crate) sent: Vec<Received>,
+    /// The chat each accepted message went to, as the page addressed it (`<lid>@lid` or
+    /// `<phone>@c.us`), by sender and message id: the page's message key is `true_<chat>_<id>`.
+    chats: HashMap<(String, String), String>,
+    /// Sends [`SimConfig::throttle`] refused.
+    pub(crate) throttled: usize,
+    /// Accounts punished for sending too fast, until when (ms).
+    punished_until: HashMap<String, u64>,
+    /// WhatsApp users whose phone is off: no delivery acks.
+    phones_off: HashSet<String>,
     next_id: u64,
+}
+
+/// What WhatsApp made of a message a page sent.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Accepted {
+    pub id: String,
+    /// Its ack now: 1 for a new message; a resent one keeps what it reached.
+    pub ack: i32,
+    /// A new message (not a page resending one WhatsApp has).
+    pub new: bool,
 }
 
 /// What a new connection needs next.
@@ -485,7 +504,22 @@ impl World {
         }
     }
 
-    pub(crate) fn send(&mut self, conn: u64, msg: &OutgoingMessage) -> Result<(String, String), Refusal> {
+    pub(crate) fn send(
+        &mut self,
+        config: &SimConfig,
+        conn: u64,
+        msg: &OutgoingMessage,
+    ) -> Result<Accepted, Refusal> {
+        self.send_at(config, conn, msg, now_ms())
+    }
+
+    pub(crate) fn send_at(
+        &mut self,
+        config: &SimConfig,
+        conn: u64,
+        msg: &OutgoingMessage,
+        now: u64,
+    ) -> Result<Accepted, Refusal> {
         let (_, _, sender) = self.linked(conn)?;
         let sender = sender.to_string();
         let to_phone = self.phone_of_wid(&msg.to)?.ok_or((
@@ -518,18 +552,36 @@ impl World {
                 "only text messages (type chat, non-empty body) are modelled".into(),
             ));
         }
-        if msg.id.is_empty() || self.sent.iter().any(|m| m.id == msg.id && m.from == sender) {
+        check_message_id(&msg.id).map_err(|e| (400, "BAD_ID", e))?;
+        if let Some(known) = self.sent.iter().find(|m| m.id == msg.id && m.from == sender) {
+            // The page resending a message it had sent when it went away (WhatsApp Web resends
+            // its pending messages after a restart): WhatsApp has it, nothing new happens.
+            let same = known.to == to_phone && known.body == msg.body;
+            if msg.resend && same {
+                return Ok(Accepted { id: msg.id.clone(), ack: known.ack, new: false });
+            }
             return Err((409, "DUPLICATE", format!("message id \"{}\" was sent already", msg.id)));
+        }
+        if let Some(throttle) = &config.throttle {
+            let accepted: Vec<u64> = self.sent.iter().filter(|m| m.from == sender).map(|m| m.at_ms).collect();
+            let punished_until = self.punished_until.get(&sender).copied().unwrap_or(0);
+            if let Err(why) = throttle.check(&accepted, punished_until, now) {
+                self.throttled += 1;
+                let until = now + throttle.penalty.as_millis() as u64;
+                self.punished_until.insert(sender, until.max(punished_until));
+                return Err((429, "RATE_OVERLIMIT", why));
+            }
         }
         self.sent.push(Received {
             id: msg.id.clone(),
             from: sender.clone(),
             to: to_phone,
             body: msg.body.clone(),
-            at_ms: now_ms(),
+            at_ms: now,
             ack: 1,
         });
-        Ok((msg.id.clone(), sender))
+        self.chats.insert((sender, msg.id.clone()), msg.to.clone());
+        Ok(Accepted { id: msg.id.clone(), ack: 1, new: true })
     }
 
     fn set_ack(&mut self, id: &str, ack: i32) -> Result<(), String> {
@@ -543,17 +595,41 @@ impl World {
         }
         m.ack = ack;
         let from = m.from.clone();
-        self.deliver(&from, json!({"type": "ack", "id": id, "ack": ack}));
+        let chat = self.chats.get(&(from.clone(), id.to_string())).cloned();
+        self.deliver(&from, json!({"type": "ack", "id": id, "remote": chat, "ack": ack}));
         Ok(())
     }
 
-    /// The recipient's phone got the message (ack 2).
+    /// The recipient's phone got the message (ack 2), unless it is off.
     pub(crate) fn delivered(&mut self, id: &str) {
-        let _ = self.set_ack(id, 2);
+        let off = self.sent.iter().find(|m| m.id == id).is_some_and(|m| self.phones_off.contains(&m.to));
+        if !off {
+            let _ = self.set_ack(id, 2);
+        }
     }
 
     pub(crate) fn read(&mut self, id: &str) -> Result<(), String> {
+        if let Some(m) = self.sent.iter().find(|m| m.id == id)
+            && self.phones_off.contains(&m.to)
+        {
+            return Err(format!("{}'s phone is off: nobody can read message {id} now", m.to));
+        }
         self.set_ack(id, 3)
+    }
+
+    /// The phone of WhatsApp user `phone` goes off, or on: on, it acks what reached it.
+    pub(crate) fn set_phone_online(&mut self, phone: &str, online: bool) {
+        if !online {
+            self.phones_off.insert(phone.to_string());
+            return;
+        }
+        if self.phones_off.remove(phone) {
+            let waiting: Vec<String> =
+                self.sent.iter().filter(|m| m.to == phone && m.ack == 1).map(|m| m.id.clone()).collect();
+            for id in waiting {
+                let _ = self.set_ack(&id, 2);
+            }
+        }
     }
 
     pub(crate) fn send_from_phone(
@@ -678,13 +754,31 @@ pub(crate) struct OutgoingMessage {
     pub from: String,
     pub kind: String,
     pub body: String,
+    /// The page sends again a message it had stored as pending (ack 0) before a restart.
+    pub resend: bool,
+}
+
+/// The ids WhatsApp clients make: WhatsApp Web `3EB0` and 16 (`newId_DEPRECATED`) or 18
+/// (`newId`) uppercase hex digits, phones 32 hex digits, other clients other letters and
+/// digits. The server takes any such id; the simulator refuses what no client makes (empty,
+/// longer than 128, anything but ASCII letters and digits, which would also break the key
+/// `true_<chat>_<id>`).
+pub(crate) fn check_message_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "message id \"{id}\" is not a WhatsApp message id (1 to 128 ASCII letters and digits, \
+             e.g. 3EB0 and 18 uppercase hex digits from MsgKey.newId())"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::DEVICE_PLATFORM;
+    use crate::simulator::{DEVICE_PLATFORM, Throttle};
     use base64::engine::general_purpose::STANDARD;
+    use std::time::Duration;
 
     const PHONE: &str = "5511999990000";
     const FRIEND: &str = "5511988887777";
@@ -771,10 +865,11 @@ mod tests {
             from: format!("{PHONE}@c.us"),
             kind: "chat".into(),
             body: "hi".into(),
+            resend: false,
         };
-        assert!(world.send(conn, &wrong).unwrap_err().2.contains("unknown user"));
+        assert!(world.send(&config, conn, &wrong).unwrap_err().2.contains("unknown user"));
         let right = OutgoingMessage { from: format!("{}@lid", lid_of(PHONE)), ..wrong };
-        world.send(conn, &right).expect("sent");
+        world.send(&config, conn, &right).expect("sent");
         world.delivered("3EB0AA");
         world.read("3EB0AA").expect("read");
         let acks: Vec<i64> = events(&mut rx)
@@ -851,5 +946,111 @@ mod tests {
         assert!(of_type(&events(&mut first_rx), "connected").is_some());
         world.conflict(PHONE).expect("conflict");
         assert!(of_type(&events(&mut first_rx), "conflict").is_some());
+    }
+
+    /// A page linked to PHONE and connected again with its login: its connection and events.
+    fn linked_page(world: &mut World, config: &SimConfig) -> (u64, mpsc::UnboundedReceiver<Value>) {
+        let (_, mut rx, qr) = unpaired(world);
+        world.scan(config, &qr, PHONE, "Tester").unwrap();
+        let token = of_type(&events(&mut rx), "pair-success").unwrap()["token"].as_str().unwrap().to_string();
+        let request = ConnectRequest {
+            device: "d1".into(),
+            keys: keys(1).0,
+            login: Some(token),
+            replaces: None,
+            build: Build::Current,
+        };
+        let (conn, _) = world.connect(request);
+        let mut rx = world.take_events(conn).unwrap();
+        events(&mut rx);
+        world.lid(FRIEND);
+        (conn, rx)
+    }
+
+    fn text(id: &str, body: &str) -> OutgoingMessage {
+        OutgoingMessage {
+            id: id.into(),
+            to: format!("{}@lid", lid_of(FRIEND)),
+            from: format!("{}@lid", lid_of(PHONE)),
+            kind: "chat".into(),
+            body: body.into(),
+            resend: false,
+        }
+    }
+
+    #[test]
+    fn ids_chosen_by_the_sender_are_taken_once() {
+        let config = SimConfig::default();
+        let mut world = World::default();
+        let (conn, mut rx) = linked_page(&mut world, &config);
+        // WhatsApp Web's newId() (3EB0 + 18 hex), newId_DEPRECATED() (3EB0 + 16), a phone's (32 hex).
+        for id in ["3EB0A1B2C3D4E5F60718", "3EB0A1B2C3D4E5F6071829", "0123456789ABCDEF0123456789ABCDEF"] {
+            let accepted = world.send(&config, conn, &text(id, "hi")).expect("accepted");
+            assert_eq!(accepted, Accepted { id: id.into(), ack: 1, new: true });
+        }
+        for bad in ["", "3EB0_1", "3EB0 1", &"A".repeat(129)] {
+            assert_eq!(world.send(&config, conn, &text(bad, "hi")).unwrap_err().1, "BAD_ID", "{bad:?}");
+        }
+        // The same id again is a duplicate; the page resending its pending message is not new.
+        let id = "3EB0A1B2C3D4E5F60718";
+        assert_eq!(world.send(&config, conn, &text(id, "hi")).unwrap_err().1, "DUPLICATE");
+        world.delivered(id);
+        let resent = OutgoingMessage { resend: true, ..text(id, "hi") };
+        assert_eq!(
+            world.send(&config, conn, &resent).unwrap(),
+            Accepted { id: id.into(), ack: 2, new: false }
+        );
+        let other = OutgoingMessage { resend: true, ..text(id, "something else") };
+        assert_eq!(world.send(&config, conn, &other).unwrap_err().1, "DUPLICATE");
+        assert_eq!(world.sent.iter().filter(|m| m.id == id).count(), 1, "each accepted message once");
+        assert_eq!(world.sent.len(), 3);
+        // Acks name the chat, so a page that restarted finds the message's key.
+        let ack = of_type(&events(&mut rx), "ack").cloned().expect("an ack");
+        assert_eq!(ack["remote"], format!("{}@lid", lid_of(FRIEND)));
+        assert_eq!(ack["id"], id);
+    }
+
+    #[test]
+    fn a_sender_that_goes_too_fast_is_refused_and_punished() {
+        let throttle = Throttle { max_per_minute: 4, max_burst: 2, penalty: Duration::from_secs(10) };
+        let config = SimConfig { throttle: Some(throttle), ..SimConfig::default() };
+        let mut world = World::default();
+        let (conn, _rx) = linked_page(&mut world, &config);
+        let t0 = 1_000_000;
+        world.send_at(&config, conn, &text("3EB001", "a"), t0).expect("1st");
+        world.send_at(&config, conn, &text("3EB002", "b"), t0 + 100).expect("2nd");
+        let refused = world.send_at(&config, conn, &text("3EB003", "c"), t0 + 200).unwrap_err();
+        assert_eq!((refused.0, refused.1), (429, "RATE_OVERLIMIT"));
+        assert!(refused.2.contains("in a second"), "{}", refused.2);
+        // Punished: even a slow send is refused for the penalty, then taken (the same id too).
+        assert!(world.send_at(&config, conn, &text("3EB003", "c"), t0 + 5_000).is_err());
+        assert_eq!(world.throttled, 2);
+        world.send_at(&config, conn, &text("3EB003", "c"), t0 + 15_300).expect("after the penalty");
+        world.send_at(&config, conn, &text("3EB004", "d"), t0 + 20_000).expect("4th in the minute");
+        let refused = world.send_at(&config, conn, &text("3EB005", "e"), t0 + 30_000).unwrap_err();
+        assert!(refused.2.contains("in a minute"), "{}", refused.2);
+        assert_eq!(world.throttled, 3);
+        assert_eq!(world.sent.len(), 4, "refused sends are not WhatsApp's");
+        let times: Vec<u64> = world.sent.iter().map(|m| m.at_ms).collect();
+        assert!(crate::simulator::max_in_window(&times, 60_000) <= 4);
+        assert!(crate::simulator::max_in_window(&times, 1_000) <= 2);
+    }
+
+    #[test]
+    fn a_phone_that_is_off_acks_nothing_until_it_is_on() {
+        let config = SimConfig::default();
+        let mut world = World::default();
+        let (conn, mut rx) = linked_page(&mut world, &config);
+        world.set_phone_online(FRIEND, false);
+        world.send(&config, conn, &text("3EB0AB", "hi")).unwrap();
+        world.delivered("3EB0AB");
+        assert!(world.read("3EB0AB").unwrap_err().contains("phone is off"));
+        assert_eq!(world.sent[0].ack, 1);
+        assert!(of_type(&events(&mut rx), "ack").is_none());
+        world.set_phone_online(FRIEND, true);
+        assert_eq!(world.sent[0].ack, 2);
+        assert_eq!(of_type(&events(&mut rx), "ack").expect("delivered")["ack"], 2);
+        world.read("3EB0AB").expect("read");
+        assert_eq!(world.sent[0].ack, 3);
     }
 }

@@ -176,9 +176,106 @@ const Label = new Collection(Model);
 const Status = new Collection(Model);
 const GroupMetadata = new Collection(Model);
 GroupMetadata.update = async () => {};
-Msg.getMessagesById = async (ids) => ({ messages: (ids || []).map((id) => Msg.get(id)).filter(Boolean) });
+// Looks messages up by key (`true_<chat>_<id>`, or a MsgKey): in memory, else in this profile's
+// IndexedDB, whence they join the collection (as WhatsApp Web's processMultipleMessages does with
+// {add: 'search'}; isNewMsg false, so no "new message" for drivers). A bare id is no key: the
+// real table is keyed by the full key, and WAWebDBMessageFindLocal.getMsgsByMsgIdsAndChatId
+// finds bare ids of one chat.
+Msg.getMessagesById = async (ids) => {
+  const messages = [];
+  for (const id of ids || []) {
+    const key = typeof id === 'string' ? id : id && typeof id._serialized === 'string' ? id._serialized : null;
+    if (!key) continue;
+    let msg = Msg.get(key);
+    if (!msg) {
+      const row = await msgDb.get(key);
+      if (!row) continue;
+      msg = Msg.add(msgFromRow(row));
+      storedMsgs.add(msg);
+      const chat = Chat.get(msg.id.remote);
+      if (chat) chat.msgs.add(msg);
+    }
+    messages.push(msg);
+  }
+  return { messages, eof: true, canceled: false };
+};
 Msg.search = async () => ({ messages: [] });
 const CallCollection = new Collection(Model);
+
+// ---- messages kept in the profile ------------------------------------------------------
+//
+// Every message the page sends or receives is written to IndexedDB (`model-storage`, table
+// `message`, keyed by its key) before anything else happens to it, and again when its ack
+// changes, so a message WhatsApp has is found again after Chromium is killed. Acks that arrive
+// for messages not in memory update the stored row.
+
+const storedAck = new Map(); // key → ack, for every message this profile stores
+const storedMsgs = new WeakSet(); // models whose changes are stored
+const inFlight = new Set(); // keys of messages being sent now
+
+function msgRow(msg) {
+  return {
+    id: msg.id._serialized,
+    type: msg.type,
+    body: msg.body,
+    t: msg.t,
+    from: msg.from ? msg.from._serialized : undefined,
+    to: msg.to ? msg.to._serialized : undefined,
+    ack: msg.ack,
+    self: msg.self,
+    notifyName: msg.notifyName,
+    ephemeralDuration: msg.ephemeralDuration || 0,
+  };
+}
+
+function msgFromRow(row) {
+  return new MsgModel({
+    id: MsgKey.fromString(row.id),
+    type: row.type,
+    body: row.body,
+    t: row.t,
+    from: row.from ? WidFactory.createWid(row.from) : undefined,
+    to: row.to ? WidFactory.createWid(row.to) : undefined,
+    author: undefined,
+    ack: row.ack,
+    self: row.self,
+    notifyName: row.notifyName || '',
+    ephemeralDuration: row.ephemeralDuration || 0,
+    isNewMsg: false,
+    local: false,
+  });
+}
+
+function persist(msg) {
+  storedMsgs.add(msg);
+  storedAck.set(msg.id._serialized, msg.ack);
+  return msgDb.put(msgRow(msg));
+}
+
+Msg.on('change:ack', (msg) => {
+  if (storedMsgs.has(msg)) persist(msg).catch((e) => console.error('storing the message failed', e));
+});
+
+// WAWebDBMessageFindLocal: the message table itself. getMsgByMsgKey/getMsgsByMsgKey give message
+// data (not collection models); getMsgsByMsgIdsAndChatId gives the rows whose key starts with
+// `true_<chat>_<id>` or `false_<chat>_<id>`.
+const DBMessageFindLocal = {
+  async getMsgByMsgKey(key) {
+    const row = await msgDb.get(String(key));
+    return row ? msgFromRow(row).serialize() : null;
+  },
+  async getMsgsByMsgKey(keys) {
+    const rows = await Promise.all((keys || []).map((k) => msgDb.get(String(k))));
+    return rows.filter(Boolean).map((row) => msgFromRow(row).serialize());
+  },
+  async getMsgsByMsgIdsAndChatId(ids, chatId) {
+    const chat = WidFactory.createWid(chatId)._serialized;
+    const prefixes = [];
+    for (const id of ids || []) prefixes.push('true_' + chat + '_' + id, 'false_' + chat + '_' + id);
+    const rows = await msgDb.all();
+    return rows.filter((row) => prefixes.some((p) => row.id.startsWith(p)));
+  },
+};
 
 function newContact(wid, extra) {
   const attrs = Object.assign({ id: wid }, extra);
@@ -357,7 +454,11 @@ function validateOutgoing(chat, m) {
   if (!(m.id instanceof MsgKey)) refuse('message id must be a WAWebMsgKey (new MsgKey({from, to, id, selfDir: "out"}))');
   if (!m.id.fromMe) refuse('message key must be fromMe (selfDir "out")');
   if (!m.id.remote.equals(chat.id)) refuse('message key remote ' + m.id.remote + ' is not the chat ' + chat.id);
-  if (Msg.get(m.id._serialized)) refuse('a message with key ' + m.id._serialized + ' exists already');
+  // A key this profile has (in memory or stored before a restart) is taken, unless its message
+  // failed (ack -1): that one may be sent again.
+  const known = Msg.get(m.id._serialized);
+  const knownAck = known ? known.ack : storedAck.get(m.id._serialized);
+  if (knownAck !== undefined && knownAck !== -1) refuse('a message with key ' + m.id._serialized + ' exists already');
   if (!WidFactory.isWidlike(m.to) || !chat.id.equals(m.to)) refuse('"to" must be the chat id ' + chat.id);
   const expected = chat.id.isLid() ? me.lid : me.pn;
   if (!WidFactory.isWidlike(m.from) || !expected || !expected.equals(m.from)) {
@@ -375,33 +476,72 @@ function validateOutgoing(chat, m) {
   if ((m.ephemeralDuration || 0) !== (chat.ephemeralDuration || 0)) refuse('the chat ephemeral fields are missing (getEphemeralFields(chat))');
 }
 
+// The message is stored (ack 0, pending) before it leaves; sent, WhatsApp's ack makes it 1. A
+// refusal (WhatsApp's rate-overlimit among them) makes it -1 and the result is not OK.
 function addAndSendMsgToChat(chat, m) {
   validateOutgoing(chat, m);
+  const failed = Msg.get(m.id._serialized);
+  if (failed) {
+    chat.msgs.remove(failed);
+    Msg.remove(failed);
+  }
   const msg = new MsgModel(Object.assign({}, m, { isNewMsg: true, local: true }));
   Msg.add(msg);
   chat.msgs.add(msg);
   chat.t = msg.t;
+  const key = msg.id._serialized;
+  inFlight.add(key);
   const added = Promise.resolve([msg]);
   const sent = (async () => {
-    await whenConnected();
     try {
-      await post('/sim/send', {
-        id: msg.id.id,
-        to: chat.id._serialized,
-        from: msg.from._serialized,
-        type: msg.type,
-        body: msg.body,
-        t: msg.t,
-      });
-      if (msg.ack < 1) msg.ack = 1;
-      return CURRENT ? { messageSendResult: 'OK', t: msg.t } : 'OK';
-    } catch (e) {
-      console.error('send failed', e);
-      msg.ack = -1;
-      return CURRENT ? { messageSendResult: 'ERROR_UNKNOWN', error: e.message } : 'ERROR';
+      await persist(msg).catch((e) => console.error('storing the message failed', e));
+      await whenConnected();
+      return await transmit(msg, false);
+    } finally {
+      inFlight.delete(key);
     }
   })();
   return [added, sent];
+}
+
+async function transmit(msg, resend) {
+  try {
+    const r = await post('/sim/send', {
+      id: msg.id.id,
+      to: msg.id.remote._serialized,
+      from: msg.from._serialized,
+      type: msg.type,
+      body: msg.body,
+      t: msg.t,
+      resend,
+    });
+    const ack = typeof r.ack === 'number' ? r.ack : 1;
+    if (msg.ack < ack) msg.ack = ack;
+    return CURRENT ? { messageSendResult: 'OK', t: msg.t } : 'OK';
+  } catch (e) {
+    console.error('send failed', e);
+    msg.ack = -1;
+    return CURRENT ? { messageSendResult: 'ERROR_UNKNOWN', error: e.message } : 'ERROR';
+  }
+}
+
+// After a restart WhatsApp Web sends again what it had stored as pending (ack 0): messages that
+// were leaving when the browser went away. WhatsApp takes a message it has already as the same.
+async function resendPending() {
+  let rows;
+  try {
+    rows = await msgDb.all();
+  } catch (e) {
+    console.error('reading the stored messages failed', e);
+    return;
+  }
+  for (const row of rows) {
+    if (row.self !== 'out' || row.ack !== 0 || inFlight.has(row.id)) continue;
+    const msg = Msg.get(row.id) || Msg.add(msgFromRow(row));
+    storedMsgs.add(msg);
+    inFlight.add(row.id);
+    transmit(msg, true).finally(() => inFlight.delete(row.id));
+  }
 }
 
 function getEphemeralFields(chat) {
@@ -425,7 +565,7 @@ function onIncoming(ev) {
   upsertContact(sender, ev.pushName);
   const chat = Chat.get(sender) || Chat.add(new ChatModel({ id: sender }));
   const key = new MsgKey({ fromMe: false, remote: sender, id: ev.id });
-  if (Msg.get(key._serialized)) return;
+  if (Msg.get(key._serialized) || storedAck.has(key._serialized)) return;
   const msg = new MsgModel({
     id: key,
     type: 'chat',
@@ -440,15 +580,29 @@ function onIncoming(ev) {
     isNewMsg: true,
     local: false,
   });
+  persist(msg).catch((e) => console.error('storing the message failed', e));
   Msg.add(msg);
   chat.msgs.add(msg);
   chat.set({ t: ev.t, lastReceivedKey: key });
   chat.unreadCount = (chat.unreadCount || 0) + 1;
 }
 
+// An ack names the message's id and chat; a message not in memory is updated where it is stored.
 function onAck(ev) {
-  const msg = Msg.models.find((m) => m.id.fromMe && m.id.id === ev.id);
-  if (msg && msg.ack < ev.ack) msg.ack = ev.ack;
+  const key = ev.remote ? 'true_' + ev.remote + '_' + ev.id : null;
+  const msg = (key && Msg.get(key)) || Msg.models.find((m) => m.id.fromMe && m.id.id === ev.id);
+  if (msg) {
+    if (msg.ack < ev.ack) msg.ack = ev.ack;
+    return;
+  }
+  if (!key || !(storedAck.get(key) < ev.ack)) return;
+  storedAck.set(key, ev.ack);
+  msgDb
+    .get(key)
+    .then((row) => {
+      if (row && row.ack < ev.ack) return msgDb.put(Object.assign(row, { ack: ev.ack }));
+    })
+    .catch((e) => console.error('storing the ack failed', e));
 }
 
 // ---- pairing -----------------------------------------------------------------------------
@@ -609,6 +763,7 @@ async function onServerEvent(ev) {
       OfflineMessageHandler._progress = 100;
       Socket.hasSynced = true;
       render();
+      resendPending();
       break;
     case 'msg':
       onIncoming(ev);
@@ -635,6 +790,8 @@ async function loggedOut(cmdEvent) {
   events = null;
   try {
     await idb.clear();
+    await msgDb.clear();
+    storedAck.clear();
   } catch (e) {
     console.error('clearing the profile failed', e);
   }
@@ -739,6 +896,8 @@ function buildModules() {
     WAWebCollections: { Msg, Chat, Contact, Blocklist, BusinessProfile, Label, Status, GroupMetadata },
     WAWebWidFactory: WidFactory,
     WAWebMsgKey: MsgKey,
+    WAWebMsgKeyNewId: MsgKeyNewId,
+    WAWebDBMessageFindLocal: DBMessageFindLocal,
     WAWebFindChatAction: { findOrCreateLatestChat },
     WAWebSendMsgChatAction: { addAndSendMsgToChat },
     WAWebGetEphemeralFieldsMsgActionsUtils: { getEphemeralFields },
@@ -773,6 +932,11 @@ function buildModules() {
 async function boot() {
   render();
   ({ device, login } = await loadDevice());
+  try {
+    for (const row of await msgDb.all()) storedAck.set(row.id, row.ack);
+  } catch (e) {
+    console.error('reading the stored messages failed', e);
+  }
   const modules = buildModules();
   window.require = function (name) {
     if (!Object.prototype.hasOwnProperty.call(modules, name)) throw new Error('Requiring unknown module "' + name + '"');

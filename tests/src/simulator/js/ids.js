@@ -91,8 +91,28 @@ function hexUpper(bytes) {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('').toUpperCase();
 }
 
-// WhatsApp Web's own message ids: "3EB0" and random hex (shorter than 26 characters; phones use
-// 32 hex characters).
+// WhatsApp Web's own message ids (WAWebMsgKeyNewId): "3EB0" and the first 9 bytes, in uppercase
+// hex, of a SHA-256 over the time in seconds (int64, big-endian), the own phone number user
+// ("<digits>@c.us") and 16 random bytes: 22 characters. Without a logged-in user that fails and
+// MsgKey.newId() falls back to newId_DEPRECATED(): "3EB0" and 8 random bytes in hex (20
+// characters). Phones use 32 hex characters; the server takes any of them.
+const MsgKeyNewId = {
+  genMsgKeyUint() {
+    const me = MsgKey._me();
+    if (!me) throw new Error('getMePnUserOrThrow: no logged-in user');
+    const jid = new TextEncoder().encode(me.toString());
+    const out = new Uint8Array(8 + jid.length + 16);
+    new DataView(out.buffer).setBigInt64(0, BigInt(Math.floor(Date.now() / 1000)));
+    out.set(jid, 8);
+    out.set(crypto.getRandomValues(new Uint8Array(16)), 8 + jid.length);
+    return out;
+  },
+  async getMsgKeyNewSHA256Id() {
+    const digest = await crypto.subtle.digest('SHA-256', MsgKeyNewId.genMsgKeyUint());
+    return '3EB0' + hexUpper(new Uint8Array(digest, 0, 9));
+  },
+};
+
 class MsgKey {
   constructor(opts) {
     const o = opts || {};
@@ -128,10 +148,14 @@ class MsgKey {
     return new MsgKey({ fromMe: this.fromMe, remote: this.remote, id: this.id, participant: this.participant });
   }
   static async newId() {
-    return MsgKey.newId_DEPRECATED();
+    try {
+      return await MsgKeyNewId.getMsgKeyNewSHA256Id();
+    } catch (e) {
+      return MsgKey.newId_DEPRECATED();
+    }
   }
   static newId_DEPRECATED() {
-    return '3EB0' + hexUpper(crypto.getRandomValues(new Uint8Array(9)));
+    return '3EB0' + hexUpper(crypto.getRandomValues(new Uint8Array(8)));
   }
   static fromString(s) {
     const parts = String(s).split('_');

@@ -1,45 +1,58 @@
 // The browser profile's part of the login, in IndexedDB as on the real page (a committed
 // transaction survives the browser being killed): this companion device's id, its key pairs
 // (noise static key, Signal identity key: X25519 from WebCrypto), its ADV secret and, once
-// linked, the login the server handed out.
+// linked, the login the server handed out (database `wawc`). Messages live in the
+// `model-storage` database's `message` table, keyed by the message key (`true_<chat>_<id>`),
+// as WhatsApp Web keeps them.
 
-const idb = {
-  _db: null,
-  open() {
-    if (this._db) return Promise.resolve(this._db);
-    return new Promise((resolve, reject) => {
-      const req = indexedDB.open('wawc', 1);
-      req.onupgradeneeded = () => req.result.createObjectStore('user');
-      req.onsuccess = () => {
-        this._db = req.result;
-        resolve(this._db);
-      };
-      req.onerror = () => reject(req.error);
-    });
-  },
-  async run(mode, fn) {
-    const db = await this.open();
-    return new Promise((resolve, reject) => {
-      const tx = db.transaction('user', mode);
-      const req = fn(tx.objectStore('user'));
-      tx.oncomplete = () => resolve(req && req.result);
-      tx.onerror = () => reject(tx.error);
-      tx.onabort = () => reject(tx.error || new Error('IndexedDB transaction aborted'));
-    });
-  },
-  get(key) {
-    return this.run('readonly', (s) => s.get(key));
-  },
-  set(key, value) {
-    return this.run('readwrite', (s) => s.put(value, key));
-  },
-  remove(key) {
-    return this.run('readwrite', (s) => s.delete(key));
-  },
-  clear() {
-    return this.run('readwrite', (s) => s.clear());
-  },
-};
+function idbStore(dbName, storeName, options) {
+  return {
+    _db: null,
+    open() {
+      if (this._db) return Promise.resolve(this._db);
+      return new Promise((resolve, reject) => {
+        const req = indexedDB.open(dbName, 1);
+        req.onupgradeneeded = () => req.result.createObjectStore(storeName, options);
+        req.onsuccess = () => {
+          this._db = req.result;
+          resolve(this._db);
+        };
+        req.onerror = () => reject(req.error);
+      });
+    },
+    async run(mode, fn) {
+      const db = await this.open();
+      return new Promise((resolve, reject) => {
+        const tx = db.transaction(storeName, mode);
+        const req = fn(tx.objectStore(storeName));
+        tx.oncomplete = () => resolve(req && req.result);
+        tx.onerror = () => reject(tx.error);
+        tx.onabort = () => reject(tx.error || new Error('IndexedDB transaction aborted'));
+      });
+    },
+    get(key) {
+      return this.run('readonly', (s) => s.get(key));
+    },
+    all() {
+      return this.run('readonly', (s) => s.getAll());
+    },
+    set(key, value) {
+      return this.run('readwrite', (s) => s.put(value, key));
+    },
+    put(value) {
+      return this.run('readwrite', (s) => s.put(value));
+    },
+    remove(key) {
+      return this.run('readwrite', (s) => s.delete(key));
+    },
+    clear() {
+      return this.run('readwrite', (s) => s.clear());
+    },
+  };
+}
+
+const idb = idbStore('wawc', 'user');
+const msgDb = idbStore('model-storage', 'message', { keyPath: 'id' });
 
 async function newKeyPair() {
   const pair = await crypto.subtle.generateKey({ name: 'X25519' }, true, ['deriveBits']);
