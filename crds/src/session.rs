@@ -118,17 +118,50 @@ fn default_qr_max_attempts() -> i32 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SendSpec {
-    /// Most messages sent per minute; more are refused with 429 rather than risk a ban from
-    /// WhatsApp. 1 to 180, default 20.
+    /// Most messages sent per minute: a ceiling, never a target. Messages wait in the outbox
+    /// and go out with random gaps of 1.05 to 1.6 times 60/ratePerMinute seconds, so a number
+    /// never sends in a burst. 1 to 180, default 20.
     #[serde(default = "default_rate_per_minute")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 180").message("send.ratePerMinute must be between 1 and 180"))]
     pub rate_per_minute: i32,
+
+    /// Most messages sent per day (a day of the window's time zone, UTC without a window);
+    /// the rest wait for the next day. Absent: no daily cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100000").message("send.dailyCap must be between 1 and 100000"))]
+    pub daily_cap: Option<i32>,
+
+    /// The hours messages may go out; outside them they wait. Absent: any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<SendWindow>,
 }
 
 impl Default for SendSpec {
     fn default() -> Self {
-        Self { rate_per_minute: default_rate_per_minute() }
+        Self { rate_per_minute: default_rate_per_minute(), daily_cap: None, window: None }
     }
+}
+
+/// A daily sending window, such as 08:00 to 20:00 in America/Sao_Paulo. An end before the
+/// start spans midnight (22:00 to 06:00).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.start != self.end").message("send.window.start and send.window.end must differ"))]
+pub struct SendWindow {
+    /// Opening time, HH:MM (24 h).
+    #[x_kube(validation = Rule::new("self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]$')").message("send.window.start must be HH:MM, 00:00 to 23:59"))]
+    pub start: String,
+    /// Closing time, HH:MM (24 h), not included.
+    #[x_kube(validation = Rule::new("self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]$')").message("send.window.end must be HH:MM, 00:00 to 23:59"))]
+    pub end: String,
+    /// IANA time zone of the window and of the daily cap's day, default UTC.
+    #[serde(default = "default_time_zone")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$') && size(self) <= 64").message("send.window.timeZone must be an IANA time zone name such as America/Sao_Paulo"))]
+    pub time_zone: String,
+}
+
+fn default_time_zone() -> String {
+    "UTC".into()
 }
 
 fn default_rate_per_minute() -> i32 {

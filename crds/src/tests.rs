@@ -105,7 +105,7 @@ fn valid_sessions_pass() {
         "suspended": true,
         "pairing": {"method": "PhoneCode", "phoneNumber": "5491122334455"},
         "qr": {"maxAttempts": 10},
-        "send": {"ratePerMinute": 30},
+        "send": {"ratePerMinute": 30, "dailyCap": 500, "window": {"start": "22:00", "end": "06:00", "timeZone": "America/Sao_Paulo"}},
         "storage": {"size": "2Gi", "storageClassName": "fast-ssd", "whenDeleted": "Delete"},
         "browser": {"image": "registry.example/whatsapp-session:1.0", "extraArgs": ["--lang=es"], "webVersion": "2.3000.1029560484"},
     });
@@ -154,6 +154,23 @@ fn invalid_sessions_are_rejected_with_clear_messages() {
         (
             json!({"clienteId": 1, "send": {"ratePerMinute": 1000}}),
             "send.ratePerMinute must be between 1 and 180",
+        ),
+        (json!({"clienteId": 1, "send": {"dailyCap": 0}}), "send.dailyCap must be between 1 and 100000"),
+        (
+            json!({"clienteId": 1, "send": {"window": {"start": "8:00", "end": "20:00"}}}),
+            "send.window.start must be HH:MM",
+        ),
+        (
+            json!({"clienteId": 1, "send": {"window": {"start": "08:00", "end": "24:00"}}}),
+            "send.window.end must be HH:MM",
+        ),
+        (
+            json!({"clienteId": 1, "send": {"window": {"start": "08:00", "end": "08:00"}}}),
+            "send.window.start and send.window.end must differ",
+        ),
+        (
+            json!({"clienteId": 1, "send": {"window": {"start": "08:00", "end": "20:00", "timeZone": "GMT -3"}}}),
+            "send.window.timeZone must be an IANA time zone name",
         ),
         (
             json!({"clienteId": 1, "storage": {"whenDeleted": "Keep"}}),

@@ -11,7 +11,7 @@ use whatsapp_crds::{SessionState, WhatsAppSessionSpec};
 
 use crate::browser::{BrowserError, LaunchOptions, Session};
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, reason};
+use crate::outbox::{Limits, Outbox, reason};
 use crate::tracker::{Action, QrTimings, Report, Snapshot, Tracker};
 
 /// How often the page is read.
@@ -211,14 +211,21 @@ impl Driver {
         }
     }
 
+    /// The spec's daily limits.
+    fn limits(&self) -> Limits {
+        let send = &self.spec.borrow().send;
+        if !Limits::zone_known(send) {
+            warn!(zone = ?send.window.as_ref().map(|w| &w.time_zone), "unknown time zone in spec.send.window: using UTC");
+        }
+        Limits::of(send)
+    }
+
     /// How long until the next send may go, if a message is due.
     fn next_send_in(&self) -> Option<Duration> {
-        match self.outbox.next_due(k8s_openapi::jiff::Timestamp::now()) {
-            Ok((Some(_), next_ms)) => {
-                let now_ms = k8s_openapi::jiff::Timestamp::now().as_millisecond();
-                Some(Duration::from_millis(next_ms.saturating_sub(now_ms).max(0) as u64))
-            }
-            Ok((None, _)) => None,
+        let now = jiff::Timestamp::now();
+        match self.outbox.next_due(now, &self.limits()) {
+            Ok(Some((_, at))) => Some(Duration::try_from(at.duration_since(now)).unwrap_or_default()),
+            Ok(None) => None,
             Err(e) => {
                 warn!(error = %e, "reading the outbox failed");
                 None
@@ -230,9 +237,10 @@ impl Driver {
     /// call failed): the message stays `sending` and is settled by lookup.
     async fn send_next(&self, session: &Session) -> bool {
         let rate = self.spec.borrow().send.rate_per_minute;
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let next = match self.outbox.next_due(now) {
-            Ok((Some(m), next_ms)) if next_ms <= now.as_millisecond() => m,
+        let limits = self.limits();
+        let now = jiff::Timestamp::now();
+        let next = match self.outbox.next_due(now, &limits) {
+            Ok(Some((m, at))) if at <= now => m,
             Ok(_) => return true,
             Err(e) => {
                 warn!(error = %e, "reading the outbox failed");
@@ -240,7 +248,7 @@ impl Driver {
             }
         };
         // Persisted before the page sees it: a crash from here on is settled by lookup.
-        let message = match self.outbox.sending(&next.id, crate::outbox::next_gap(rate)) {
+        let message = match self.outbox.sending(&next.id, crate::outbox::next_gap(rate), &limits) {
             Ok(Some(m)) => m,
             Ok(None) => return true,
             Err(e) => {

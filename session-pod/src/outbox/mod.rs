@@ -12,11 +12,11 @@ mod store;
 use std::path::Path;
 use std::sync::Arc;
 
-use k8s_openapi::jiff::Timestamp;
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
 
-pub use pacing::next_gap;
+pub use pacing::{Limits, next_gap};
 pub use store::{Accepted, NewMessage, Page, StoreError};
 
 /// Where a message is in its life.
@@ -143,9 +143,10 @@ impl Message {
     }
 }
 
-/// A WhatsApp message id in WhatsApp Web's own format (`3EB0` and 20 hex digits).
+/// A WhatsApp message id in WhatsApp Web's own format (`3EB0` and 18 hex digits, as its
+/// `MsgKey.newId()` makes them).
 pub fn new_message_id() -> String {
-    let bytes: [u8; 10] = rand::random();
+    let bytes: [u8; 9] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
     format!("3EB0{hex}")
 }
@@ -226,19 +227,33 @@ impl Outbox {
         Ok(cancelled)
     }
 
-    /// The next message due at `now`, messages past their expiry failed on the way; and when
-    /// the pacing allows the next send (milliseconds since the epoch).
-    pub fn next_due(&self, now: Timestamp) -> Result<(Option<Message>, i64), StoreError> {
+    /// The next message due at `now` (messages past their expiry are failed on the way), and
+    /// when `limits` and the pacing let it go.
+    pub fn next_due(
+        &self,
+        now: Timestamp,
+        limits: &Limits,
+    ) -> Result<Option<(Message, Timestamp)>, StoreError> {
         let (next, expired) = self.store.next_due(now)?;
         for m in &expired {
             self.publish(m);
         }
-        Ok((next, self.store.next_send_ms()?))
+        let Some(next) = next else { return Ok(None) };
+        let (next_send_ms, day, sent) = self.store.pacing()?;
+        let paced = Timestamp::from_millisecond(next_send_ms).unwrap_or(now).max(now);
+        Ok(Some((next, limits.opens_at(paced, day, sent))))
     }
 
-    /// The message is about to be handed to WhatsApp Web; the next send waits `gap`.
-    pub fn sending(&self, id: &str, gap: std::time::Duration) -> Result<Option<Message>, StoreError> {
-        let m = self.store.mark_sending(id, Timestamp::now(), gap)?;
+    /// The message is about to be handed to WhatsApp Web (counted on `limits`' day); the next
+    /// send waits `gap`.
+    pub fn sending(
+        &self,
+        id: &str,
+        gap: std::time::Duration,
+        limits: &Limits,
+    ) -> Result<Option<Message>, StoreError> {
+        let now = Timestamp::now();
+        let m = self.store.mark_sending(id, now, gap, limits.day(now))?;
         if let Some(m) = &m {
             self.publish(m);
         }

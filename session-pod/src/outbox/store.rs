@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use k8s_openapi::jiff::Timestamp;
+use jiff::Timestamp;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{Message, Status, new_message_id};
@@ -325,20 +325,26 @@ impl Store {
         }
     }
 
-    /// When the pacing allows the next send (ms since the epoch; 0: now).
-    pub fn next_send_ms(&self) -> Result<i64, StoreError> {
+    /// The pacing's memory: when the next send may go (ms since the epoch; 0: now), and the
+    /// day of the last sends with how many went out that day.
+    pub fn pacing(&self) -> Result<(i64, u64, u64), StoreError> {
         let tx = self.db.begin_read().map_err(internal)?;
         let meta = tx.open_table(META).map_err(internal)?;
-        Ok(meta.get("next_send_ms").map_err(internal)?.map(|v| v.value() as i64).unwrap_or(0))
+        let get = |key: &str| -> Result<u64, StoreError> {
+            Ok(meta.get(key).map_err(internal)?.map(|v| v.value()).unwrap_or(0))
+        };
+        Ok((get("next_send_ms")? as i64, get("day")?, get("day_sent")?))
     }
 
-    /// Queue -> sending, one more attempt; the next send may go `gap` after `now`. Persisted
-    /// before the page is asked to send, so a crash never forgets a send may have happened.
+    /// Queue -> sending, one more attempt, counted on `day`; the next send may go `gap` after
+    /// `now`. Persisted before the page is asked to send, so a crash never forgets a send may
+    /// have happened.
     pub fn mark_sending(
         &self,
         id: &str,
         now: Timestamp,
         gap: std::time::Duration,
+        day: u64,
     ) -> Result<Option<Message>, StoreError> {
         let Some(seq) = self.seq_of(id)? else { return Ok(None) };
         let tx = self.db.begin_write().map_err(internal)?;
@@ -362,6 +368,14 @@ impl Store {
             message.attempts += 1;
             all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
             meta.insert("next_send_ms", ms(now) + gap.as_millis() as u64).map_err(internal)?;
+            let same_day = meta.get("day").map_err(internal)?.map(|v| v.value()) == Some(day);
+            let sent = if same_day {
+                meta.get("day_sent").map_err(internal)?.map(|v| v.value()).unwrap_or(0)
+            } else {
+                0
+            };
+            meta.insert("day", day).map_err(internal)?;
+            meta.insert("day_sent", sent + 1).map_err(internal)?;
             message
         };
         tx.commit().map_err(internal)?;

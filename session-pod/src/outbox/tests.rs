@@ -15,6 +15,14 @@ fn msg(to: &str, key: Option<&str>) -> NewMessage {
     }
 }
 
+fn none() -> Limits {
+    Limits::of(&whatsapp_crds::SendSpec::default())
+}
+
+fn due(o: &Outbox, now: Timestamp) -> Option<Message> {
+    o.next_due(now, &none()).unwrap().map(|(m, _)| m)
+}
+
 fn outbox(dir: &tempfile::TempDir, max: u64) -> Outbox {
     Outbox::open(&dir.path().join("outbox.redb"), max).unwrap()
 }
@@ -27,7 +35,7 @@ async fn accepted_messages_survive_a_reopen_and_keys_are_never_queued_twice() {
         let a =
             o.accept(vec![msg("5491100000001", Some("k1")), msg("5491100000002", None)], None).await.unwrap();
         assert!(a.iter().all(|a| !a.duplicate && a.message.status == Status::Queued));
-        assert!(a[0].message.id.starts_with("3EB0") && a[0].message.id.len() == 24, "{}", a[0].message.id);
+        assert!(a[0].message.id.starts_with("3EB0") && a[0].message.id.len() == 22, "{}", a[0].message.id);
         a.into_iter().map(|a| a.message.id).collect()
     };
     let o = outbox(&d, 100);
@@ -59,12 +67,10 @@ async fn the_queue_goes_in_order_honouring_not_before_and_expiry() {
     let stale = NewMessage { expires_at: Some(now - Duration::from_secs(1)), ..msg("5491100000002", None) };
     let a = o.accept(vec![later, stale, msg("5491100000003", None)], None).await.unwrap();
     let mut updates = o.subscribe();
-    let (next, _) = o.next_due(now).unwrap();
-    assert_eq!(next.unwrap().id, a[2].message.id, "the future one waits, the stale one expires");
+    assert_eq!(due(&o, now).unwrap().id, a[2].message.id, "the future one waits, the stale one expires");
     let expired = updates.recv().await.unwrap();
     assert_eq!((expired.id.as_str(), expired.reason.as_deref()), (a[1].message.id.as_str(), Some("EXPIRED")));
-    let (next, _) = o.next_due(now + Duration::from_secs(7200)).unwrap();
-    assert_eq!(next.unwrap().id, a[2].message.id, "still first in line");
+    assert_eq!(due(&o, now + Duration::from_secs(7200)).unwrap().id, a[2].message.id, "still first in line");
 }
 
 #[tokio::test]
@@ -72,12 +78,11 @@ async fn a_send_is_persisted_before_it_happens_and_an_interrupted_one_goes_first
     let d = dir();
     let o = outbox(&d, 100);
     let a = o.accept(vec![msg("5491100000001", None), msg("5491100000002", None)], None).await.unwrap();
-    let (first, _) = o.next_due(Timestamp::now()).unwrap();
-    let first = first.unwrap();
-    let sending = o.sending(&first.id, Duration::from_secs(5)).unwrap().unwrap();
+    let first = due(&o, Timestamp::now()).unwrap();
+    let sending = o.sending(&first.id, Duration::from_secs(5), &none()).unwrap().unwrap();
     assert_eq!((sending.status, sending.attempts), (Status::Sending, 1));
-    let (_, next_send) = o.next_due(Timestamp::now()).unwrap();
-    assert!(next_send > Timestamp::now().as_millisecond(), "the pacing is persisted");
+    let (_, allowed) = o.next_due(Timestamp::now(), &none()).unwrap().unwrap();
+    assert!(allowed > Timestamp::now() + Duration::from_secs(4), "the pacing is persisted");
     drop(o);
     let o = outbox(&d, 100);
     assert_eq!(
@@ -85,8 +90,11 @@ async fn a_send_is_persisted_before_it_happens_and_an_interrupted_one_goes_first
         vec![a[0].message.id.clone()]
     );
     o.requeue(&a[0].message.id).unwrap();
-    let (next, _) = o.next_due(Timestamp::now()).unwrap();
-    assert_eq!(next.unwrap().id, a[0].message.id, "the interrupted send goes first, same id");
+    assert_eq!(
+        due(&o, Timestamp::now()).unwrap().id,
+        a[0].message.id,
+        "the interrupted send goes first, same id"
+    );
     assert!(o.in_flight().unwrap().is_empty());
 }
 
@@ -96,7 +104,7 @@ async fn receipts_only_move_forward_and_cancel_only_takes_queued_messages() {
     let o = outbox(&d, 100);
     let a = o.accept(vec![msg("5491100000001", None), msg("5491100000002", None)], None).await.unwrap();
     let id = a[0].message.id.clone();
-    o.sending(&id, Duration::ZERO).unwrap();
+    o.sending(&id, Duration::ZERO, &none()).unwrap();
     o.sent(&id).unwrap();
     o.ack(&id, 3).unwrap();
     o.ack(&id, 2).unwrap();
@@ -107,8 +115,27 @@ async fn receipts_only_move_forward_and_cancel_only_takes_queued_messages() {
     assert!(matches!(o.cancel(&id), Err(StoreError::NotCancellable(Status::Read))));
     let cancelled = o.cancel(&a[1].message.id).unwrap().unwrap();
     assert_eq!((cancelled.status, cancelled.reason.as_deref()), (Status::Failed, Some("CANCELLED")));
-    assert_eq!(o.next_due(Timestamp::now()).unwrap().0, None);
+    assert_eq!(due(&o, Timestamp::now()), None);
     assert!(o.cancel("3EB0NOPE").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_daily_cap_counts_sends_across_a_reopen() {
+    let d = dir();
+    let capped = Limits::of(&serde_json::from_value(serde_json::json!({"dailyCap": 2})).unwrap());
+    {
+        let o = outbox(&d, 100);
+        o.accept((0..3).map(|i| msg(&format!("549110000000{i}"), None)).collect(), None).await.unwrap();
+        for _ in 0..2 {
+            let (m, at) = o.next_due(Timestamp::now(), &capped).unwrap().unwrap();
+            assert!(at <= Timestamp::now());
+            o.sending(&m.id, Duration::ZERO, &capped).unwrap();
+            o.sent(&m.id).unwrap();
+        }
+    }
+    let o = outbox(&d, 100);
+    let (_, at) = o.next_due(Timestamp::now(), &capped).unwrap().unwrap();
+    assert!(at > Timestamp::now() + Duration::from_secs(1), "the third waits for tomorrow: {at}");
 }
 
 #[tokio::test]
