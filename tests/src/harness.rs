@@ -232,6 +232,24 @@ impl TestNamespace {
         .await
     }
 
+    /// The phone `phone` scans whichever QR the session `name` shows (the next one if it
+    /// rotated in between), then waits for READY.
+    pub async fn link(
+        &self,
+        sim: &crate::simulator::Simulator,
+        name: &str,
+        phone: &str,
+    ) -> whatsapp_crds::WhatsAppSessionStatus {
+        let shown = self.wait_status(name, "a QR code", |s| s.qr.is_some()).await.qr.unwrap().code;
+        if sim.scan(&shown, phone, "Acme").is_err() {
+            let next = self
+                .wait_status(name, "the next QR", |s| s.qr.as_ref().is_some_and(|q| q.code != shown))
+                .await;
+            sim.scan(&next.qr.unwrap().code, phone, "Acme").expect("scan");
+        }
+        self.wait_status(name, "READY", |s| s.state == Some(whatsapp_crds::SessionState::Ready)).await
+    }
+
     /// A browser-profile directory for a session run by hand (a stand-in for its volume).
     pub fn profile_dir(&self, name: &str) -> PathBuf {
         let dir = self.cluster.dir.join("profiles").join(&self.name).join(name);

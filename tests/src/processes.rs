@@ -255,3 +255,15 @@ pub fn write_shared_file(path: &std::path::Path, content: &[u8]) {
     std::fs::write(&aside, content).unwrap();
     std::fs::rename(&aside, path).unwrap();
 }
+
+/// The main Chromium process running on `profile`.
+pub fn chromium_pid(profile: &std::path::Path) -> Option<i32> {
+    let flag = format!("--user-data-dir={}", profile.display());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let args: Vec<String> =
+            cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        (args.contains(&flag) && !args.iter().any(|a| a.starts_with("--type="))).then_some(pid)
+    })
+}

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::json;
 use whatsapp_crds::{SessionState, WhatsAppSessionStatus};
 use whatsapp_tests::harness::{TestNamespace, cluster, eventually};
-use whatsapp_tests::processes::{SessionProcess, TEST_HUB_TOKEN};
+use whatsapp_tests::processes::{SessionProcess, TEST_HUB_TOKEN, chromium_pid};
 use whatsapp_tests::simulator::{Build, SimConfig, Simulator};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -157,28 +157,8 @@ async fn a_build_without_a_module_the_bridge_uses_is_reported_not_failed_later()
     assert!(sim.messages().is_empty());
 }
 
-/// Scans whichever QR the session shows (retrying once if it rotated meanwhile) and waits for
-/// READY.
 async fn link(ns: &TestNamespace, sim: &Simulator, name: &str) -> WhatsAppSessionStatus {
-    let shown = ns.wait_status(name, "a QR code", |s| s.qr.is_some()).await.qr.unwrap().code;
-    if sim.scan(&shown, PHONE, "Acme").is_err() {
-        let next =
-            ns.wait_status(name, "the next QR", |s| s.qr.as_ref().is_some_and(|q| q.code != shown)).await;
-        sim.scan(&next.qr.unwrap().code, PHONE, "Acme").expect("scan");
-    }
-    ns.wait_status(name, "READY", |s| s.state == Some(SessionState::Ready)).await
-}
-
-/// The main Chromium process running on `profile`.
-fn chromium_pid(profile: &std::path::Path) -> Option<i32> {
-    let flag = format!("--user-data-dir={}", profile.display());
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let args: Vec<String> =
-            cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        (args.contains(&flag) && !args.iter().any(|a| a.starts_with("--type="))).then_some(pid)
-    })
+    ns.link(sim, name, PHONE).await
 }
 
 #[tokio::test]

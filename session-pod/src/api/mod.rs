@@ -40,7 +40,12 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     let hub_only = Router::new()
         .route("/v1/messages", post(send))
-        .route("/v1/outbox", post(outbox::accept).get(outbox::list))
+        .route(
+            "/v1/outbox",
+            post(outbox::accept)
+                .get(outbox::list)
+                .layer(axum::extract::DefaultBodyLimit::max(outbox::MAX_BODY_BYTES)),
+        )
         .route("/v1/outbox/{id}", get(outbox::get).delete(outbox::cancel))
         .route("/v1/outbox/batches/{batch}", get(outbox::batch))
         .route("/v1/logout", post(logout))

@@ -14,6 +14,9 @@ use crate::outbox::{Accepted, NewMessage, Status, StoreError};
 
 /// The most messages one call may hand in.
 pub const MAX_BATCH: usize = 10_000;
+/// The largest body of a call (a batch of 10,000 typical messages fits; the hub's own limit
+/// is lower).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// The largest message text, in bytes.
 const MAX_MESSAGE_BYTES: usize = 65_536;
 
@@ -116,12 +119,22 @@ pub async fn accept(
     State(state): State<ApiState>,
     body: Result<Json<Batch>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Ok(Json(body)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_BODY",
-            "expected JSON {messages: [{to, message, idempotencyKey?, notBefore?, expiresAt?}], batch?}",
-        );
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BODY_TOO_LARGE",
+                format!("a call may carry at most {MAX_BODY_BYTES} bytes: split the batch"),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_BODY",
+                "expected JSON {messages: [{to, message, idempotencyKey?, notBefore?, expiresAt?}], batch?}",
+            );
+        }
     };
     let batch = body.batch.filter(|b| !b.is_empty());
     let new = match entries(body.messages) {

@@ -161,6 +161,14 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// A store result; a failure on the file makes the next call open it again.
+    fn checked<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if matches!(result, Err(StoreError::StorageFull(_) | StoreError::Internal(_))) {
+            self.store.failed();
+        }
+        result
+    }
+
     /// Opens (or creates) the outbox file; `max_queued` bounds the messages waiting.
     pub fn open(path: &Path, max_queued: u64) -> Result<Outbox, StoreError> {
         let store = store::Store::open(path, max_queued)?;
@@ -189,7 +197,8 @@ impl Outbox {
         let store = self.store.clone();
         let accepted = tokio::task::spawn_blocking(move || store.accept(messages, batch, Timestamp::now()))
             .await
-            .map_err(|e| StoreError::Internal(e.to_string()))??;
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let accepted = self.checked(accepted)?;
         for a in accepted.iter().filter(|a| !a.duplicate) {
             self.publish(&a.message);
         }
@@ -198,7 +207,7 @@ impl Outbox {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
-        self.store.get(id)
+        self.checked(self.store.get(id))
     }
 
     pub fn list(
@@ -208,19 +217,23 @@ impl Outbox {
         cursor: Option<u64>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        self.store.list(status, batch, cursor, limit)
+        self.checked(self.store.list(status, batch, cursor, limit))
     }
 
     /// Counts of a batch's messages by status; `None` for an unknown batch.
     pub fn batch_summary(&self, batch: &str) -> Result<Option<Vec<(Status, u64)>>, StoreError> {
-        self.store.batch_summary(batch)
+        self.checked(self.store.batch_summary(batch))
     }
 
     /// Cancels a queued message: `Ok(None)` when there is no such message, `Err(NotCancellable)`
     /// once it left the queue.
     pub fn cancel(&self, id: &str) -> Result<Option<Message>, StoreError> {
-        let cancelled =
-            self.store.fail_queued(id, reason::CANCELLED, "cancelled by the caller", Timestamp::now())?;
+        let cancelled = self.checked(self.store.fail_queued(
+            id,
+            reason::CANCELLED,
+            "cancelled by the caller",
+            Timestamp::now(),
+        ))?;
         if let Some(m) = &cancelled {
             self.publish(m);
         }
@@ -234,12 +247,12 @@ impl Outbox {
         now: Timestamp,
         limits: &Limits,
     ) -> Result<Option<(Message, Timestamp)>, StoreError> {
-        let (next, expired) = self.store.next_due(now)?;
+        let (next, expired) = self.checked(self.store.next_due(now))?;
         for m in &expired {
             self.publish(m);
         }
         let Some(next) = next else { return Ok(None) };
-        let (next_send_ms, day, sent) = self.store.pacing()?;
+        let (next_send_ms, day, sent) = self.checked(self.store.pacing())?;
         let paced = Timestamp::from_millisecond(next_send_ms).unwrap_or(now).max(now);
         Ok(Some((next, limits.opens_at(paced, day, sent))))
     }
@@ -253,7 +266,7 @@ impl Outbox {
         limits: &Limits,
     ) -> Result<Option<Message>, StoreError> {
         let now = Timestamp::now();
-        let m = self.store.mark_sending(id, now, gap, limits.day(now))?;
+        let m = self.checked(self.store.mark_sending(id, now, gap, limits.day(now)))?;
         if let Some(m) = &m {
             self.publish(m);
         }
@@ -295,23 +308,23 @@ impl Outbox {
     /// A send that a crash interrupted and WhatsApp Web does not have: back to the front of
     /// the queue, same id.
     pub fn requeue(&self, id: &str) -> Result<(), StoreError> {
-        self.store.requeue(id)?;
+        self.checked(self.store.requeue(id))?;
         self.work.notify_one();
         Ok(())
     }
 
     /// Messages left in `sending` (by a crash).
     pub fn in_flight(&self) -> Result<Vec<Message>, StoreError> {
-        self.store.in_flight()
+        self.checked(self.store.in_flight())
     }
 
     /// Messages waiting to be sent.
     pub fn queued(&self) -> Result<u64, StoreError> {
-        self.store.queued()
+        self.checked(self.store.queued())
     }
 
     fn update(&self, id: &str, change: impl FnOnce(&mut Message, Timestamp)) -> Result<(), StoreError> {
-        if let Some(m) = self.store.update(id, Timestamp::now(), change)? {
+        if let Some(m) = self.checked(self.store.update(id, Timestamp::now(), change))? {
             self.publish(&m);
         }
         Ok(())

@@ -36,6 +36,10 @@ pub enum StoreError {
     Internal(String),
 }
 
+fn closed() -> StoreError {
+    StoreError::Internal("the outbox file is not open (it could not be opened again)".into())
+}
+
 fn internal(e: impl std::fmt::Display) -> StoreError {
     let text = e.to_string();
     // ENOSPC, however redb words it.
@@ -72,7 +76,11 @@ pub struct Page {
 }
 
 pub struct Store {
-    db: Database,
+    path: std::path::PathBuf,
+    /// redb refuses every call after an I/O error (a full volume) until the file is opened
+    /// again: the handle is replaced then, and what was committed is all there.
+    db: std::sync::RwLock<Option<Database>>,
+    failed: std::sync::atomic::AtomicBool,
     max_queued: u64,
 }
 
@@ -90,6 +98,16 @@ fn encode(m: &Message) -> Result<Vec<u8>, StoreError> {
 
 impl Store {
     pub fn open(path: &Path, max_queued: u64) -> Result<Store, StoreError> {
+        let db = Self::create(path)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            db: std::sync::RwLock::new(Some(db)),
+            failed: std::sync::atomic::AtomicBool::new(false),
+            max_queued,
+        })
+    }
+
+    fn create(path: &Path) -> Result<Database, StoreError> {
         let db = Database::create(path).map_err(internal)?;
         // Every table exists from the start, so readers never meet a missing one.
         let tx = db.begin_write().map_err(internal)?;
@@ -103,7 +121,29 @@ impl Store {
             tx.open_table(META).map_err(internal)?;
         }
         tx.commit().map_err(internal)?;
-        Ok(Store { db, max_queued })
+        Ok(db)
+    }
+
+    /// A call failed on the file: the next one opens it again.
+    pub fn failed(&self) {
+        self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The database, opened again first if a call failed on it.
+    fn db(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Database>>, StoreError> {
+        if self.failed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let mut slot = self.db.write().map_err(internal)?;
+            // The old handle goes first: a file is opened by one handle at a time.
+            slot.take();
+            match Self::create(&self.path) {
+                Ok(db) => *slot = Some(db),
+                Err(e) => {
+                    self.failed();
+                    return Err(e);
+                }
+            }
+        }
+        self.db.read().map_err(internal)
     }
 
     pub fn accept(
@@ -112,7 +152,8 @@ impl Store {
         batch: Option<String>,
         now: Timestamp,
     ) -> Result<Vec<Accepted>, StoreError> {
-        let tx = self.db.begin_write().map_err(internal)?;
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
         let mut accepted = Vec::with_capacity(messages.len());
         {
             let mut all = tx.open_table(MESSAGES).map_err(internal)?;
@@ -178,13 +219,15 @@ impl Store {
     }
 
     fn seq_of(&self, id: &str) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_read().map_err(internal)?;
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
         let ids = tx.open_table(IDS).map_err(internal)?;
         Ok(ids.get(id).map_err(internal)?.map(|v| v.value()))
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
-        let tx = self.db.begin_read().map_err(internal)?;
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
         let ids = tx.open_table(IDS).map_err(internal)?;
         let Some(seq) = ids.get(id).map_err(internal)?.map(|v| v.value()) else {
             return Ok(None);
@@ -200,7 +243,8 @@ impl Store {
         cursor: Option<u64>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        let tx = self.db.begin_read().map_err(internal)?;
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
         let all = tx.open_table(MESSAGES).map_err(internal)?;
         let below = cursor.unwrap_or(u64::MAX);
         let seqs: Box<dyn Iterator<Item = Result<u64, StoreError>>> = match batch {
@@ -239,7 +283,8 @@ impl Store {
     }
 
     pub fn batch_summary(&self, batch: &str) -> Result<Option<Vec<(Status, u64)>>, StoreError> {
-        let tx = self.db.begin_read().map_err(internal)?;
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
         let all = tx.open_table(MESSAGES).map_err(internal)?;
         let batches = tx.open_table(BATCHES).map_err(internal)?;
         let mut counts: Vec<(Status, u64)> = Status::ALL.iter().map(|s| (*s, 0)).collect();
@@ -265,7 +310,8 @@ impl Store {
         now: Timestamp,
     ) -> Result<Option<Message>, StoreError> {
         let Some(seq) = self.seq_of(id)? else { return Ok(None) };
-        let tx = self.db.begin_write().map_err(internal)?;
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
         let message = {
             let mut all = tx.open_table(MESSAGES).map_err(internal)?;
             let mut queue = tx.open_table(QUEUE).map_err(internal)?;
@@ -294,7 +340,8 @@ impl Store {
         let mut expired = Vec::new();
         loop {
             let candidate = {
-                let tx = self.db.begin_read().map_err(internal)?;
+                let db = self.db()?;
+                let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
                 let queue = tx.open_table(QUEUE).map_err(internal)?;
                 let first = queue.range((0, 0)..=(ms(now), u64::MAX)).map_err(internal)?.next();
                 match first {
@@ -328,7 +375,8 @@ impl Store {
     /// The pacing's memory: when the next send may go (ms since the epoch; 0: now), and the
     /// day of the last sends with how many went out that day.
     pub fn pacing(&self) -> Result<(i64, u64, u64), StoreError> {
-        let tx = self.db.begin_read().map_err(internal)?;
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
         let meta = tx.open_table(META).map_err(internal)?;
         let get = |key: &str| -> Result<u64, StoreError> {
             Ok(meta.get(key).map_err(internal)?.map(|v| v.value()).unwrap_or(0))
@@ -347,7 +395,8 @@ impl Store {
         day: u64,
     ) -> Result<Option<Message>, StoreError> {
         let Some(seq) = self.seq_of(id)? else { return Ok(None) };
-        let tx = self.db.begin_write().map_err(internal)?;
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
         let message = {
             let mut all = tx.open_table(MESSAGES).map_err(internal)?;
             let mut queue = tx.open_table(QUEUE).map_err(internal)?;
@@ -385,7 +434,8 @@ impl Store {
     /// Sending -> queued at the front (a crash interrupted it and WhatsApp does not have it).
     pub fn requeue(&self, id: &str) -> Result<(), StoreError> {
         let Some(seq) = self.seq_of(id)? else { return Ok(()) };
-        let tx = self.db.begin_write().map_err(internal)?;
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
         {
             let mut all = tx.open_table(MESSAGES).map_err(internal)?;
             let mut queue = tx.open_table(QUEUE).map_err(internal)?;
@@ -408,7 +458,8 @@ impl Store {
     }
 
     pub fn in_flight(&self) -> Result<Vec<Message>, StoreError> {
-        let tx = self.db.begin_read().map_err(internal)?;
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
         let sending = tx.open_table(SENDING).map_err(internal)?;
         let all = tx.open_table(MESSAGES).map_err(internal)?;
         let mut out = Vec::new();
@@ -422,7 +473,8 @@ impl Store {
     }
 
     pub fn queued(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(internal)?;
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
         tx.open_table(QUEUE).map_err(internal)?.len().map_err(internal)
     }
 
@@ -434,7 +486,8 @@ impl Store {
         change: impl FnOnce(&mut Message, Timestamp),
     ) -> Result<Option<Message>, StoreError> {
         let Some(seq) = self.seq_of(id)? else { return Ok(None) };
-        let tx = self.db.begin_write().map_err(internal)?;
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
         let message = {
             let mut all = tx.open_table(MESSAGES).map_err(internal)?;
             let mut sending = tx.open_table(SENDING).map_err(internal)?;
