@@ -284,6 +284,17 @@ impl SessionCache {
     }
 }
 
+/// A cache filled by hand, for tests of the routes.
+#[cfg(test)]
+impl SessionCache {
+    pub fn fill_for_tests(&self, sessions: &[WhatsAppSession]) {
+        for session in sessions {
+            self.apply(session);
+        }
+        self.synced.store(true, Ordering::Relaxed);
+    }
+}
+
 fn key_of(session: &WhatsAppSession) -> Key {
     (session.namespace().unwrap_or_default(), session.name_any())
 }

@@ -16,15 +16,20 @@ pub struct ErrorBody {
     pub error: String,
     /// Human-readable explanation.
     pub message: String,
+    /// In a batch of messages: the position (0-based) of the first one refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!(3))]
+    pub index: Option<usize>,
 }
 
 #[derive(thiserror::Error, Debug)]
 pub enum ApiError {
     #[error("clienteId must be a positive integer, got {0:?}")]
     InvalidClientId(String),
-    /// A request body that is not what the route takes: `code` names what is wrong.
+    /// A request body that is not what the route takes: `code` names what is wrong; `index`
+    /// the message of a batch it is about.
     #[error("{message}")]
-    Validation { code: &'static str, message: String },
+    Validation { code: &'static str, message: String, index: Option<usize> },
     #[error("the request body is larger than the hub accepts")]
     PayloadTooLarge,
     #[error("the request body must be JSON (Content-Type: application/json)")]
@@ -53,11 +58,20 @@ pub enum ApiError {
     TooManyAttempts(Duration),
     #[error("no route {0}")]
     NotFound(String),
+    #[error("no job {0:?}")]
+    JobNotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// An error the session pod answered with, passed through (4xx only).
+    /// An error the session pod answered with, passed through (4xx and 507 only), with its
+    /// `index` (a batch's refused message) and `Retry-After`.
     #[error("{message}")]
-    Upstream { status: StatusCode, code: String, message: String },
+    Upstream {
+        status: StatusCode,
+        code: String,
+        message: String,
+        index: Option<usize>,
+        retry_after: Option<u64>,
+    },
     #[error("the session manager is unavailable: {0}")]
     SessionManagerUnavailable(String),
     #[error("the session manager failed: {0}")]
@@ -81,9 +95,10 @@ impl ApiError {
             | ApiError::InvalidToken(_)
             | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::SessionNotFound(_) | ApiError::QrNotAvailable(_) | ApiError::NotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::SessionNotFound(_)
+            | ApiError::QrNotAvailable(_)
+            | ApiError::NotFound(_)
+            | ApiError::JobNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::AlreadyConnected | ApiError::SessionExists(_) | ApiError::SessionNotReady(_) => {
                 StatusCode::CONFLICT
@@ -117,6 +132,7 @@ impl ApiError {
             ApiError::SessionNotReady(_) => "SESSION_NOT_READY",
             ApiError::TooManyAttempts(_) => "TOO_MANY_ATTEMPTS",
             ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::JobNotFound(_) => "JOB_NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::Upstream { code, .. } => code,
             ApiError::SessionManagerUnavailable(_) => "SESSION_MANAGER_UNAVAILABLE",
@@ -128,7 +144,28 @@ impl ApiError {
     }
 
     pub fn validation(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::Validation { code, message: message.into() }
+        ApiError::Validation { code, message: message.into(), index: None }
+    }
+
+    /// A refused message of a batch, at `index`.
+    pub fn invalid_at(index: usize, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Validation { code, message: message.into(), index: Some(index) }
+    }
+
+    fn index(&self) -> Option<usize> {
+        match self {
+            ApiError::Validation { index, .. } | ApiError::Upstream { index, .. } => *index,
+            _ => None,
+        }
+    }
+
+    /// Seconds to wait before trying again, when known.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::TooManyAttempts(wait) => Some(wait.as_secs().max(1)),
+            ApiError::Upstream { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 
@@ -140,14 +177,15 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(code = self.code(), error = %self, "request refused");
         }
-        let body = ErrorBody { error: self.code().to_owned(), message: self.to_string() };
+        let body =
+            ErrorBody { error: self.code().to_owned(), message: self.to_string(), index: self.index() };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let ApiError::TooManyAttempts(wait) = self
-            && let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+        if let Some(wait) = self.retry_after()
+            && let Ok(value) = HeaderValue::from_str(&wait.to_string())
         {
             headers.insert(header::RETRY_AFTER, value);
         }

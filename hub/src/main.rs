@@ -3,7 +3,8 @@
 //!
 //! Modules: `api` (routes, OpenAPI, middleware), `auth` (JWT), `login` (optional
 //! username/password login), `cache` (the watch cache and its clienteId index), `upstream`
-//! (the one client of the session pods), `writes` (the few Kubernetes writes), `error` (the one
+//! (the one client of the session pods), `outbox` (the message shapes, their validation and
+//! the `/sender` job ids), `writes` (the few Kubernetes writes), `error` (the one
 //! error type and its HTTP mapping), `metrics`, `model` (the JSON shapes), `qr` (images).
 
 mod api;
@@ -13,6 +14,7 @@ mod error;
 mod login;
 mod metrics;
 mod model;
+mod outbox;
 mod qr;
 mod state;
 mod upstream;
@@ -108,6 +110,11 @@ struct Config {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "WAO_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
     body_limit_bytes: usize,
+
+    /// Largest request body accepted by the routes that take a batch of messages
+    /// (`POST /api/whatsapp/{clienteId}/messages`, `POST /sender/send-bulk`), in bytes.
+    #[arg(long, env = "WAO_BATCH_BODY_LIMIT_BYTES", default_value_t = outbox::BATCH_BODY_LIMIT)]
+    batch_body_limit_bytes: usize,
 
     /// Longest a request may take (streams excepted), in seconds.
     #[arg(long, env = "WAO_REQUEST_TIMEOUT_SECONDS", default_value_t = 40)]
@@ -246,7 +253,12 @@ async fn run(config: Config) -> Result<()> {
         request_timeout: Duration::from_secs(config.request_timeout_seconds),
         openapi: Default::default(),
     };
-    let app = api::router(state.clone(), &config.cors_allowed_origins, config.body_limit_bytes);
+    let app = api::router(
+        state.clone(),
+        &config.cors_allowed_origins,
+        config.body_limit_bytes,
+        config.batch_body_limit_bytes,
+    );
 
     let api_listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -81,8 +81,8 @@ pub struct SessionStatus {
 /// `POST /api/whatsapp/{clienteId}/send`.
 #[derive(Deserialize, Serialize, ToSchema, Debug)]
 pub struct SendRequest {
-    /// Destination phone number, international format (country code first); `+`, spaces and
-    /// dashes are ignored.
+    /// Destination phone number, 8 to 15 digits, country code first; `+`, spaces and dashes
+    /// are ignored.
     #[schema(example = "5491123456789", min_length = 1, max_length = 32)]
     pub to: String,
     /// The text to send (1 to 4096 characters).

@@ -145,6 +145,163 @@ async fn a_frontend_links_sends_suspends_resumes_and_deletes_a_session() {
     assert_eq!((code, err["error"].as_str()), (404, Some("SESSION_NOT_FOUND")));
 }
 
+/// The durable outbox through the hub: a batch queued before the phone links is sent once
+/// linked, each message exactly once; each message is followed to `read`; the outbox pages; a
+/// message not due yet is cancelled and never sent; the original `/sender` routes send, queue a
+/// job and report its progress.
+#[tokio::test]
+async fn a_frontend_queues_follows_pages_and_cancels_messages() {
+    let ns = cluster().namespace("hub-outbox").await;
+    let sim = Simulator::start(fast_simulator()).await.unwrap();
+    let _op = Operator::start(&ns, "op", "op", &[]);
+    let _runner = ns.pod_runner(&sim);
+    let hub = Hub::ready(&ns, HubOptions::default()).await;
+    let tenant = tenant_token(61);
+    ns.create_session("acme", json!({"clienteId": 61, "send": {"ratePerMinute": 180}})).await;
+
+    // Queued while the session still waits for its phone: stored by its pod, not sent yet.
+    let numbers: Vec<String> = (0..20).map(|i| format!("54911666600{i:02}")).collect();
+    let messages: Vec<Value> = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, to)| json!({"to": to, "message": format!("oferta {i}")}))
+        .collect();
+    let accepted = eventually("the session's outbox to accept a batch", WAIT, || async {
+        let (code, body) = hub
+            .post("/api/whatsapp/61/messages", &tenant, json!({"batch": "promo", "messages": messages}))
+            .await;
+        match code {
+            202 => Ok(Some(body)),
+            409 => Ok(None), // its pod is starting
+            _ => Err(format!("{code}: {body}")),
+        }
+    })
+    .await;
+    let ids: Vec<String> = accepted["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 20, "{accepted}");
+    assert!(accepted["messages"].as_array().unwrap().iter().all(|m| m["status"] == "queued"), "{accepted}");
+    let later = (k8s_openapi::jiff::Timestamp::now() + std::time::Duration::from_secs(3600)).to_string();
+    let (code, held) = hub
+        .post(
+            "/api/whatsapp/61/messages",
+            &tenant,
+            json!({"to": "5491166669999", "message": "later", "notBefore": later}),
+        )
+        .await;
+    assert_eq!(code, 202, "{held}");
+    let held_id = held["messages"][0]["id"].as_str().unwrap().to_owned();
+    assert!(sim.messages().is_empty());
+
+    // The phone links: everything due goes out, each message once.
+    scan_current(&hub, &sim, 61, &tenant).await;
+    wait_state(&hub, 61, "READY").await;
+    eventually("the batch to reach WhatsApp", WAIT, || async {
+        Ok((sim.messages().len() >= 20).then_some(()))
+    })
+    .await;
+    let received = sim.messages();
+    let mut sent_ids: Vec<&str> = received.iter().map(|m| m.id.as_str()).collect();
+    sent_ids.sort_unstable();
+    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(sent_ids, expected, "each message of the batch exactly once, with the id the hub gave");
+    for (i, to) in numbers.iter().enumerate() {
+        let m = received.iter().find(|m| m.id == ids[i]).unwrap();
+        assert_eq!((m.to.as_str(), m.body.clone()), (to.as_str(), format!("oferta {i}")));
+    }
+
+    // Each one followed: delivered, then read once the recipient reads it.
+    let first = &ids[0];
+    eventually("the first message delivered", WAIT, || async {
+        let (code, m) = hub.get(&format!("/api/whatsapp/61/messages/{first}"), &tenant).await;
+        Ok((code == 200 && m["status"] == "delivered").then_some(()))
+    })
+    .await;
+    sim.read(first).unwrap();
+    let read = eventually("the first message read", WAIT, || async {
+        let (code, m) = hub.get(&format!("/api/whatsapp/61/messages/{first}"), &tenant).await;
+        Ok((code == 200 && m["status"] == "read").then_some(m))
+    })
+    .await;
+    assert_eq!((read["to"].as_str(), read["batch"].as_str()), (Some(numbers[0].as_str()), Some("promo")));
+    assert!(read["sentAt"].is_string() && read["readAt"].is_string(), "{read}");
+    let (code, missing) = hub.get("/api/whatsapp/61/messages/3EB0FFFFFFFFFFFFFFFF", &tenant).await;
+    assert_eq!((code, missing["error"].as_str()), (404, Some("MESSAGE_NOT_FOUND")));
+
+    // The batch, 7 at a time, newest first, every message once.
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let query = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let (code, page) =
+            hub.get(&format!("/api/whatsapp/61/messages?batch=promo&limit=7{query}"), &tenant).await;
+        assert_eq!(code, 200, "{page}");
+        let messages = page["messages"].as_array().unwrap();
+        assert!(messages.len() <= 7);
+        listed.extend(messages.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
+        cursor = page["nextCursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "the pages hold the batch exactly once");
+    let (_, queued) = hub.get("/api/whatsapp/61/messages?status=queued", &tenant).await;
+    assert_eq!(queued["messages"].as_array().map(|m| m.len()), Some(1), "only the one not due: {queued}");
+
+    // The one not due yet is cancelled: never sent.
+    let path = format!("/api/whatsapp/61/messages/{held_id}");
+    let response = hub.request(Method::DELETE, &path).bearer_auth(&tenant).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let cancelled: Value = response.json().await.unwrap();
+    assert_eq!(
+        (cancelled["status"].as_str(), cancelled["reason"].as_str()),
+        (Some("failed"), Some("CANCELLED"))
+    );
+    let again = hub.request(Method::DELETE, &path).bearer_auth(&tenant).send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 409);
+    let response = hub
+        .request(Method::DELETE, &format!("/api/whatsapp/61/messages/{first}"))
+        .bearer_auth(&tenant)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.json::<Value>().await.unwrap()["error"], "NOT_CANCELLABLE");
+
+    // The original routes: one send answered once sent; a bulk job followed to the end.
+    let (code, sent) =
+        hub.post("/sender/send", &tenant, json!({"to": "5491166668888", "message": "ya"})).await;
+    assert_eq!((code, sent["data"]["status"].as_str()), (200, Some("sent")), "{sent}");
+    let sent_id = sent["data"]["id"].as_str().unwrap().to_owned();
+    assert!(sim.messages().iter().any(|m| m.id == sent_id));
+    let bulk: Vec<Value> =
+        (0..3).map(|i| json!({"to": format!("549116667000{i}"), "message": "bulk"})).collect();
+    let (code, job) = hub.post("/sender/send-bulk", &tenant, json!({"messages": bulk})).await;
+    assert_eq!(code, 202, "{job}");
+    let job_id = job["jobId"].as_str().unwrap().to_owned();
+    assert!(job_id.starts_with("61-") && job["messages"].as_array().unwrap().len() == 3, "{job}");
+    let progress = eventually("the job to finish", WAIT, || async {
+        let (code, p) = hub.get(&format!("/sender/jobs/{job_id}"), &tenant).await;
+        assert_eq!(code, 200, "{p}");
+        Ok((p["done"] == true).then_some(p))
+    })
+    .await;
+    assert_eq!((progress["total"].as_u64(), progress["sent"].as_u64()), (Some(3), Some(3)), "{progress}");
+    let (code, _) = hub.get(&format!("/sender/jobs/{job_id}"), &tenant_token(62)).await;
+    assert_eq!(code, 403);
+
+    assert!(!sim.messages().iter().any(|m| m.id == held_id), "the cancelled message was never sent");
+    let ids_sent: Vec<String> = sim.messages().iter().map(|m| m.id.clone()).collect();
+    let unique: std::collections::HashSet<&String> = ids_sent.iter().collect();
+    assert_eq!((ids_sent.len(), unique.len()), (20 + 1 + 3, 20 + 1 + 3), "nothing sent twice");
+}
+
 /// A path for a test's own file, beside the processes' logs.
 fn scratch(ns: &TestNamespace, name: &str) -> std::path::PathBuf {
     let dir = ns.cluster.dir.join("processes");
@@ -235,6 +392,25 @@ async fn who_may_call_what() {
         let (code, _) = hub.call(method.clone(), path, None, body).await;
         assert_eq!(code, 401, "{method} {path} without a token");
     }
+    // The message routes: the clienteId is in the path, the body (`/sender/*`) or the job id.
+    let one = json!({"to": "5491100000000", "message": "x"});
+    for (method, path, body) in [
+        (Method::POST, "/api/whatsapp/8/messages", Some(one.clone())),
+        (Method::GET, "/api/whatsapp/8/messages", None),
+        (Method::GET, "/api/whatsapp/8/messages/3EB0A1B2C3D4E5F6", None),
+        (Method::DELETE, "/api/whatsapp/8/messages/3EB0A1B2C3D4E5F6", None),
+        (Method::POST, "/sender/send", Some(json!({"clienteId": 8, "to": "5491100000000", "message": "x"}))),
+        (Method::POST, "/sender/send-bulk", Some(json!({"clienteId": 8, "messages": [one.clone()]}))),
+        (Method::GET, "/sender/jobs/8-0123456789abcdef", None),
+    ] {
+        let (code, err) = hub.call(method.clone(), path, Some(&tenant), body.clone()).await;
+        assert_eq!((code, err["error"].as_str()), (403, Some("FORBIDDEN")), "{method} {path}");
+        let (code, _) = hub.call(method.clone(), path, None, body).await;
+        assert_eq!(code, 401, "{method} {path} without a token");
+    }
+    // An admin names the clienteId of `/sender/*` in the body.
+    let (code, err) = hub.call(Method::POST, "/sender/send", Some(&admin_token()), Some(one)).await;
+    assert_eq!((code, err["error"].as_str()), (400, Some("INVALID_CLIENT_ID")));
     let (code, _) =
         hub.call(Method::POST, "/api/sessions", Some(&tenant), Some(json!({"clienteId": 8}))).await;
     assert_eq!(code, 403);
@@ -296,8 +472,10 @@ async fn every_error_has_its_status_and_code() {
     expect("no route", hub.get("/api/nothing", &admin).await, 404, "NOT_FOUND");
 
     // Sessions in given states, reported as their pods would.
+    // The pod paces sends (at least 60/ratePerMinute s apart): the fastest rate keeps the
+    // sends of this test within the hub's short upstream timeout.
     for (name, id) in [("connecting", 1), ("ready", 2), ("qr", 3), ("down", 4), ("slow", 5), ("odd", 6)] {
-        ns.create_session(name, json!({"clienteId": id})).await;
+        ns.create_session(name, json!({"clienteId": id, "send": {"ratePerMinute": 180}})).await;
     }
     report(&ns, "connecting", json!({"state": "CONNECTING"})).await;
     wait_state(&hub, 1, "CONNECTING").await;

@@ -18,10 +18,8 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::{
     ActionResponse, Health, Qr, SendRequest, SendResponse, SessionStatus, State as SessionState,
 };
+use crate::outbox::{check_message, check_number};
 use crate::state::AppState;
-
-/// Longest message text accepted.
-const MAX_MESSAGE_CHARS: usize = 4096;
 
 /// Whether the hub serves: 200 once its session cache has synced (`degraded` while the
 /// Kubernetes API is unreachable and the last known state is served), 503 before.
@@ -177,21 +175,25 @@ pub async fn send(
 ) -> ApiResult<Json<SendResponse>> {
     principal.authorize(id)?;
     let session = state.session(id)?;
-    if body.to.trim().is_empty() || body.to.len() > 32 {
-        return Err(ApiError::validation("INVALID_NUMBER", "`to` must be a phone number with country code"));
-    }
-    let chars = body.message.chars().count();
-    if body.message.trim().is_empty() || chars > MAX_MESSAGE_CHARS {
-        return Err(ApiError::validation(
-            "INVALID_MESSAGE",
-            format!("`message` must be 1 to {MAX_MESSAGE_CHARS} characters (it has {chars})"),
-        ));
-    }
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    send_now(&state, &session, &body.to, &body.message, key).await
+}
+
+/// Checks a message and sends it at once through the session's pod: answers when WhatsApp
+/// has it (also `POST /sender/send`).
+pub async fn send_now(
+    state: &AppState,
+    session: &SessionView,
+    to: &str,
+    message: &str,
+    idempotency_key: Option<&str>,
+) -> ApiResult<Json<SendResponse>> {
+    let to = check_number(to).map_err(|m| ApiError::validation("INVALID_NUMBER", m))?;
+    check_message(message).map_err(|m| ApiError::validation("INVALID_MESSAGE", m))?;
     if !session.status.connected {
         return Err(ApiError::SessionNotReady(describe(&session.status)));
     }
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
-    let sent = state.pods.send(&session, &body.to, &body.message, key).await?;
+    let sent = state.pods.send(session, &to, message, idempotency_key).await?;
     Ok(Json(SendResponse { success: true, message: "Message sent".into(), data: sent }))
 }
 

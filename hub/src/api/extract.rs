@@ -66,3 +66,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         }
     }
 }
+
+/// The `{id}` of the path (a message or a job), as given.
+#[derive(Debug, Clone)]
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::validation("INVALID_ID", "the id in the path is not valid UTF-8"))?;
+        let id = params.iter().find(|(name, _)| *name == "id").map(|(_, value)| value.to_owned());
+        id.map(PathId).ok_or_else(|| ApiError::validation("INVALID_ID", "the path has no id"))
+    }
+}
+
+/// A query string; one the route does not take gets 400 `INVALID_QUERY` as a JSON error.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| ApiQuery(value))
+            .map_err(|e| ApiError::validation("INVALID_QUERY", e.body_text()))
+    }
+}

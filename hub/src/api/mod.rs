@@ -5,6 +5,8 @@ mod compat;
 mod events;
 mod extract;
 mod login;
+mod messages;
+mod sender;
 mod sessions;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +42,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "whatsapp", description = "Today's routes, unchanged for existing frontends"),
         (name = "admin", description = "The configured admin session"),
         (name = "sessions", description = "Sessions as Kubernetes resources"),
+        (name = "messages", description = "The session's durable outbox: queue up to 10,000 messages at once, follow each one, cancel"),
+        (name = "sender", description = "The original system's sender routes: send one, send a bulk job, follow the job"),
         (name = "auth", description = "Tokens for small installs")
     )
 )]
@@ -112,8 +116,19 @@ pub enum BodyErrors {
     UnsupportedMediaType(#[to_schema] ErrorBody),
 }
 
-/// Routes (with their documentation), the OpenAPI document, and the middleware.
-pub fn router(state: AppState, cors_origins: &[String], body_limit: usize) -> Router {
+/// Routes (with their documentation), the OpenAPI document, and the middleware. Bodies are
+/// limited to `body_limit`, except on the routes that take a batch of messages:
+/// `batch_body_limit`.
+pub fn router(
+    state: AppState,
+    cors_origins: &[String],
+    body_limit: usize,
+    batch_body_limit: usize,
+) -> Router {
+    let batches = OpenApiRouter::new()
+        .routes(routes!(messages::submit, messages::list))
+        .routes(routes!(sender::send_bulk))
+        .layer(axum::extract::DefaultBodyLimit::max(batch_body_limit));
     let mut timed = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(compat::health))
         .routes(routes!(compat::status))
@@ -132,6 +147,10 @@ pub fn router(state: AppState, cors_origins: &[String], body_limit: usize) -> Ro
         .routes(routes!(sessions::pairing_code))
         .routes(routes!(sessions::qr_png))
         .routes(routes!(sessions::qr_svg))
+        .routes(routes!(messages::get, messages::cancel))
+        .routes(routes!(sender::send))
+        .routes(routes!(sender::job))
+        .merge(batches)
         .routes(routes!(openapi_json));
     if state.logins.is_some() {
         timed = timed.routes(routes!(login::login));
@@ -251,3 +270,6 @@ async fn deadline(State(state): State<AppState>, request: Request, next: Next) -
         .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests;

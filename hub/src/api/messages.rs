@@ -1,0 +1,148 @@
+//! Messages through the session's durable outbox: queue one or up to 10,000 (answered as soon
+//! as they are stored on the session's volume, sent at the session's pace once it is READY),
+//! follow them, page through them, cancel one still queued.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::extract::{ApiJson, ApiQuery, ClienteId, ClienteIdParam, PathId};
+use super::{AuthErrors, BodyErrors, GatewayErrors, SessionErrors};
+use crate::auth::Principal;
+use crate::cache::SessionView;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::outbox::{Accepted, ListQuery, MessagePage, OutboxMessage, Submit, check_key};
+use crate::state::AppState;
+
+/// The session of `cliente_id` with its pod running: the outbox lives on its volume, so
+/// without the pod (suspended, not started yet) there is nothing to queue into or read from:
+/// 409 `SESSION_NOT_READY`.
+pub fn with_outbox(state: &AppState, cliente_id: i64) -> ApiResult<Arc<SessionView>> {
+    let session = state.session(cliente_id)?;
+    if session.status.suspended {
+        return Err(ApiError::SessionNotReady(
+            "suspended: connect it first (its outbox is on its volume, read by its pod)".into(),
+        ));
+    }
+    if session.endpoint.is_none() {
+        return Err(ApiError::SessionNotReady("starting: its pod has not published its address yet".into()));
+    }
+    Ok(session)
+}
+
+fn message_id(PathId(id): &PathId) -> ApiResult<&str> {
+    check_key("id", id).map_err(|m| ApiError::validation("INVALID_MESSAGE_ID", m))?;
+    Ok(id)
+}
+
+/// Queues one message (`{to, message, ...}`) or a batch (`{messages: [...], batch?}`, 1 to
+/// 10,000, all or none; bodies up to 8 MiB). The answer comes once they are stored on the
+/// session's volume: they are sent at the session's pace (`send.ratePerMinute`) while it is
+/// READY, survive restarts, and are never sent twice.
+#[utoipa::path(post, path = "/api/whatsapp/{clienteId}/messages", tag = "messages", params(ClienteIdParam),
+    request_body(content = Submit, description = "One message, or a batch",
+        examples(
+            ("one" = (summary = "One message", value = json!({"to": "5491155550000", "message": "Hola", "idempotencyKey": "order-1234"}))),
+            ("batch" = (summary = "A batch", value = json!({"batch": "promo-december", "messages": [
+                {"to": "5491155550000", "message": "Hola Ana"},
+                {"to": "5491155550001", "message": "Hola Luis", "notBefore": "2026-12-02T10:00:00Z", "expiresAt": "2026-12-02T18:00:00Z"}]}))),
+        )),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Stored; ids in the order given (a known `idempotencyKey` gives the message queued with it, `duplicate: true`)", body = Accepted),
+        (status = 400, description = "`INVALID_CLIENT_ID`, `INVALID_JSON`, `INVALID_BODY`, `INVALID_NUMBER` or `INVALID_MESSAGE` (`index`: the first bad message); nothing is queued", body = ErrorBody),
+        (status = 409, description = "`SESSION_NOT_READY`: the session's pod is not running (suspended or starting)", body = ErrorBody),
+        (status = 507, description = "`OUTBOX_FULL` (too many messages waiting; see `Retry-After`) or `STORAGE_FULL` (the session's volume is full); nothing is queued", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        AuthErrors, SessionErrors, BodyErrors, GatewayErrors,
+    ))]
+pub async fn submit(
+    State(state): State<AppState>,
+    principal: Principal,
+    ClienteId(id): ClienteId,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> ApiResult<Response> {
+    principal.authorize(id)?;
+    state.session(id)?;
+    let batch = Submit::from_json(body)?.into_batch()?;
+    let session = with_outbox(&state, id)?;
+    let accepted: Accepted = state.pods.outbox_submit(&session, &batch).await?;
+    tracing::info!(cliente_id = id, messages = accepted.messages.len(), batch = ?accepted.batch, "messages queued");
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+/// One message and what happened to it (`queued`, `sending`, `sent`, `delivered`, `read`,
+/// `played`, `failed` with a `reason`).
+#[utoipa::path(get, path = "/api/whatsapp/{clienteId}/messages/{id}", tag = "messages",
+    params(ClienteIdParam, ("id" = String, Path, description = "WhatsApp's id of the message", example = "3EB0A1B2C3D4E5F60718293A", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The message", body = OutboxMessage),
+        (status = 400, description = "`INVALID_CLIENT_ID` or `INVALID_MESSAGE_ID`", body = ErrorBody),
+        (status = 404, description = "`SESSION_NOT_FOUND` or `MESSAGE_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`SESSION_NOT_READY`: the session's pod is not running", body = ErrorBody),
+        AuthErrors, GatewayErrors,
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    ClienteId(cliente_id): ClienteId,
+    id: PathId,
+) -> ApiResult<Json<OutboxMessage>> {
+    principal.authorize(cliente_id)?;
+    let id = message_id(&id)?;
+    let session = with_outbox(&state, cliente_id)?;
+    Ok(Json(state.pods.outbox_get(&session, id).await?))
+}
+
+/// The session's messages, newest first, a page at a time (`nextCursor` → `cursor`), by
+/// status and batch.
+#[utoipa::path(get, path = "/api/whatsapp/{clienteId}/messages", tag = "messages", params(ClienteIdParam, ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page", body = MessagePage),
+        (status = 400, description = "`INVALID_CLIENT_ID` or `INVALID_QUERY`", body = ErrorBody),
+        (status = 404, description = "`SESSION_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`SESSION_NOT_READY`: the session's pod is not running", body = ErrorBody),
+        AuthErrors, GatewayErrors,
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ClienteId(cliente_id): ClienteId,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<Json<MessagePage>> {
+    principal.authorize(cliente_id)?;
+    let query = query.to_pod()?;
+    let session = with_outbox(&state, cliente_id)?;
+    Ok(Json(state.pods.outbox_list(&session, &query).await?))
+}
+
+/// Cancels a message still `queued`: it turns `failed` with reason `CANCELLED` and is never
+/// sent. 409 `NOT_CANCELLABLE` once it is on its way.
+#[utoipa::path(delete, path = "/api/whatsapp/{clienteId}/messages/{id}", tag = "messages",
+    params(ClienteIdParam, ("id" = String, Path, description = "WhatsApp's id of the message", example = "3EB0A1B2C3D4E5F60718293A", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Cancelled", body = OutboxMessage),
+        (status = 400, description = "`INVALID_CLIENT_ID` or `INVALID_MESSAGE_ID`", body = ErrorBody),
+        (status = 404, description = "`SESSION_NOT_FOUND` or `MESSAGE_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`NOT_CANCELLABLE` (no longer queued) or `SESSION_NOT_READY` (the session's pod is not running)", body = ErrorBody),
+        AuthErrors, GatewayErrors,
+    ))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    ClienteId(cliente_id): ClienteId,
+    id: PathId,
+) -> ApiResult<Json<OutboxMessage>> {
+    principal.authorize(cliente_id)?;
+    let id = message_id(&id)?;
+    let session = with_outbox(&state, cliente_id)?;
+    let cancelled: OutboxMessage = state.pods.outbox_cancel(&session, id).await?;
+    tracing::info!(cliente_id, id, by = principal.subject(), "message cancelled");
+    Ok(Json(cancelled))
+}
