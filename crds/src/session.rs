@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(name = "Queued", type_ = "integer", json_path = ".status.outbox.queued"),
+    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.outbox.failed", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -289,6 +291,24 @@ pub struct WhatsAppSessionStatus {
     /// When `state` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_state_change: Option<Time>,
+
+    /// The outbox in numbers, written by the session pod at most once a minute while they
+    /// change (its own field manager, `whatsapp-session-outbox`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<OutboxStatus>,
+}
+
+/// How many messages of a session wait and how many failed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxStatus {
+    /// Messages waiting to be sent (queued or being sent).
+    pub queued: i64,
+    /// Messages that failed for good (not on WhatsApp, expired, cancelled, refused).
+    pub failed: i64,
+    /// When these numbers were taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Time>,
 }
 
 /// Where a WhatsApp session is in its life.

@@ -39,7 +39,7 @@ fn crd_has_the_promised_shape() {
     assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
     let columns: Vec<_> =
         version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-    assert_eq!(columns, ["Cliente", "State", "Phone", "Ready", "Age"]);
+    assert_eq!(columns, ["Cliente", "State", "Phone", "Ready", "Queued", "Failed", "Age"]);
 
     let schema = schema();
     let conditions = &schema["properties"]["status"]["properties"]["conditions"];

@@ -84,6 +84,10 @@ struct Config {
     #[arg(long, env = "WAO_OUTBOX_MAX_QUEUED", default_value_t = 100_000)]
     outbox_max_queued: u64,
 
+    /// How often at most the outbox summary (`status.outbox`) is written, in seconds.
+    #[arg(long, env = "WAO_OUTBOX_STATUS_INTERVAL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    outbox_status_interval_seconds: u64,
+
     /// Log format.
     #[arg(long, env = "WAO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -148,6 +152,14 @@ async fn run(config: Config) -> Result<()> {
         reports_rx.clone(),
     ));
 
+    let summary = tokio::spawn(status::outbox_forever(
+        api.clone(),
+        config.session_name.clone(),
+        outbox.clone(),
+        metrics.clone(),
+        Duration::from_secs(config.outbox_status_interval_seconds),
+    ));
+
     // Readiness: the driver read the page recently.
     let last_poll_ms = Arc::new(AtomicU64::new(0));
 
@@ -182,6 +194,7 @@ async fn run(config: Config) -> Result<()> {
         metrics,
         last_poll_ms: last_poll_ms.clone(),
         outbox,
+        shutdown: shutdown_rx.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -202,6 +215,7 @@ async fn run(config: Config) -> Result<()> {
     let _ = driver.await;
     let _ = server.await;
     reporter.abort();
+    summary.abort();
     // The last word in the status: this pod is gone.
     let missing = reports_rx.borrow().missing.clone();
     let _ =

@@ -21,6 +21,7 @@ pub struct Metrics {
     bridge_missing: IntGaugeVec,
     pub outbox_queued: IntGauge,
     pub outbox_wait: Histogram,
+    outbox_messages: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -113,6 +114,13 @@ impl Metrics {
                 .buckets(vec![0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0]),
             ),
         )?;
+        let outbox_messages = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("whatsapp_session_outbox_messages", "Messages in the outbox, by status."),
+                &["status"],
+            ),
+        )?;
         for s in SessionState::ALL {
             state.with_label_values(&[s.as_str()]).set(0);
         }
@@ -128,6 +136,7 @@ impl Metrics {
             bridge_missing,
             outbox_queued,
             outbox_wait,
+            outbox_messages,
         })
     }
 }
@@ -161,6 +170,13 @@ impl Metrics {
         }
         self.web_version.reset();
         self.web_version.with_label_values(&[version]).set(1);
+    }
+
+    /// The outbox's messages by status.
+    pub fn outbox_counts(&self, counts: &[(crate::outbox::Status, u64)]) {
+        for (status, n) in counts {
+            self.outbox_messages.with_label_values(&[status.as_str()]).set(*n as i64);
+        }
     }
 
     pub fn render(&self) -> String {

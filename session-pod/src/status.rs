@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use whatsapp_crds::{SessionState, WhatsAppSession};
 
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Status};
 use crate::tracker::Report;
 
 /// Field manager of the session pod's status writes.
@@ -135,6 +137,63 @@ pub async fn report_forever(
         tokio::time::sleep(MIN_INTERVAL).await;
         if reports.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Field manager of the outbox summary (its own, so the state writes never drop it).
+const OUTBOX_FIELD_MANAGER: &str = "whatsapp-session-outbox";
+/// How often the outbox is counted (for the metrics).
+const OUTBOX_COUNT_EVERY: Duration = Duration::from_secs(15);
+
+/// The outbox summary in the status.
+pub fn outbox_patch(queued: i64, failed: i64, at: SystemTime) -> serde_json::Value {
+    json!({
+        "apiVersion": "whatsapp.leadmaster.dev/v1alpha1",
+        "kind": "WhatsAppSession",
+        "status": {"outbox": {"queued": queued, "failed": failed, "updatedAt": time(at)}},
+    })
+}
+
+/// Counts the outbox for the metrics every 15 s (or `write_every`, if shorter), and writes
+/// `status.outbox` when the numbers changed, at most once every `write_every` (a minute by
+/// default, so 1,000 sending sessions never flood the API server).
+pub async fn outbox_forever(
+    api: Api<WhatsAppSession>,
+    name: String,
+    outbox: Outbox,
+    metrics: Metrics,
+    write_every: Duration,
+) {
+    let params = PatchParams::apply(OUTBOX_FIELD_MANAGER).force();
+    let mut written: Option<(i64, i64)> = None;
+    let mut last_write: Option<std::time::Instant> = None;
+    let mut tick = tokio::time::interval(OUTBOX_COUNT_EVERY.min(write_every));
+    loop {
+        tick.tick().await;
+        let counts = match outbox.counts() {
+            Ok(c) => c,
+            Err(error) => {
+                warn!(%error, "counting the outbox failed");
+                continue;
+            }
+        };
+        metrics.outbox_counts(&counts);
+        let count = |wanted: &[Status]| {
+            counts.iter().filter(|(s, _)| wanted.contains(s)).map(|(_, n)| *n as i64).sum()
+        };
+        let now = (count(&[Status::Queued, Status::Sending]), count(&[Status::Failed]));
+        let due = last_write.is_none_or(|at| at.elapsed() >= write_every);
+        if written == Some(now) || !due {
+            continue;
+        }
+        let body = outbox_patch(now.0, now.1, SystemTime::now());
+        match api.patch_status(&name, &params, &Patch::Apply(&body)).await {
+            Ok(_) => {
+                written = Some(now);
+                last_write = Some(std::time::Instant::now());
+            }
+            Err(error) => warn!(%error, "writing the outbox summary failed; retrying later"),
         }
     }
 }

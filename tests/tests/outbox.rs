@@ -229,6 +229,13 @@ async fn receipts_reach_read_cancel_holds_and_the_window_and_cap_hold_messages_b
     assert_eq!((code, m["status"].as_str(), m["reason"].as_str()), (200, Some("failed"), Some("CANCELLED")));
     let (code, m) = call(reqwest::Method::DELETE, format!("{}/v1/outbox/{never}", process.url()), None).await;
     assert_eq!((code, m["error"].as_str()), (409, Some("NOT_CANCELLABLE")));
+    // The status says it, and so does `kubectl get` (columns Queued, and Failed with -o wide).
+    let summary = ns
+        .wait_status("acme", "the outbox summary", |s| s.outbox.as_ref().is_some_and(|o| o.failed == 1))
+        .await;
+    assert_eq!(summary.outbox.map(|o| o.queued), Some(0));
+    let table = whatsapp_tests::run(ns.kubectl().args(["get", "was", "acme", "-o", "wide"])).unwrap().stdout;
+    assert!(table.contains("QUEUED") && table.contains("FAILED"), "{table}");
 
     // The daily cap (2): the second goes, the third waits for tomorrow.
     let (_, a) = post(

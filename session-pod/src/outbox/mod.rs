@@ -318,6 +318,11 @@ impl Outbox {
         self.checked(self.store.in_flight())
     }
 
+    /// Messages by status.
+    pub fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        self.checked(self.store.counts())
+    }
+
     /// Messages waiting to be sent.
     pub fn queued(&self) -> Result<u64, StoreError> {
         self.checked(self.store.queued())

@@ -23,6 +23,23 @@ const SENDING: TableDefinition<u64, ()> = TableDefinition::new("sending");
 const BATCHES: TableDefinition<(&str, u64), ()> = TableDefinition::new("batches");
 /// Counters: the next seq, and when the pacing allows the next send.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Messages by status, kept with every change (the status summary and the metrics read it).
+const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+
+/// Moves `n` messages from one status's count to another's, inside the change's transaction.
+fn recount(tx: &redb::WriteTransaction, from: Option<Status>, to: Status, n: u64) -> Result<(), StoreError> {
+    if from == Some(to) || n == 0 {
+        return Ok(());
+    }
+    let mut counts = tx.open_table(COUNTS).map_err(internal)?;
+    if let Some(from) = from {
+        let before = counts.get(from.as_str()).map_err(internal)?.map(|v| v.value()).unwrap_or(0);
+        counts.insert(from.as_str(), before.saturating_sub(n)).map_err(internal)?;
+    }
+    let before = counts.get(to.as_str()).map_err(internal)?.map(|v| v.value()).unwrap_or(0);
+    counts.insert(to.as_str(), before + n).map_err(internal)?;
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -119,6 +136,7 @@ impl Store {
             tx.open_table(SENDING).map_err(internal)?;
             tx.open_table(BATCHES).map_err(internal)?;
             tx.open_table(META).map_err(internal)?;
+            tx.open_table(COUNTS).map_err(internal)?;
         }
         tx.commit().map_err(internal)?;
         Ok(db)
@@ -154,7 +172,7 @@ impl Store {
     ) -> Result<Vec<Accepted>, StoreError> {
         let db = self.db()?;
         let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
-        let mut accepted = Vec::with_capacity(messages.len());
+        let mut accepted: Vec<Accepted> = Vec::with_capacity(messages.len());
         {
             let mut all = tx.open_table(MESSAGES).map_err(internal)?;
             let mut ids = tx.open_table(IDS).map_err(internal)?;
@@ -214,6 +232,8 @@ impl Store {
             }
             meta.insert("next_seq", seq).map_err(internal)?;
         }
+        let new = accepted.iter().filter(|a| !a.duplicate).count() as u64;
+        recount(&tx, None, Status::Queued, new)?;
         tx.commit().map_err(internal)?;
         Ok(accepted)
     }
@@ -330,6 +350,7 @@ impl Store {
             all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
             message
         };
+        recount(&tx, Some(Status::Queued), Status::Failed, 1)?;
         tx.commit().map_err(internal)?;
         Ok(Some(message))
     }
@@ -427,6 +448,7 @@ impl Store {
             meta.insert("day_sent", sent + 1).map_err(internal)?;
             message
         };
+        recount(&tx, Some(Status::Queued), Status::Sending, 1)?;
         tx.commit().map_err(internal)?;
         Ok(Some(message))
     }
@@ -454,6 +476,7 @@ impl Store {
             message.not_before = None;
             all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
         }
+        recount(&tx, Some(Status::Sending), Status::Queued, 1)?;
         tx.commit().map_err(internal)
     }
 
@@ -470,6 +493,17 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Messages by status.
+    pub fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
+        let counts = tx.open_table(COUNTS).map_err(internal)?;
+        Status::ALL
+            .iter()
+            .map(|s| Ok((*s, counts.get(s.as_str()).map_err(internal)?.map(|v| v.value()).unwrap_or(0))))
+            .collect()
     }
 
     pub fn queued(&self) -> Result<u64, StoreError> {
@@ -504,8 +538,10 @@ impl Store {
                 sending.remove(seq).map_err(internal)?;
             }
             all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
-            message
+            (before.status, message)
         };
+        let (before, message) = message;
+        recount(&tx, Some(before), message.status, 1)?;
         tx.commit().map_err(internal)?;
         Ok(Some(message))
     }

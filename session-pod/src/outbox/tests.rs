@@ -110,6 +110,8 @@ async fn receipts_only_move_forward_and_cancel_only_takes_queued_messages() {
     o.ack(&id, 2).unwrap();
     let m = o.get(&id).unwrap().unwrap();
     assert_eq!(m.status, Status::Read);
+    let counts = o.counts().unwrap();
+    assert!(counts.contains(&(Status::Read, 1)) && counts.contains(&(Status::Sending, 0)), "{counts:?}");
     assert!(m.sent_at.is_some() && m.read_at.is_some() && m.delivered_at.is_none());
     assert!(o.in_flight().unwrap().is_empty());
     assert!(matches!(o.cancel(&id), Err(StoreError::NotCancellable(Status::Read))));
@@ -157,6 +159,8 @@ async fn listings_page_newest_first_by_status_and_batch() {
     assert_eq!(o.list(Some(Status::Queued), None, None, 100).unwrap().messages.len(), 6);
     o.cancel(&a[0].message.id).unwrap();
     assert_eq!(o.list(Some(Status::Failed), None, None, 100).unwrap().messages.len(), 1);
+    let counts = o.counts().unwrap();
+    assert!(counts.contains(&(Status::Queued, 5)) && counts.contains(&(Status::Failed, 1)), "{counts:?}");
     let summary = o.batch_summary("b-1").unwrap().unwrap();
     assert!(summary.contains(&(Status::Queued, 4)) && summary.contains(&(Status::Failed, 1)));
     assert!(o.batch_summary("b-2").unwrap().is_none());
