@@ -326,6 +326,10 @@ impl Driver {
     async fn record_acks(&self, session: &Session) {
         let Ok(acks) = session.eval::<Vec<Ack>>("window.__waoBridge.drainAcks()").await else { return };
         for ack in acks {
+            let label = crate::outbox::Status::from_ack(ack.ack).map_or("error", |s| s.as_str());
+            if ack.ack >= 1 || ack.ack < 0 {
+                self.metrics.receipts.with_label_values(&[label]).inc();
+            }
             if let Err(e) = self.outbox.ack(&ack.id, ack.ack) {
                 warn!(error = %e, id = %ack.id, "could not record a receipt");
             }

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub outbox_queued: IntGauge,
     pub outbox_wait: Histogram,
     outbox_messages: IntGaugeVec,
+    pub receipts: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -121,6 +122,16 @@ impl Metrics {
                 &["status"],
             ),
         )?;
+        let receipts = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "whatsapp_session_receipts_total",
+                    "Receipts WhatsApp Web reported for sent messages, by what they say (sent, delivered, read, played, error).",
+                ),
+                &["status"],
+            ),
+        )?;
         for s in SessionState::ALL {
             state.with_label_values(&[s.as_str()]).set(0);
         }
@@ -137,6 +148,7 @@ impl Metrics {
             outbox_queued,
             outbox_wait,
             outbox_messages,
+            receipts,
         })
     }
 }
