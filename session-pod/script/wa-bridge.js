@@ -39,6 +39,7 @@
     WAWebFindChatAction: ['findOrCreateLatestChat'],
     WAWebMsgKey: ['newId'],
     WAWebSendMsgChatAction: ['addAndSendMsgToChat'],
+    WAWebGetEphemeralFieldsMsgActionsUtils: ['getEphemeralFields'],
   };
 
   // What of `needs` this build lacks, as 'Module' or 'Module.export'.
@@ -183,10 +184,13 @@
       return null;
     },
 
-    async logout() {
+    // Logs out. Not awaited: WhatsApp Web reloads itself (/?post_logout=1) as it finishes,
+    // which would end this call with a destroyed page context; the state that follows (a new
+    // QR) is the answer.
+    logout() {
       const socket = (mod('WAWebSocketModel') || {}).Socket;
       if (!socket) throw new Error('WhatsApp Web is not loaded');
-      await socket.logout();
+      Promise.resolve(socket.logout()).catch((e) => console.error('logout failed', e));
       return true;
     },
 
@@ -197,7 +201,8 @@
     async sendText(number, body, chosenId) {
       const gaps = lacking(SENDING);
       if (gaps.length) return failure('BRIDGE_INCOMPATIBLE', 'this WhatsApp Web build lacks ' + gaps.join(', '));
-      const wid = mod('WAWebWidFactory').createWid(String(number) + '@c.us');
+      const digits = String(number).replace(/[^0-9]/g, '');
+      const wid = mod('WAWebWidFactory').createWid(digits + '@c.us');
       const exists = await mod('WAWebQueryExistsJob').queryWidExists(wid);
       if (!exists) return failure('NOT_ON_WHATSAPP', number + ' is not on WhatsApp');
       // On accounts migrated to LIDs the chat is the contact's @lid chat, and the message
@@ -209,8 +214,8 @@
       if (!from) return failure('SEND_FAILED', 'the own ' + (isLid(chat.id) ? 'LID' : 'phone') + ' user is not known yet');
       const MsgKey = mod('WAWebMsgKey');
       const id = new MsgKey({from, to: chat.id, id: chosenId || await MsgKey.newId(), participant: undefined, selfDir: 'out'});
-      const ephemeralUtils = mod('WAWebGetEphemeralFieldsMsgActionsUtils');
-      const ephemeral = ephemeralUtils && typeof ephemeralUtils.getEphemeralFields === 'function' ? ephemeralUtils.getEphemeralFields(chat) : {};
+      // Disappearing-message chats: the message carries the chat's ephemeral settings.
+      const ephemeral = mod('WAWebGetEphemeralFieldsMsgActionsUtils').getEphemeralFields(chat) || {};
       const msg = Object.assign({
         id, ack: 0, body: String(body), from, to: chat.id, local: true, self: 'out',
         t: Math.floor(Date.now() / 1000), isNewMsg: true, type: 'chat',

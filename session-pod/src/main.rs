@@ -150,6 +150,7 @@ async fn run(config: Config) -> Result<()> {
         config.session_name.clone(),
         endpoint,
         reports_rx.clone(),
+        session.status.clone(),
     ));
 
     let summary = tokio::spawn(status::outbox_forever(
@@ -226,8 +227,9 @@ async fn run(config: Config) -> Result<()> {
 async fn final_report(api: &Api<WhatsAppSession>, name: &str, missing: Option<Vec<String>>) {
     let mut report = Report::new(SessionState::Disconnected, "PodStopped", "the session pod stopped");
     report.missing = missing;
-    let now = std::time::SystemTime::now();
-    let body = status::patch(&report, None, status::Since { state: now, compatible: now });
+    let written = api.get(name).await.ok().and_then(|s| s.status);
+    let since = status::Written::of(written.as_ref()).since_for(&report);
+    let body = status::patch(&report, None, since);
     let params = kube::api::PatchParams::apply(status::FIELD_MANAGER).force();
     let _ = api.patch_status(name, &params, &kube::api::Patch::Apply(&body)).await;
 }

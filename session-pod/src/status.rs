@@ -10,7 +10,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
-use whatsapp_crds::{SessionState, WhatsAppSession};
+use whatsapp_crds::{SessionState, WhatsAppSession, WhatsAppSessionStatus};
 
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Status};
@@ -31,6 +31,43 @@ fn time(t: SystemTime) -> Time {
 pub struct Since {
     pub state: SystemTime,
     pub compatible: SystemTime,
+}
+
+/// What the status already said when this process started: transition times move only when
+/// what they stamp changes, not because a pod restarted.
+pub struct Written {
+    pub state: Option<SessionState>,
+    pub compatible: Option<bool>,
+    pub since: Since,
+}
+
+impl Written {
+    pub fn of(status: Option<&WhatsAppSessionStatus>) -> Written {
+        let now = SystemTime::now();
+        let at = |t: &Time| SystemTime::from(t.0);
+        let bridge = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == "BridgeCompatible"));
+        Written {
+            state: status.and_then(|s| s.state),
+            compatible: bridge.map(|c| c.status == "True"),
+            since: Since {
+                state: status.and_then(|s| s.last_state_change.as_ref()).map_or(now, at),
+                compatible: bridge.map_or(now, |c| at(&c.last_transition_time)),
+            },
+        }
+    }
+
+    /// The times to stamp `report` with.
+    pub fn since_for(&self, report: &Report) -> Since {
+        let now = SystemTime::now();
+        Since {
+            state: if self.state == Some(report.state) { self.since.state } else { now },
+            compatible: if self.compatible == report.missing.as_ref().map(|m| m.is_empty()) {
+                self.since.compatible
+            } else {
+                now
+            },
+        }
+    }
 }
 
 /// The `BridgeCompatible` condition: does this WhatsApp Web build have every module and
@@ -107,11 +144,11 @@ pub async fn report_forever(
     name: String,
     endpoint: Option<String>,
     mut reports: watch::Receiver<Report>,
+    written: Option<WhatsAppSessionStatus>,
 ) {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut last_state: Option<SessionState> = None;
-    let mut last_compatible: Option<bool> = None;
-    let mut since = Since { state: SystemTime::now(), compatible: SystemTime::now() };
+    let Written { state: mut last_state, compatible: mut last_compatible, mut since } =
+        Written::of(written.as_ref());
     loop {
         let report = reports.borrow_and_update().clone();
         if last_state != Some(report.state) {
@@ -212,5 +249,28 @@ mod tests {
         let bad = bridge_condition(Some(&gaps), at).unwrap();
         assert_eq!((bad.status.as_str(), bad.reason.as_str()), ("False", "ModuleMissing"));
         assert!(bad.message.contains("WAWebQueryExistsJob, WAWebMsgKey.newId"), "{}", bad.message);
+    }
+
+    #[test]
+    fn transition_times_survive_a_restart_when_nothing_changed() {
+        let earlier = Time(k8s_openapi::jiff::Timestamp::from_second(1_000_000).unwrap());
+        let status: WhatsAppSessionStatus = serde_json::from_value(json!({
+            "state": "DISCONNECTED",
+            "lastStateChange": earlier,
+            "conditions": [{"type": "BridgeCompatible", "status": "True", "reason": "AllModulesPresent", "message": "", "lastTransitionTime": earlier}],
+        }))
+        .unwrap();
+        let written = Written::of(Some(&status));
+        let mut stopped = Report::new(SessionState::Disconnected, "PodStopped", "stopped");
+        stopped.missing = Some(vec![]);
+        let since = written.since_for(&stopped);
+        assert_eq!(
+            (since.state, since.compatible),
+            (SystemTime::from(earlier.0), SystemTime::from(earlier.0))
+        );
+        stopped.state = SessionState::Ready;
+        stopped.missing = Some(vec!["WAWebMsgKey".into()]);
+        let since = written.since_for(&stopped);
+        assert!(since.state > SystemTime::from(earlier.0) && since.compatible > SystemTime::from(earlier.0));
     }
 }
