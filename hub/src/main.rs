@@ -4,13 +4,15 @@
 //! Modules: `api` (routes, OpenAPI, middleware), `auth` (JWT), `login` (optional
 //! username/password login), `cache` (the watch cache and its clienteId index), `upstream`
 //! (the one client of the session pods), `outbox` (the message shapes, their validation and
-//! the `/sender` job ids), `writes` (the few Kubernetes writes), `error` (the one
+//! the `/sender` job ids), `feeds` (message changes from the pods for the live streams, one
+//! connection per session), `writes` (the few Kubernetes writes), `error` (the one
 //! error type and its HTTP mapping), `metrics`, `model` (the JSON shapes), `qr` (images).
 
 mod api;
 mod auth;
 mod cache;
 mod error;
+mod feeds;
 mod login;
 mod metrics;
 mod model;
@@ -252,6 +254,7 @@ async fn run(config: Config) -> Result<()> {
         shutdown: shutdown_rx.clone(),
         request_timeout: Duration::from_secs(config.request_timeout_seconds),
         openapi: Default::default(),
+        feeds: Default::default(),
     };
     let app = api::router(
         state.clone(),

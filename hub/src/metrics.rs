@@ -9,6 +9,7 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub sse_clients: IntGauge,
+    pub pod_event_streams: IntGauge,
     pub cache_sessions: IntGauge,
     pub cache_staleness: Gauge,
     pub cache_synced: IntGauge,
@@ -45,6 +46,13 @@ impl Metrics {
             &registry,
             IntGauge::new("whatsapp_hub_sse_clients", "Open Server-Sent Events streams."),
         )?;
+        let pod_event_streams = registered(
+            &registry,
+            IntGauge::new(
+                "whatsapp_hub_pod_event_streams",
+                "Event streams open to session pods (one per session with open SSE clients).",
+            ),
+        )?;
         let cache_sessions = registered(
             &registry,
             IntGauge::new("whatsapp_hub_cache_sessions", "WhatsAppSession resources in the watch cache."),
@@ -68,6 +76,7 @@ impl Metrics {
             requests,
             request_duration,
             sse_clients,
+            pod_event_streams,
             cache_sessions,
             cache_staleness,
             cache_synced,

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use crate::auth::Authenticator;
 use crate::cache::{SessionCache, SessionView};
 use crate::error::ApiError;
+use crate::feeds::{MessageFeeds, Subscription, Upstream};
 use crate::login::Logins;
 use crate::metrics::Metrics;
 use crate::upstream::SessionPods;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// The OpenAPI document, rendered once at startup.
     pub openapi: Arc<OnceLock<String>>,
+    /// Message changes from the session pods, one connection per session with live streams.
+    pub feeds: Arc<MessageFeeds>,
 }
 
 impl AppState {
@@ -37,5 +40,15 @@ impl AppState {
             return Err(ApiError::NotReady);
         }
         self.cache.get(cliente_id).ok_or(ApiError::SessionNotFound(cliente_id))
+    }
+
+    /// The message changes of `cliente_id`'s session, shared with its other live streams.
+    pub fn message_changes(&self, cliente_id: i64) -> Subscription {
+        self.feeds.subscribe(cliente_id, || Upstream {
+            cache: self.cache.clone(),
+            pods: self.pods.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+        })
     }
 }

@@ -1,10 +1,14 @@
 //! The one client of the session pods' API. Every call goes to the session's published
 //! `status.endpoint`, authenticated with the hub token derived for that session, with a 5 s
-//! connect and a 30 s read timeout; every failure maps to one [`ApiError`].
+//! connect and a 30 s read timeout; every failure maps to one [`ApiError`]. The outbox's live
+//! changes come as a Server-Sent Events stream ([`SessionPods::outbox_events`]), read here.
 
+use std::pin::Pin;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::http::StatusCode;
+use futures::{Stream, StreamExt};
 use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,7 +18,83 @@ use crate::error::ApiError;
 
 pub struct SessionPods {
     http: reqwest::Client,
+    /// For live streams: no total timeout, only one between reads (the pod sends a comment
+    /// every 10 s, so a silent stream is a dead one).
+    streams: reqwest::Client,
     token_key: Vec<u8>,
+}
+
+/// The longest a live stream from a pod may stay silent before it counts as broken (at least;
+/// the read timeout when longer).
+const STREAM_SILENCE: Duration = Duration::from_secs(30);
+
+/// A pod's live event stream: its events as (name, data), in order.
+pub struct PodEvents {
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    decoder: SseDecoder,
+}
+
+impl PodEvents {
+    /// The next event; `None` once the pod ended the stream, an error when it broke.
+    pub async fn next(&mut self) -> Option<Result<(String, String), ApiError>> {
+        loop {
+            if let Some(event) = self.decoder.next_event() {
+                return Some(Ok(event));
+            }
+            match self.body.next().await? {
+                Ok(chunk) => self.decoder.push(&chunk),
+                Err(e) => return Some(Err(transport_error(e))),
+            }
+        }
+    }
+}
+
+/// Server-Sent Events, decoded as they arrive (the subset the pods send, with `\r\n` line ends
+/// and multi-line data tolerated): each event's name (`message` by default) and data.
+#[derive(Default)]
+pub struct SseDecoder {
+    buffer: Vec<u8>,
+    name: Option<String>,
+    data: Option<String>,
+}
+
+impl SseDecoder {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete event in what was pushed.
+    pub fn next_event(&mut self) -> Option<(String, String)> {
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                let name = self.name.take();
+                if let Some(data) = self.data.take() {
+                    return Some((name.unwrap_or_else(|| "message".into()), data));
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.name = Some(value.to_owned()),
+                "data" => match &mut self.data {
+                    Some(data) => {
+                        data.push('\n');
+                        data.push_str(value);
+                    }
+                    None => self.data = Some(value.to_owned()),
+                },
+                _ => {}
+            }
+        }
+        None
+    }
 }
 
 #[derive(Serialize)]
@@ -38,7 +118,11 @@ impl SessionPods {
             .timeout(connect_timeout + read_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(SessionPods { http, token_key })
+        let streams = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .read_timeout(read_timeout.max(STREAM_SILENCE))
+            .build()?;
+        Ok(SessionPods { http, streams, token_key })
     }
 
     /// Sends a text message through the session's WhatsApp Web and answers once it is sent.
@@ -103,17 +187,43 @@ impl SessionPods {
         self.call::<(), T>(session, Method::GET, &["v1", "outbox", "batches", batch], &[], None).await
     }
 
-    /// One call: `segments` are the path's segments (percent-encoded here, so an id from a
-    /// caller stays one segment).
-    #[tracing::instrument(skip_all, fields(session = %session.name, path = segments.join("/")))]
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    /// Every change of the outbox's messages from now on, as the pod's Server-Sent Events
+    /// (`message`, `lagged`), until the pod ends the stream.
+    pub async fn outbox_events(&self, session: &SessionView) -> Result<PodEvents, ApiError> {
+        let url = Self::url(session, &["v1", "outbox", "events"], &[])?;
+        let response = self
+            .authorized(&self.streams, session, Method::GET, url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.map_err(transport_error)?;
+            return Err(refusal(status, &bytes, None));
+        }
+        Ok(PodEvents { body: Box::pin(response.bytes_stream()), decoder: SseDecoder::default() })
+    }
+
+    /// A request to a session pod with its hub token.
+    fn authorized(
         &self,
+        client: &reqwest::Client,
         session: &SessionView,
         method: Method,
+        url: reqwest::Url,
+    ) -> reqwest::RequestBuilder {
+        let token = whatsapp_crds::hub_token(&self.token_key, &session.namespace, &session.name);
+        client.request(method, url).bearer_auth(token).header("X-Cliente-Id", session.cliente_id.to_string())
+    }
+
+    /// The URL of a route of the session's pod: `segments` are the path's segments
+    /// (percent-encoded here, so an id from a caller stays one segment).
+    fn url(
+        session: &SessionView,
         segments: &[&str],
         query: &[(&str, String)],
-        body: Option<&B>,
-    ) -> Result<T, ApiError> {
+    ) -> Result<reqwest::Url, ApiError> {
         let endpoint = session.endpoint.as_deref().ok_or_else(|| {
             ApiError::SessionManagerUnavailable("the session pod has not published its address yet".into())
         })?;
@@ -129,12 +239,21 @@ impl SessionPods {
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
-        let token = whatsapp_crds::hub_token(&self.token_key, &session.namespace, &session.name);
-        let mut request = self
-            .http
-            .request(method, url)
-            .bearer_auth(token)
-            .header("X-Cliente-Id", session.cliente_id.to_string());
+        Ok(url)
+    }
+
+    /// One call: `segments` are the path's segments.
+    #[tracing::instrument(skip_all, fields(session = %session.name, path = segments.join("/")))]
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        session: &SessionView,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<T, ApiError> {
+        let url = Self::url(session, segments, query)?;
+        let mut request = self.authorized(&self.http, session, method, url);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -222,5 +341,17 @@ mod tests {
         assert_eq!(refusal(StatusCode::FORBIDDEN, b"{}", None).code(), "SESSION_MANAGER_ERROR");
         assert_eq!(refusal(StatusCode::INTERNAL_SERVER_ERROR, b"oops", None).code(), "SESSION_MANAGER_ERROR");
         assert_eq!(refusal(StatusCode::GATEWAY_TIMEOUT, b"{}", None).code(), "GATEWAY_TIMEOUT");
+    }
+
+    #[test]
+    fn server_sent_events_are_decoded_across_chunks() {
+        let mut decoder = SseDecoder::default();
+        decoder.push(b": open\n\nevent: message\ndata: {\"id\":");
+        assert_eq!(decoder.next_event(), None, "not complete yet");
+        decoder.push(b"\"A\"}\n\n:\n\nevent: lagged\r\ndata: {\"missed\":3}\r\n\r\ndata: a\ndata: b\n\n");
+        assert_eq!(decoder.next_event(), Some(("message".into(), r#"{"id":"A"}"#.into())));
+        assert_eq!(decoder.next_event(), Some(("lagged".into(), r#"{"missed":3}"#.into())));
+        assert_eq!(decoder.next_event(), Some(("message".into(), "a\nb".into())));
+        assert_eq!(decoder.next_event(), None);
     }
 }

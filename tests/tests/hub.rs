@@ -2,6 +2,7 @@
 //! processes and Chromium, the WhatsApp Web simulator, and the hub as a process, used the way
 //! a frontend uses it.
 
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 use whatsapp_crds::hub_token;
 use whatsapp_tests::harness::{TestNamespace, cluster, eventually};
 use whatsapp_tests::hub::{
-    AUDIENCE, Hub, HubOptions, ISSUER, admin_token, claims, sign, tenant_token, token,
+    AUDIENCE, Events, Hub, HubOptions, ISSUER, admin_token, claims, sign, tenant_token, token,
 };
 use whatsapp_tests::processes::{Operator, SessionProcess, TEST_HUB_TOKEN_KEY};
 use whatsapp_tests::simulator::{SimConfig, Simulator};
@@ -300,6 +301,111 @@ async fn a_frontend_queues_follows_pages_and_cancels_messages() {
     let ids_sent: Vec<String> = sim.messages().iter().map(|m| m.id.clone()).collect();
     let unique: std::collections::HashSet<&String> = ids_sent.iter().collect();
     assert_eq!((ids_sent.len(), unique.len()), (20 + 1 + 3, 20 + 1 + 3), "nothing sent twice");
+}
+
+/// The statuses `message` events show for message `id`, in order, until `last`.
+async fn statuses_until(events: &mut Events, id: &str, last: &str) -> Vec<String> {
+    let seen = RefCell::new(Vec::new());
+    events
+        .until(&format!("message {id} {last}"), WAIT, |name, d| {
+            if name == "lagged" && d["reason"] == "behind" {
+                panic!("the stream fell behind: {d}");
+            }
+            if name != "message" || d["id"] != id {
+                return false;
+            }
+            seen.borrow_mut().push(d["status"].as_str().unwrap_or_default().to_owned());
+            d["status"] == last
+        })
+        .await;
+    seen.into_inner()
+}
+
+/// Until a `status` event matching `status` and (unless `connected` already) a `lagged` one
+/// saying the hub is (again) connected to the session's pod, in either order.
+async fn status_and_connected(
+    events: &mut Events,
+    what: &str,
+    connected: bool,
+    status: impl Fn(&Value) -> bool,
+) {
+    let (seen_status, connected) = (Cell::new(false), Cell::new(connected));
+    events
+        .until(what, WAIT, |name, d| {
+            seen_status.set(seen_status.get() || (name == "status" && status(d)));
+            connected.set(connected.get() || (name == "lagged" && d["reason"] == "connected"));
+            seen_status.get() && connected.get()
+        })
+        .await;
+}
+
+/// The tenant's event stream carries its messages' changes (`event: message`) beside the
+/// status, over one connection from the hub to the session pod however many streams are
+/// open; after the pod's process is killed (and restarted by the runner, on a new address)
+/// the hub reconnects by itself and says so (`lagged`), and the changes flow again.
+#[tokio::test]
+async fn a_frontend_follows_its_messages_live_on_the_event_stream_across_a_pod_restart() {
+    let ns = cluster().namespace("hub-live").await;
+    let sim = Simulator::start(fast_simulator()).await.unwrap();
+    let _op = Operator::start(&ns, "op", "op", &[]);
+    let runner = ns.pod_runner(&sim);
+    let hub = Hub::ready(&ns, HubOptions::default()).await;
+    let tenant = tenant_token(71);
+    ns.create_session("acme", json!({"clienteId": 71, "send": {"ratePerMinute": 180}})).await;
+    let mut events = hub.events(71, &tenant).await;
+    // The hub connects to the pod once it published its address (`lagged`: "connected"; from
+    // then on every change arrives), maybe before the QR shows.
+    let connected = Cell::new(false);
+    events
+        .until("a QR", WAIT, |name, d| {
+            connected.set(connected.get() || (name == "lagged" && d["reason"] == "connected"));
+            name == "status" && d["qr"].is_object()
+        })
+        .await;
+    scan_current(&hub, &sim, 71, &tenant).await;
+    status_and_connected(&mut events, "READY, and the hub following the pod", connected.get(), |d| {
+        d["state"] == "READY"
+    })
+    .await;
+    // A second stream of the tenant shares the hub's connection to the pod.
+    let mut second = hub.events(71, &tenant).await;
+    second.until("the status", WAIT, |name, _| name == "status").await;
+    let metrics = hub.metrics().await;
+    assert!(metrics.contains("whatsapp_hub_pod_event_streams 1"), "{metrics}");
+    assert!(metrics.contains("whatsapp_hub_sse_clients 2"), "{metrics}");
+
+    // A message queued through the hub: every step of it, in order, on both streams.
+    let (code, queued) = hub
+        .post("/api/whatsapp/71/messages", &tenant, json!({"to": "5491177770000", "message": "hola"}))
+        .await;
+    assert_eq!(code, 202, "{queued}");
+    let id = queued["messages"][0]["id"].as_str().unwrap().to_owned();
+    let expected = ["queued", "sending", "sent", "delivered"];
+    assert_eq!(statuses_until(&mut events, &id, "delivered").await, expected);
+    assert_eq!(statuses_until(&mut second, &id, "delivered").await, expected);
+    sim.read(&id).unwrap();
+    assert_eq!(statuses_until(&mut events, &id, "read").await, ["read"]);
+    let read = statuses_until(&mut second, &id, "read").await;
+    assert_eq!(read, ["read"]);
+    drop(second);
+
+    // The pod's process dies; the runner starts it again (on another port). The stream goes on:
+    // the status back to READY, the hub connected to the new process, messages followed again.
+    assert!(runner.kill_process(&ns.name, "acme-0"));
+    status_and_connected(&mut events, "READY again, and the hub following the new process", false, |d| {
+        d["state"] == "READY"
+    })
+    .await;
+    let (code, queued) = hub
+        .post("/api/whatsapp/71/messages", &tenant, json!({"to": "5491177770001", "message": "otra"}))
+        .await;
+    assert_eq!(code, 202, "{queued}");
+    let again = queued["messages"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(statuses_until(&mut events, &again, "delivered").await, expected);
+    let (code, message) = hub.get(&format!("/api/whatsapp/71/messages/{again}"), &tenant).await;
+    assert_eq!((code, message["status"].as_str()), (200, Some("delivered")), "{message}");
+    let metrics = hub.metrics().await;
+    assert!(metrics.contains("whatsapp_hub_pod_event_streams 1"), "{metrics}");
 }
 
 /// A path for a test's own file, beside the processes' logs.

@@ -1,6 +1,8 @@
 //! `GET /api/whatsapp/{clienteId}/events`: Server-Sent Events with the session's status the
-//! moment the resource changes (pushed from the watch cache, no polling). The first event is
-//! the current status, so a client needs no separate read.
+//! moment the resource changes (pushed from the watch cache, no polling), and every change of
+//! its messages (from the session pod, over one connection shared by all the clienteId's
+//! streams: see `crate::feeds`). The first event is the current status, so a client needs no
+//! separate read.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,17 +18,31 @@ use super::extract::{ClienteId, ClienteIdParam};
 use crate::auth::Principal;
 use crate::cache::SessionView;
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::feeds::FeedEvent;
 use crate::metrics::Metrics;
 use crate::model::SessionStatus;
 use crate::state::AppState;
 
-/// Live status: `event: status` with the same JSON as `/status` on every change, or
-/// `event: removed` when the clienteId has no session (now or any more). A comment every 15 s
-/// keeps proxies from closing an idle stream.
+/// Live status and messages, as Server-Sent Events:
+///
+/// - `event: status`, data: the same JSON as `/status` (a SessionStatus), at once and on every
+///   change; `event: removed` (`{"clienteId": n}`) when the clienteId has no session (now or
+///   any more);
+/// - `event: message`, data: the message as `GET /api/whatsapp/{clienteId}/messages/{id}`
+///   shows it (an OutboxMessage), on every change of one of the session's messages: `queued`,
+///   `sending`, `sent`, `delivered`, `read`, `played` or `failed` with a `reason`, in order;
+/// - `event: lagged`, data `{"clienteId": n, "reason": "connected" | "behind", "missed"?: n}`:
+///   message changes may have been missed, re-list them (`GET .../messages`). `connected`: the
+///   hub (re)connected to the session's pod (after its restart, say; also once shortly after a
+///   stream opens, when it is the clienteId's first); from then on every change arrives.
+///   `behind`: the stream fell behind and skipped `missed` changes.
+///
+/// Message changes flow while the session's pod runs (not while it is suspended or starting).
+/// A comment every 15 s keeps proxies from closing an idle stream.
 #[utoipa::path(get, path = "/api/whatsapp/{clienteId}/events", tag = "whatsapp", params(ClienteIdParam),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The event stream; each `status` event's data is a SessionStatus", content_type = "text/event-stream", body = SessionStatus),
+        (status = 200, description = "The event stream: `status` events (data: a SessionStatus), `removed`, `message` (data: an OutboxMessage) and `lagged` events", content_type = "text/event-stream", body = SessionStatus),
         (status = 400, description = "`INVALID_CLIENT_ID`", body = ErrorBody),
         AuthErrors,
     ))]
@@ -60,9 +76,14 @@ pub async fn events(
             }
         }
     });
+    // The session's message changes, from the one connection to its pod.
+    let messages = stream::unfold(state.message_changes(id), move |mut changes| async move {
+        let event = changes.recv().await?;
+        Some((message_event(id, event), changes))
+    });
     let mut shutdown = state.shutdown.clone();
-    let stream = stream::once(async move { event_of(id, first.as_ref()) })
-        .chain(updates)
+    let statuses = stream::once(async move { event_of(id, first.as_ref()) }).chain(updates);
+    let stream = stream::select(statuses, messages)
         .take_until(async move {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         })
@@ -77,6 +98,19 @@ fn event_of(id: i64, session: Option<&Arc<SessionView>>) -> Event {
             .json_data(&session.status)
             .unwrap_or_else(|_| Event::default().event("error")),
         None => Event::default().event("removed").data(format!("{{\"clienteId\":{id}}}")),
+    }
+}
+
+fn message_event(id: i64, event: FeedEvent) -> Event {
+    match event {
+        FeedEvent::Message(json) => Event::default().event("message").data(&*json),
+        FeedEvent::Lagged { reason, missed } => {
+            let mut data = serde_json::json!({"clienteId": id, "reason": reason});
+            if let Some(missed) = missed {
+                data["missed"] = missed.into();
+            }
+            Event::default().event("lagged").data(data.to_string())
+        }
     }
 }
 

@@ -35,6 +35,16 @@ pub fn with_outbox(state: &AppState, cliente_id: i64) -> ApiResult<Arc<SessionVi
 
 fn message_id(PathId(id): &PathId) -> ApiResult<&str> {
     check_key("id", id).map_err(|m| ApiError::validation("INVALID_MESSAGE_ID", m))?;
+    // The pod's `/v1/outbox/events` is its live stream, never a message (ids are WhatsApp's).
+    if id == "events" {
+        return Err(ApiError::Upstream {
+            status: StatusCode::NOT_FOUND,
+            code: "MESSAGE_NOT_FOUND".into(),
+            message: format!("no message {id}"),
+            index: None,
+            retry_after: None,
+        });
+    }
     Ok(id)
 }
 

@@ -77,6 +77,17 @@ fn answer(method: &Method, path: &str, body: &Value) -> Response {
             (StatusCode::ACCEPTED, axum::Json(json!({"messages": accepted, "batch": body["batch"]})))
                 .into_response()
         }
+        ("GET", ["v1", "outbox", "events"]) => {
+            // A change of ID0 every 50 ms, for as long as the hub listens.
+            let changes = futures::stream::unfold(0u32, |n| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut m = message("ID0", "sent");
+                m["attempts"] = json!(n);
+                let event = axum::response::sse::Event::default().event("message").data(m.to_string());
+                Some((Ok::<_, std::convert::Infallible>(event), n + 1))
+            });
+            axum::response::sse::Sse::new(changes).into_response()
+        }
         ("GET", ["v1", "outbox"]) => {
             axum::Json(json!({"messages": [message("ID0", "read")], "nextCursor": "6"})).into_response()
         }
@@ -153,6 +164,7 @@ impl Hub {
             shutdown,
             request_timeout: Duration::from_secs(10),
             openapi: Default::default(),
+            feeds: Default::default(),
         };
         let app = super::router(state, &[], 64 * 1024, crate::outbox::BATCH_BODY_LIMIT);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -426,4 +438,106 @@ async fn the_document_has_the_message_routes() {
         "{}",
         doc["components"]["schemas"]["Submit"]
     );
+}
+
+/// A client of the hub's `/events`: its events as (name, JSON data).
+struct EventStream {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    decoder: crate::upstream::SseDecoder,
+}
+
+impl EventStream {
+    async fn open(hub: &Hub, cliente_id: i64, token: &str) -> EventStream {
+        let response = hub
+            .http
+            .get(format!("{}/api/whatsapp/{cliente_id}/events", hub.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        EventStream { body: Box::pin(response.bytes_stream()), decoder: Default::default() }
+    }
+
+    /// The next event within `limit`.
+    async fn next(&mut self, limit: Duration) -> Option<(String, Value)> {
+        use futures::StreamExt;
+        tokio::time::timeout(limit, async {
+            loop {
+                if let Some((name, data)) = self.decoder.next_event() {
+                    return Some((name, serde_json::from_str(&data).unwrap()));
+                }
+                self.decoder.push(&self.body.next().await?.ok()?);
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+fn gauge(metrics: &Metrics, name: &str) -> String {
+    metrics.render().lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn the_streams_of_a_session_share_one_connection_to_its_pod() {
+    let hub = Hub::start().await;
+    let tenant = hub.token(Some(51));
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut stream = EventStream::open(&hub, 51, &tenant).await;
+        let (name, status) = stream.next(Duration::from_secs(5)).await.unwrap();
+        assert_eq!((name.as_str(), status["state"].as_str()), ("status", Some("READY")));
+        streams.push(stream);
+    }
+    // Every stream gets the session's message changes, in the hub's shape, in order.
+    let mut connected = 0;
+    for stream in &mut streams {
+        let mut attempts = Vec::new();
+        while attempts.len() < 3 {
+            let (name, data) = stream.next(Duration::from_secs(5)).await.expect("message changes");
+            match name.as_str() {
+                "message" => {
+                    assert_eq!((data["id"].as_str(), data["status"].as_str()), (Some("ID0"), Some("sent")));
+                    assert!(data.get("reason").is_none(), "{data}");
+                    attempts.push(data["attempts"].as_u64().unwrap());
+                }
+                "lagged" => {
+                    assert_eq!(data, json!({"clienteId": 51, "reason": "connected"}));
+                    connected += 1;
+                }
+                other => panic!("unexpected {other}: {data}"),
+            }
+        }
+        assert!(attempts.windows(2).all(|w| w[1] == w[0] + 1), "{attempts:?}");
+    }
+    assert!(connected >= 1, "the first stream is told when the changes start");
+    let calls: Vec<_> = hub.seen().into_iter().filter(|(_, path, ..)| path == "/v1/outbox/events").collect();
+    assert_eq!(calls.len(), 1, "one connection to the pod for three streams");
+    assert_eq!(calls[0].2, format!("Bearer {}", whatsapp_crds::hub_token(KEY, "t", "s51")));
+    assert_eq!(gauge(&hub.metrics, "whatsapp_hub_pod_event_streams"), "whatsapp_hub_pod_event_streams 1");
+
+    // A session without a pod: its status, and no connection attempt.
+    let mut starting = EventStream::open(&hub, 54, &hub.token(Some(54))).await;
+    assert_eq!(starting.next(Duration::from_secs(5)).await.unwrap().0, "status");
+    assert_eq!(starting.next(Duration::from_millis(300)).await, None);
+    assert!(hub.seen().iter().all(|(_, path, ..)| path != "/v1/outbox/events"));
+
+    // The last stream of the session closes: so does the connection.
+    drop(streams);
+    drop(starting);
+    for _ in 0..100 {
+        if gauge(&hub.metrics, "whatsapp_hub_pod_event_streams").ends_with(" 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gauge(&hub.metrics, "whatsapp_hub_pod_event_streams"), "whatsapp_hub_pod_event_streams 0");
+
+    // `events` is the pod's stream, never a message id.
+    let (code, body, _) =
+        hub.call(Method::GET, "/api/whatsapp/51/messages/events", Some(&tenant), None).await;
+    assert_eq!((code, body["error"].as_str()), (404, Some("MESSAGE_NOT_FOUND")));
+    assert!(hub.seen().is_empty());
 }

@@ -1,6 +1,7 @@
 //! The session pod's HTTP API. `/v1/*` is for the hub only (its bearer token); the probes and
 //! the metrics are open to the kubelet and the scraper.
 
+mod events;
 mod outbox;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct ApiState {
     /// Milliseconds since the epoch of the last successful read of the page.
     pub last_poll_ms: Arc<AtomicU64>,
     pub outbox: Outbox,
+    /// Turns true when the pod is stopping: live streams end so the server can stop.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -46,6 +49,7 @@ pub fn router(state: ApiState) -> Router {
                 .get(outbox::list)
                 .layer(axum::extract::DefaultBodyLimit::max(outbox::MAX_BODY_BYTES)),
         )
+        .route("/v1/outbox/events", get(events::events))
         .route("/v1/outbox/{id}", get(outbox::get).delete(outbox::cancel))
         .route("/v1/outbox/batches/{batch}", get(outbox::batch))
         .route("/v1/logout", post(logout))
