@@ -26,6 +26,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Messages by status, kept with every change (the status summary and the metrics read it).
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 
+/// The page cache of the outbox file.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Moves `n` messages from one status's count to another's, inside the change's transaction.
 fn recount(tx: &redb::WriteTransaction, from: Option<Status>, to: Status, n: u64) -> Result<(), StoreError> {
     if from == Some(to) || n == 0 {
@@ -125,7 +128,8 @@ impl Store {
     }
 
     fn create(path: &Path) -> Result<Database, StoreError> {
-        let db = Database::create(path).map_err(internal)?;
+        // redb caches up to 1 GiB of pages by default; a session pod is given far less memory.
+        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(internal)?;
         // Every table exists from the start, so readers never meet a missing one.
         let tx = db.begin_write().map_err(internal)?;
         {
