@@ -130,6 +130,57 @@
     return qr.ref === ref ? qr.text : null;
   }
 
+  // Sends of this page still under way, by message id.
+  const sending = new Map();
+
+  // One send of a text (see the bridge's sendText).
+  async function sendOnce(number, body, chosenId) {
+    const gaps = lacking(SENDING);
+    if (gaps.length) return failure('BRIDGE_INCOMPATIBLE', 'this WhatsApp Web build lacks ' + gaps.join(', '));
+    const digits = String(number).replace(/[^0-9]/g, '');
+    const wid = mod('WAWebWidFactory').createWid(digits + '@c.us');
+    const exists = await mod('WAWebQueryExistsJob').queryWidExists(wid);
+    if (!exists) return failure('NOT_ON_WHATSAPP', number + ' is not on WhatsApp');
+    // On accounts migrated to LIDs the chat is the contact's @lid chat, and the message
+    // must come from our own LID, else the recipient sees "an unknown user".
+    const found = await mod('WAWebFindChatAction').findOrCreateLatestChat(exists.wid || wid);
+    const chat = found && found.chat ? found.chat : found;
+    const {pn, lid} = meUsers();
+    const from = isLid(chat.id) ? lid : pn;
+    if (!from) return failure('SEND_FAILED', 'the own ' + (isLid(chat.id) ? 'LID' : 'phone') + ' user is not known yet');
+    const MsgKey = mod('WAWebMsgKey');
+    const id = new MsgKey({from, to: chat.id, id: chosenId || await MsgKey.newId(), participant: undefined, selfDir: 'out'});
+    // Disappearing-message chats: the message carries the chat's ephemeral settings.
+    const ephemeral = mod('WAWebGetEphemeralFieldsMsgActionsUtils').getEphemeralFields(chat) || {};
+    const msg = Object.assign({
+      id, ack: 0, body: String(body), from, to: chat.id, local: true, self: 'out',
+      t: Math.floor(Date.now() / 1000), isNewMsg: true, type: 'chat',
+    }, ephemeral);
+    const [, delivery] = mod('WAWebSendMsgChatAction').addAndSendMsgToChat(chat, msg);
+    const result = await delivery;
+    const ok = result === 'OK' || (result && result.messageSendResult === 'OK');
+    if (!ok) return failure('SEND_FAILED', 'WhatsApp Web did not send the message: ' + JSON.stringify(result));
+    return {id: id.id};
+  }
+
+  // Whether WhatsApp Web has stored our message `id` to `number`, and its ack.
+  async function lookupStored(number, id) {
+    const Msg = (mod('WAWebCollections') || {}).Msg;
+    if (!Msg) throw new Error('WhatsApp Web is not loaded');
+    const ours = (m) => !!m && !!m.id && m.id.fromMe && m.id.id === id;
+    let found = Msg.getModelsArray().find(ours);
+    if (!found && typeof Msg.getMessagesById === 'function') {
+      // The message key names the chat: the phone chat, or the contact's LID chat.
+      const wid = mod('WAWebWidFactory').createWid(String(number) + '@c.us');
+      const exists = await mod('WAWebQueryExistsJob').queryWidExists(wid);
+      const chats = [wid, exists && exists.wid, exists && exists.lid].filter(Boolean).map((w) => w._serialized || String(w));
+      const keys = Array.from(new Set(chats)).map((chat) => 'true_' + chat + '_' + id);
+      const result = await Msg.getMessagesById(keys);
+      found = ((result && result.messages) || []).find(ours);
+    }
+    return found ? {found: true, ack: typeof found.ack === 'number' ? found.ack : 0} : {found: false};
+  }
+
   function failure(code, message) {
     return {error: {code, message}};
   }
@@ -197,52 +248,27 @@
     // Sends a text with the WhatsApp message id the caller chose (the pod persists it first,
     // so a send a crash interrupts can be looked up instead of sent twice). Resolves {id} once
     // WhatsApp Web reports it sent, or {error: {code, message}} with NOT_ON_WHATSAPP,
-    // BRIDGE_INCOMPATIBLE or SEND_FAILED; throws only when the page itself fails.
-    async sendText(number, body, chosenId) {
-      const gaps = lacking(SENDING);
-      if (gaps.length) return failure('BRIDGE_INCOMPATIBLE', 'this WhatsApp Web build lacks ' + gaps.join(', '));
-      const digits = String(number).replace(/[^0-9]/g, '');
-      const wid = mod('WAWebWidFactory').createWid(digits + '@c.us');
-      const exists = await mod('WAWebQueryExistsJob').queryWidExists(wid);
-      if (!exists) return failure('NOT_ON_WHATSAPP', number + ' is not on WhatsApp');
-      // On accounts migrated to LIDs the chat is the contact's @lid chat, and the message
-      // must come from our own LID, else the recipient sees "an unknown user".
-      const found = await mod('WAWebFindChatAction').findOrCreateLatestChat(exists.wid || wid);
-      const chat = found && found.chat ? found.chat : found;
-      const {pn, lid} = meUsers();
-      const from = isLid(chat.id) ? lid : pn;
-      if (!from) return failure('SEND_FAILED', 'the own ' + (isLid(chat.id) ? 'LID' : 'phone') + ' user is not known yet');
-      const MsgKey = mod('WAWebMsgKey');
-      const id = new MsgKey({from, to: chat.id, id: chosenId || await MsgKey.newId(), participant: undefined, selfDir: 'out'});
-      // Disappearing-message chats: the message carries the chat's ephemeral settings.
-      const ephemeral = mod('WAWebGetEphemeralFieldsMsgActionsUtils').getEphemeralFields(chat) || {};
-      const msg = Object.assign({
-        id, ack: 0, body: String(body), from, to: chat.id, local: true, self: 'out',
-        t: Math.floor(Date.now() / 1000), isNewMsg: true, type: 'chat',
-      }, ephemeral);
-      const [, sending] = mod('WAWebSendMsgChatAction').addAndSendMsgToChat(chat, msg);
-      const result = await sending;
-      const ok = result === 'OK' || (result && result.messageSendResult === 'OK');
-      if (!ok) return failure('SEND_FAILED', 'WhatsApp Web did not send the message: ' + JSON.stringify(result));
-      return {id: id.id};
+    // BRIDGE_INCOMPATIBLE or SEND_FAILED; throws only when the page itself fails. A send of an
+    // id already under way in this page is that same send: a caller that gave up on a slow
+    // call and asks again never makes a second message.
+    sendText(number, body, chosenId) {
+      if (chosenId && sending.has(chosenId)) return sending.get(chosenId);
+      const send = sendOnce(number, body, chosenId);
+      if (chosenId) {
+        sending.set(chosenId, send);
+        send.then(() => sending.delete(chosenId), () => sending.delete(chosenId));
+      }
+      return send;
     },
 
-    // Whether WhatsApp Web has our message `id` to `number` (sent before a crash), and its ack.
+    // Whether WhatsApp Web has our message `id` to `number` (sent before a crash), and its
+    // ack. A send of that id still under way in this page is waited for first.
     async lookup(number, id) {
-      const Msg = (mod('WAWebCollections') || {}).Msg;
-      if (!Msg) throw new Error('WhatsApp Web is not loaded');
-      const ours = (m) => !!m && !!m.id && m.id.fromMe && m.id.id === id;
-      let found = Msg.getModelsArray().find(ours);
-      if (!found && typeof Msg.getMessagesById === 'function') {
-        // The message key names the chat: the phone chat, or the contact's LID chat.
-        const wid = mod('WAWebWidFactory').createWid(String(number) + '@c.us');
-        const exists = await mod('WAWebQueryExistsJob').queryWidExists(wid);
-        const chats = [wid, exists && exists.wid, exists && exists.lid].filter(Boolean).map((w) => w._serialized || String(w));
-        const keys = Array.from(new Set(chats)).map((chat) => 'true_' + chat + '_' + id);
-        const result = await Msg.getMessagesById(keys);
-        found = ((result && result.messages) || []).find(ours);
+      if (sending.has(id)) {
+        const outcome = await sending.get(id).catch(() => ({}));
+        if (outcome && outcome.id) return {found: true, ack: 1};
       }
-      return found ? {found: true, ack: typeof found.ack === 'number' ? found.ack : 0} : {found: false};
+      return lookupStored(number, id);
     },
 
     // Receipts of our messages since the last call: [{id, ack}] (change:ack on Msg).

@@ -16,6 +16,10 @@ use crate::tracker::{Action, QrTimings, Report, Snapshot, Tracker};
 
 /// How often the page is read.
 const POLL: Duration = Duration::from_millis(500);
+/// Attempts at a message WhatsApp keeps refusing before it fails for good.
+const MAX_ATTEMPTS: u32 = 6;
+/// The first wait after WhatsApp refused a message for now; it doubles with each attempt.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Consecutive failed reads before the browser counts as hung.
 const MAX_FAILED_POLLS: u32 = 3;
 
@@ -260,6 +264,13 @@ impl Driver {
         let outcome = send_text(session, &message.to, &message.message, &message.id).await;
         let (label, stored) = match &outcome {
             Sent::Yes => ("sent", self.outbox.sent(&message.id)),
+            Sent::Refused(why, text) if *why == reason::SEND_FAILED && message.attempts < MAX_ATTEMPTS => {
+                // Often passing (WhatsApp throttling the account, the page not ready yet):
+                // again later, with the same id, backing off.
+                let wait = RETRY_AFTER * 2u32.pow(message.attempts.saturating_sub(1).min(6));
+                warn!(id = %message.id, attempt = message.attempts, ?wait, error = %text, "WhatsApp refused the message for now");
+                ("retry", self.outbox.retry_later(&message.id, wait.min(Duration::from_secs(1800))))
+            }
             Sent::Refused(why, text) => {
                 let label = if *why == reason::NOT_ON_WHATSAPP { "not_on_whatsapp" } else { "error" };
                 (label, self.outbox.failed(&message.id, why, text))

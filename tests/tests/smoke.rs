@@ -56,6 +56,7 @@ async fn kubectl_get_shows_the_printer_columns() {
         "status": {
             "state": "READY",
             "me": {"phone": "5491122334455"},
+            "outbox": {"queued": 7, "failed": 2},
             "conditions": [{
                 "type": "Ready", "status": "True", "reason": "Linked", "message": "linked",
                 "lastTransitionTime": "2026-01-01T00:00:00Z"
@@ -72,20 +73,22 @@ async fn kubectl_get_shows_the_printer_columns() {
         let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
         assert_eq!(
             header,
-            ["NAME", "CLIENTE", "STATE", "PHONE", "READY", "AGE"],
+            ["NAME", "CLIENTE", "STATE", "PHONE", "READY", "QUEUED", "AGE"],
             "kubectl get {resource}:\n{}",
             out.stdout
         );
         let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
-        // The category lists the kind-qualified name.
+        // The category lists the kind-qualified name; FAILED shows with -o wide.
         assert!(row[0].ends_with("acme"), "{row:?}");
         assert_eq!(
-            row[1..5],
-            ["42", "READY", "5491122334455", "True"],
+            row[1..6],
+            ["42", "READY", "5491122334455", "True", "7"],
             "kubectl get {resource}:\n{}",
             out.stdout
         );
     }
+    let wide = run(ns.kubectl().args(["get", "was", "-o", "wide"])).unwrap();
+    assert!(wide.stdout.lines().next().unwrap_or_default().contains("FAILED"), "{}", wide.stdout);
 }
 
 #[tokio::test]

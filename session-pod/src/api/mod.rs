@@ -145,8 +145,14 @@ async fn send(
         }
         Err((code, why)) => return error(StatusCode::BAD_REQUEST, code, why),
     };
+    // A retry with a known key learns what became of its message, whatever the state now.
+    let known = match new.idempotency_key.as_deref().map(|k| state.outbox.by_key(k)) {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return outbox::store_error(e),
+        None => None,
+    };
     let current = state.reports.borrow().state;
-    if current != SessionState::Ready {
+    if known.is_none() && current != SessionState::Ready {
         return error(
             StatusCode::CONFLICT,
             "SESSION_NOT_READY",

@@ -206,6 +206,11 @@ impl Outbox {
         Ok(accepted)
     }
 
+    /// The message accepted with an idempotency key, if any.
+    pub fn by_key(&self, key: &str) -> Result<Option<Message>, StoreError> {
+        self.checked(self.store.by_key(key))
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
         self.checked(self.store.get(id))
     }
@@ -308,7 +313,14 @@ impl Outbox {
     /// A send that a crash interrupted and WhatsApp Web does not have: back to the front of
     /// the queue, same id.
     pub fn requeue(&self, id: &str) -> Result<(), StoreError> {
-        self.checked(self.store.requeue(id))?;
+        self.checked(self.store.requeue(id, None))?;
+        self.work.notify_one();
+        Ok(())
+    }
+
+    /// A send WhatsApp refused for now: again after `wait`, same id, and no other send before.
+    pub fn retry_later(&self, id: &str, wait: std::time::Duration) -> Result<(), StoreError> {
+        self.checked(self.store.requeue(id, Some(Timestamp::now() + wait)))?;
         self.work.notify_one();
         Ok(())
     }

@@ -249,6 +249,18 @@ impl Store {
         Ok(ids.get(id).map_err(internal)?.map(|v| v.value()))
     }
 
+    /// The message accepted with an idempotency key.
+    pub fn by_key(&self, key: &str) -> Result<Option<Message>, StoreError> {
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
+        let keys = tx.open_table(KEYS).map_err(internal)?;
+        let Some(seq) = keys.get(key).map_err(internal)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let all = tx.open_table(MESSAGES).map_err(internal)?;
+        all.get(seq).map_err(internal)?.map(|b| decode(b.value())).transpose()
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
         let db = self.db()?;
         let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
@@ -457,8 +469,10 @@ impl Store {
         Ok(Some(message))
     }
 
-    /// Sending -> queued at the front (a crash interrupted it and WhatsApp does not have it).
-    pub fn requeue(&self, id: &str) -> Result<(), StoreError> {
+    /// Sending -> queued again, same id: at the front (`at` None: a crash interrupted it and
+    /// WhatsApp does not have it), or from `at` on, holding every send back until then
+    /// (WhatsApp refused it for now, as when it throttles the account).
+    pub fn requeue(&self, id: &str, at: Option<Timestamp>) -> Result<(), StoreError> {
         let Some(seq) = self.seq_of(id)? else { return Ok(()) };
         let db = self.db()?;
         let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
@@ -466,6 +480,7 @@ impl Store {
             let mut all = tx.open_table(MESSAGES).map_err(internal)?;
             let mut queue = tx.open_table(QUEUE).map_err(internal)?;
             let mut sending = tx.open_table(SENDING).map_err(internal)?;
+            let mut meta = tx.open_table(META).map_err(internal)?;
             let mut message = match all.get(seq).map_err(internal)? {
                 Some(b) => decode(b.value())?,
                 None => return Ok(()),
@@ -474,10 +489,14 @@ impl Store {
                 return Ok(());
             }
             sending.remove(seq).map_err(internal)?;
-            queue.insert((0, seq), ()).map_err(internal)?;
+            queue.insert((at.map(ms).unwrap_or(0), seq), ()).map_err(internal)?;
             message.status = Status::Queued;
-            // The queue entry is at due 0 now; not_before no longer matters for it.
-            message.not_before = None;
+            // The queue entry's due time is the message's notBefore from now on.
+            message.not_before = at;
+            if let Some(at) = at {
+                let held = meta.get("next_send_ms").map_err(internal)?.map(|v| v.value()).unwrap_or(0);
+                meta.insert("next_send_ms", held.max(ms(at))).map_err(internal)?;
+            }
             all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
         }
         recount(&tx, Some(Status::Sending), Status::Queued, 1)?;

@@ -141,6 +141,25 @@ async fn the_daily_cap_counts_sends_across_a_reopen() {
 }
 
 #[tokio::test]
+async fn a_message_refused_for_now_waits_and_holds_every_send_back() {
+    let d = dir();
+    let o = outbox(&d, 100);
+    let a = o.accept(vec![msg("5491100000001", Some("k")), msg("5491100000002", None)], None).await.unwrap();
+    let id = a[0].message.id.clone();
+    o.sending(&id, Duration::ZERO, &none()).unwrap();
+    o.retry_later(&id, Duration::from_secs(30)).unwrap();
+    let m = o.get(&id).unwrap().unwrap();
+    assert_eq!((m.status, m.attempts), (Status::Queued, 1));
+    let (next, at) = o.next_due(Timestamp::now(), &none()).unwrap().unwrap();
+    assert_eq!(next.id, a[1].message.id, "the other is first in line now");
+    assert!(at > Timestamp::now() + Duration::from_secs(25), "but nothing goes before the wait is over");
+    let (again, _) = o.next_due(Timestamp::now() + Duration::from_secs(31), &none()).unwrap().unwrap();
+    assert_eq!(again.id, a[1].message.id);
+    assert_eq!(o.by_key("k").unwrap().map(|m| m.id), Some(id));
+    assert_eq!(o.by_key("nope").unwrap(), None);
+}
+
+#[tokio::test]
 async fn listings_page_newest_first_by_status_and_batch() {
     let d = dir();
     let o = outbox(&d, 100);
