@@ -280,16 +280,21 @@ impl Driver {
                 ("timeout", Ok(()))
             }
         };
-        if let Err(e) = stored {
-            warn!(error = %e, id = %message.id, "could not record the send's outcome");
-        }
+        let recorded = match stored {
+            Ok(()) => true,
+            Err(e) => {
+                // The message stays `sending`: the settling lookup records it once it can.
+                warn!(error = %e, id = %message.id, "could not record the send's outcome");
+                false
+            }
+        };
         self.metrics.messages.with_label_values(&[label]).inc();
         self.metrics.send_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
         if matches!(outcome, Sent::Yes) {
             let waited = now.as_millisecond() - message.created_at.as_millisecond();
             self.metrics.outbox_wait.observe(waited.max(0) as f64 / 1000.0);
         }
-        !matches!(outcome, Sent::Unknown(_))
+        recorded && !matches!(outcome, Sent::Unknown(_))
     }
 
     /// Settles sends a crash interrupted: WhatsApp Web has the message (sent, with its

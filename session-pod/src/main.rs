@@ -88,6 +88,10 @@ struct Config {
     #[arg(long, env = "WAO_OUTBOX_STATUS_INTERVAL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     outbox_status_interval_seconds: u64,
 
+    /// How long sent and failed messages (and their idempotency keys) are kept, in days.
+    #[arg(long, env = "WAO_OUTBOX_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    outbox_retention_days: u64,
+
     /// Log format.
     #[arg(long, env = "WAO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -159,6 +163,7 @@ async fn run(config: Config) -> Result<()> {
         outbox.clone(),
         metrics.clone(),
         Duration::from_secs(config.outbox_status_interval_seconds),
+        Duration::from_secs(config.outbox_retention_days * 86_400),
     ));
 
     // Readiness: the driver read the page recently.

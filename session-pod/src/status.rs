@@ -192,7 +192,8 @@ pub fn outbox_patch(queued: i64, failed: i64, at: SystemTime) -> serde_json::Val
     })
 }
 
-/// Counts the outbox for the metrics every 15 s (or `write_every`, if shorter), and writes
+/// Counts the outbox for the metrics every 15 s (or `write_every`, if shorter), forgets
+/// messages settled longer ago than `retention`, and writes
 /// `status.outbox` when the numbers changed, at most once every `write_every` (a minute by
 /// default, so 1,000 sending sessions never flood the API server).
 pub async fn outbox_forever(
@@ -201,6 +202,7 @@ pub async fn outbox_forever(
     outbox: Outbox,
     metrics: Metrics,
     write_every: Duration,
+    retention: Duration,
 ) {
     let params = PatchParams::apply(OUTBOX_FIELD_MANAGER).force();
     let mut written: Option<(i64, i64)> = None;
@@ -216,6 +218,11 @@ pub async fn outbox_forever(
             }
         };
         metrics.outbox_counts(&counts);
+        match outbox.prune(retention) {
+            Ok(0) => {}
+            Ok(n) => info!(messages = n, "forgot messages settled longer ago than the outbox retention"),
+            Err(error) => warn!(%error, "pruning the outbox failed"),
+        }
         let count = |wanted: &[Status]| {
             counts.iter().filter(|(s, _)| wanted.contains(s)).map(|(_, n)| *n as i64).sum()
         };

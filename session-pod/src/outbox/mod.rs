@@ -330,6 +330,12 @@ impl Outbox {
         self.checked(self.store.in_flight())
     }
 
+    /// Forgets messages settled (sent or failed) more than `retention` ago, a bounded number
+    /// at a time; returns how many went.
+    pub fn prune(&self, retention: std::time::Duration) -> Result<usize, StoreError> {
+        self.checked(self.store.prune(Timestamp::now() - retention, 10_000))
+    }
+
     /// Messages by status.
     pub fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
         self.checked(self.store.counts())

@@ -503,6 +503,58 @@ impl Store {
         tx.commit().map_err(internal)
     }
 
+    /// Forgets messages that reached a final state before `cutoff` (their idempotency keys
+    /// with them), oldest first, at most `limit` of them; returns how many went.
+    pub fn prune(&self, cutoff: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
+        let mut gone: Vec<(Status, u64)> = Vec::new();
+        {
+            let mut all = tx.open_table(MESSAGES).map_err(internal)?;
+            let mut ids = tx.open_table(IDS).map_err(internal)?;
+            let mut keys = tx.open_table(KEYS).map_err(internal)?;
+            let mut batches = tx.open_table(BATCHES).map_err(internal)?;
+            let mut old = Vec::new();
+            // Bounded work per call: at most `limit` forgotten, `4 * limit` looked at.
+            for entry in all.iter().map_err(internal)?.take(limit * 4) {
+                let (seq, bytes) = entry.map_err(internal)?;
+                let message = decode(bytes.value())?;
+                // Seqs follow acceptance: past the cutoff, everything after is newer.
+                if message.created_at >= cutoff || old.len() == limit {
+                    break;
+                }
+                let settled = message.status == Status::Failed || message.status.is_sent();
+                if settled {
+                    old.push((seq.value(), message));
+                }
+            }
+            for (seq, message) in old {
+                all.remove(seq).map_err(internal)?;
+                ids.remove(message.id.as_str()).map_err(internal)?;
+                if let Some(key) = &message.idempotency_key {
+                    keys.remove(key.as_str()).map_err(internal)?;
+                }
+                if let Some(batch) = &message.batch {
+                    batches.remove((batch.as_str(), seq)).map_err(internal)?;
+                }
+                gone.push((message.status, seq));
+            }
+        }
+        {
+            let mut counts = tx.open_table(COUNTS).map_err(internal)?;
+            for status in Status::ALL {
+                let n = gone.iter().filter(|(s, _)| *s == status).count() as u64;
+                if n > 0 {
+                    let before =
+                        counts.get(status.as_str()).map_err(internal)?.map(|v| v.value()).unwrap_or(0);
+                    counts.insert(status.as_str(), before.saturating_sub(n)).map_err(internal)?;
+                }
+            }
+        }
+        tx.commit().map_err(internal)?;
+        Ok(gone.len())
+    }
+
     pub fn in_flight(&self) -> Result<Vec<Message>, StoreError> {
         let db = self.db()?;
         let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;

@@ -184,3 +184,20 @@ async fn listings_page_newest_first_by_status_and_batch() {
     assert!(summary.contains(&(Status::Queued, 4)) && summary.contains(&(Status::Failed, 1)));
     assert!(o.batch_summary("b-2").unwrap().is_none());
 }
+
+#[tokio::test]
+async fn settled_messages_are_forgotten_after_the_retention_and_waiting_ones_never() {
+    let d = dir();
+    let o = outbox(&d, 100);
+    let a = o
+        .accept(vec![msg("5491100000001", Some("k1")), msg("5491100000002", Some("k2"))], Some("b".into()))
+        .await
+        .unwrap();
+    o.cancel(&a[0].message.id).unwrap();
+    assert_eq!(o.prune(Duration::from_secs(3600)).unwrap(), 0, "younger than the retention");
+    assert_eq!(o.prune(Duration::ZERO).unwrap(), 1, "only the settled one goes");
+    assert_eq!(o.get(&a[0].message.id).unwrap(), None);
+    assert!(o.by_key("k1").unwrap().is_none() && o.by_key("k2").unwrap().is_some());
+    assert!(o.counts().unwrap().contains(&(Status::Failed, 0)));
+    assert_eq!(o.batch_summary("b").unwrap().unwrap().iter().map(|(_, n)| n).sum::<u64>(), 1);
+}
