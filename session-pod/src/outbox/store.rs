@@ -337,6 +337,35 @@ impl Store {
         Ok(any.then_some(counts))
     }
 
+    /// Runs `change` on the message `id` in one write transaction (which `change` may use for
+    /// the other tables) and stores the message it leaves, keeping the counts by status; the
+    /// message, or `None` when there is none or `change` left it alone (answered `false`).
+    fn modify(
+        &self,
+        id: &str,
+        change: impl FnOnce(&redb::WriteTransaction, u64, &mut Message) -> Result<bool, StoreError>,
+    ) -> Result<Option<Message>, StoreError> {
+        let Some(seq) = self.seq_of(id)? else { return Ok(None) };
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
+        let (before, message) = {
+            let mut all = tx.open_table(MESSAGES).map_err(internal)?;
+            let mut message = match all.get(seq).map_err(internal)? {
+                Some(b) => decode(b.value())?,
+                None => return Ok(None),
+            };
+            let before = message.status;
+            if !change(&tx, seq, &mut message)? {
+                return Ok(None);
+            }
+            all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
+            (before, message)
+        };
+        recount(&tx, Some(before), message.status, 1)?;
+        tx.commit().map_err(internal)?;
+        Ok(Some(message))
+    }
+
     /// Fails a queued message (cancel, expiry).
     pub fn fail_queued(
         &self,
@@ -345,30 +374,18 @@ impl Store {
         error: &str,
         now: Timestamp,
     ) -> Result<Option<Message>, StoreError> {
-        let Some(seq) = self.seq_of(id)? else { return Ok(None) };
-        let db = self.db()?;
-        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
-        let message = {
-            let mut all = tx.open_table(MESSAGES).map_err(internal)?;
-            let mut queue = tx.open_table(QUEUE).map_err(internal)?;
-            let mut message = match all.get(seq).map_err(internal)? {
-                Some(b) => decode(b.value())?,
-                None => return Ok(None),
-            };
+        self.modify(id, |tx, seq, message| {
             if message.status != Status::Queued {
                 return Err(StoreError::NotCancellable(message.status));
             }
+            let mut queue = tx.open_table(QUEUE).map_err(internal)?;
             queue.remove((message.not_before.map(ms).unwrap_or(0), seq)).map_err(internal)?;
             message.status = Status::Failed;
             message.reason = Some(why.to_string());
             message.error = Some(error.to_string());
             message.failed_at = Some(now);
-            all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
-            message
-        };
-        recount(&tx, Some(Status::Queued), Status::Failed, 1)?;
-        tx.commit().map_err(internal)?;
-        Ok(Some(message))
+            Ok(true)
+        })
     }
 
     /// The first queued message due at `now` (sends interrupted by a crash and requeued come
@@ -431,28 +448,18 @@ impl Store {
         gap: std::time::Duration,
         day: u64,
     ) -> Result<Option<Message>, StoreError> {
-        let Some(seq) = self.seq_of(id)? else { return Ok(None) };
-        let db = self.db()?;
-        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
-        let message = {
-            let mut all = tx.open_table(MESSAGES).map_err(internal)?;
-            let mut queue = tx.open_table(QUEUE).map_err(internal)?;
-            let mut sending = tx.open_table(SENDING).map_err(internal)?;
-            let mut meta = tx.open_table(META).map_err(internal)?;
-            let mut message = match all.get(seq).map_err(internal)? {
-                Some(b) => decode(b.value())?,
-                None => return Ok(None),
-            };
+        self.modify(id, |tx, seq, message| {
             if message.status != Status::Queued {
-                return Ok(None);
+                return Ok(false);
             }
+            let mut queue = tx.open_table(QUEUE).map_err(internal)?;
             queue.remove((message.not_before.map(ms).unwrap_or(0), seq)).map_err(internal)?;
             // A requeued send sits at due 0.
             queue.remove((0, seq)).map_err(internal)?;
-            sending.insert(seq, ()).map_err(internal)?;
+            tx.open_table(SENDING).map_err(internal)?.insert(seq, ()).map_err(internal)?;
             message.status = Status::Sending;
             message.attempts += 1;
-            all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
+            let mut meta = tx.open_table(META).map_err(internal)?;
             meta.insert("next_send_ms", ms(now) + gap.as_millis() as u64).map_err(internal)?;
             let same_day = meta.get("day").map_err(internal)?.map(|v| v.value()) == Some(day);
             let sent = if same_day {
@@ -462,45 +469,32 @@ impl Store {
             };
             meta.insert("day", day).map_err(internal)?;
             meta.insert("day_sent", sent + 1).map_err(internal)?;
-            message
-        };
-        recount(&tx, Some(Status::Queued), Status::Sending, 1)?;
-        tx.commit().map_err(internal)?;
-        Ok(Some(message))
+            Ok(true)
+        })
     }
 
     /// Sending -> queued again, same id: at the front (`at` None: a crash interrupted it and
     /// WhatsApp does not have it), or from `at` on, holding every send back until then
     /// (WhatsApp refused it for now, as when it throttles the account).
     pub fn requeue(&self, id: &str, at: Option<Timestamp>) -> Result<(), StoreError> {
-        let Some(seq) = self.seq_of(id)? else { return Ok(()) };
-        let db = self.db()?;
-        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
-        {
-            let mut all = tx.open_table(MESSAGES).map_err(internal)?;
-            let mut queue = tx.open_table(QUEUE).map_err(internal)?;
-            let mut sending = tx.open_table(SENDING).map_err(internal)?;
-            let mut meta = tx.open_table(META).map_err(internal)?;
-            let mut message = match all.get(seq).map_err(internal)? {
-                Some(b) => decode(b.value())?,
-                None => return Ok(()),
-            };
+        self.modify(id, |tx, seq, message| {
             if message.status != Status::Sending {
-                return Ok(());
+                return Ok(false);
             }
-            sending.remove(seq).map_err(internal)?;
+            tx.open_table(SENDING).map_err(internal)?.remove(seq).map_err(internal)?;
+            let mut queue = tx.open_table(QUEUE).map_err(internal)?;
             queue.insert((at.map(ms).unwrap_or(0), seq), ()).map_err(internal)?;
             message.status = Status::Queued;
             // The queue entry's due time is the message's notBefore from now on.
             message.not_before = at;
             if let Some(at) = at {
+                let mut meta = tx.open_table(META).map_err(internal)?;
                 let held = meta.get("next_send_ms").map_err(internal)?.map(|v| v.value()).unwrap_or(0);
                 meta.insert("next_send_ms", held.max(ms(at))).map_err(internal)?;
             }
-            all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
-        }
-        recount(&tx, Some(Status::Sending), Status::Queued, 1)?;
-        tx.commit().map_err(internal)
+            Ok(true)
+        })
+        .map(|_| ())
     }
 
     /// Forgets messages that reached a final state before `cutoff` (their idempotency keys
@@ -594,30 +588,16 @@ impl Store {
         now: Timestamp,
         change: impl FnOnce(&mut Message, Timestamp),
     ) -> Result<Option<Message>, StoreError> {
-        let Some(seq) = self.seq_of(id)? else { return Ok(None) };
-        let db = self.db()?;
-        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
-        let message = {
-            let mut all = tx.open_table(MESSAGES).map_err(internal)?;
-            let mut sending = tx.open_table(SENDING).map_err(internal)?;
-            let mut message = match all.get(seq).map_err(internal)? {
-                Some(b) => decode(b.value())?,
-                None => return Ok(None),
-            };
+        self.modify(id, |tx, seq, message| {
             let before = message.clone();
-            change(&mut message, now);
-            if message == before {
-                return Ok(None);
+            change(message, now);
+            if *message == before {
+                return Ok(false);
             }
             if message.status != Status::Sending {
-                sending.remove(seq).map_err(internal)?;
+                tx.open_table(SENDING).map_err(internal)?.remove(seq).map_err(internal)?;
             }
-            all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
-            (before.status, message)
-        };
-        let (before, message) = message;
-        recount(&tx, Some(before), message.status, 1)?;
-        tx.commit().map_err(internal)?;
-        Ok(Some(message))
+            Ok(true)
+        })
     }
 }
