@@ -55,6 +55,17 @@ pub struct WhatsAppSessionSpec {
     #[serde(default)]
     pub send: SendSpec,
 
+    /// Incoming messages: how long the session keeps them.
+    #[serde(default)]
+    pub inbound: InboundSpec,
+
+    /// Where the session posts its events (Standard Webhooks: signed, at least once, in order
+    /// per endpoint, from a queue on the session's volume). At most 5.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    #[x_kube(validation = Rule::new("self.all(w, self.exists_one(o, o.name == w.name))").message("webhook names must be unique"))]
+    pub webhooks: Vec<WebhookSpec>,
+
     /// The volume that holds the browser profile.
     #[serde(default)]
     pub storage: StorageSpec,
@@ -160,6 +171,79 @@ pub struct SendWindow {
     #[serde(default = "default_time_zone")]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$') && size(self) <= 64").message("send.window.timeZone must be an IANA time zone name such as America/Sao_Paulo"))]
     pub time_zone: String,
+}
+
+/// Incoming messages: how long the session keeps them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundSpec {
+    /// How long incoming messages (and the events told about them) are kept on the session's
+    /// volume, in days: 1 to 90, default 7.
+    #[serde(default = "default_retention_days")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 90").message("inbound.retentionDays must be between 1 and 90"))]
+    pub retention_days: i32,
+}
+
+impl Default for InboundSpec {
+    fn default() -> Self {
+        Self { retention_days: default_retention_days() }
+    }
+}
+
+fn default_retention_days() -> i32 {
+    7
+}
+
+/// One endpoint the session posts its events to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.url.startsWith('https://') || (has(self.allowInsecure) && self.allowInsecure)").message("webhooks[].url must be https:// unless allowInsecure is true"))]
+pub struct WebhookSpec {
+    /// A name for the endpoint, unique in the session (deliveries name it): lowercase letters,
+    /// digits and dashes, up to 63.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')").message("webhooks[].name must be lowercase letters, digits and dashes, up to 63"))]
+    pub name: String,
+
+    /// The URL events are POSTed to.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^ /]+(/[^ ]*)?$')").message("webhooks[].url must be an http(s) URL of at most 2048 characters"))]
+    pub url: String,
+
+    /// Plain http:// is refused unless this is true (an endpoint inside the cluster).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure: bool,
+
+    /// The events sent: `message` (an incoming message), `message.ack` (a sent message's
+    /// receipt: sent, delivered, read, played, failed), `state` (the session's state). Default all.
+    #[serde(default = "default_webhook_events")]
+    #[schemars(length(max = 3), inner(length(max = 16)))]
+    #[x_kube(validation = Rule::new("size(self) >= 1 && self.all(e, e in ['message', 'message.ack', 'state'])").message("webhooks[].events must be some of message, message.ack, state"))]
+    pub events: Vec<String>,
+
+    /// The Secret (in the session's namespace) whose key signs the deliveries:
+    /// `webhook-signature` is `v1,` and the base64 HMAC-SHA256 of `id.timestamp.body`.
+    pub secret_ref: WebhookSecretRef,
+}
+
+/// A key of a Secret in the session's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSecretRef {
+    /// The Secret's name.
+    #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("webhooks[].secretRef.name must be a Secret name"))]
+    pub name: String,
+    /// The key in it (the signing secret; Standard Webhooks' `whsec_` base64 form or raw bytes).
+    #[serde(default = "default_secret_key")]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]{1,253}$')").message("webhooks[].secretRef.key must be a Secret key"))]
+    pub key: String,
+}
+
+fn default_webhook_events() -> Vec<String> {
+    vec!["message".into(), "message.ack".into(), "state".into()]
+}
+
+fn default_secret_key() -> String {
+    "secret".into()
 }
 
 fn default_time_zone() -> String {

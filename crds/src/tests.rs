@@ -107,6 +107,11 @@ fn valid_sessions_pass() {
         "qr": {"maxAttempts": 10},
         "send": {"ratePerMinute": 30, "dailyCap": 500, "window": {"start": "22:00", "end": "06:00", "timeZone": "America/Sao_Paulo"}},
         "storage": {"size": "2Gi", "storageClassName": "fast-ssd", "whenDeleted": "Delete"},
+        "inbound": {"retentionDays": 30},
+        "webhooks": [
+            {"name": "crm", "url": "https://crm.example/hooks/whatsapp", "events": ["message", "message.ack"], "secretRef": {"name": "crm-webhook", "key": "secret"}},
+            {"name": "audit", "url": "http://audit.tools.svc:8080/in", "allowInsecure": true, "secretRef": {"name": "audit-webhook"}},
+        ],
         "browser": {"image": "registry.example/whatsapp-session:1.0", "extraArgs": ["--lang=es"], "webVersion": "2.3000.1029560484"},
     });
     for spec in [json!({"clienteId": 1}), full] {
@@ -127,6 +132,14 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(typed.spec.storage.size.0, "1Gi");
     assert_eq!(typed.spec.storage.when_deleted, VolumePolicy::Retain);
     assert!(!typed.spec.suspended);
+    assert_eq!(typed.spec.inbound.retention_days, 7);
+    assert!(typed.spec.webhooks.is_empty());
+    let hooked: WhatsAppSession = serde_json::from_value(session(
+        json!({"clienteId": 7, "webhooks": [{"name": "crm", "url": "https://crm.example/", "secretRef": {"name": "s"}}]}),
+    ))
+    .unwrap();
+    assert_eq!(hooked.spec.webhooks[0].events, ["message", "message.ack", "state"]);
+    assert_eq!(hooked.spec.webhooks[0].secret_ref.key, "secret");
 }
 
 #[test]
@@ -191,6 +204,33 @@ fn invalid_sessions_are_rejected_with_clear_messages() {
             "browser.extraArgs must not set --user-data-dir",
         ),
         (json!({"clienteId": 1, "browser": {"webVersion": "latest"}}), "browser.webVersion must look like"),
+        (
+            json!({"clienteId": 1, "inbound": {"retentionDays": 0}}),
+            "inbound.retentionDays must be between 1 and 90",
+        ),
+        (
+            json!({"clienteId": 1, "webhooks": [{"name": "crm", "url": "http://crm.example/", "secretRef": {"name": "s"}}]}),
+            "webhooks[].url must be https:// unless allowInsecure is true",
+        ),
+        (
+            json!({"clienteId": 1, "webhooks": [{"name": "crm", "url": "ftp://crm.example/", "allowInsecure": true, "secretRef": {"name": "s"}}]}),
+            "webhooks[].url must be an http(s) URL",
+        ),
+        (
+            json!({"clienteId": 1, "webhooks": [{"name": "CRM", "url": "https://crm.example/", "secretRef": {"name": "s"}}]}),
+            "webhooks[].name must be lowercase",
+        ),
+        (
+            json!({"clienteId": 1, "webhooks": [{"name": "crm", "url": "https://crm.example/", "events": ["sms"], "secretRef": {"name": "s"}}]}),
+            "webhooks[].events must be some of message, message.ack, state",
+        ),
+        (
+            json!({"clienteId": 1, "webhooks": [
+                {"name": "crm", "url": "https://a.example/", "secretRef": {"name": "s"}},
+                {"name": "crm", "url": "https://b.example/", "secretRef": {"name": "s"}},
+            ]}),
+            "webhook names must be unique",
+        ),
     ];
     for (spec, expected) in cases {
         let errors = cel_errors(&session(spec.clone()), None);

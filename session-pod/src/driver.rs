@@ -134,11 +134,20 @@ impl Driver {
     }
 
     /// Publishes a report; one that does not know what the page lacks (the browser is
-    /// starting) keeps the last known answer.
+    /// starting) keeps the last known answer. A new state is logged as a `state` event.
     fn report(&self, mut report: Report) {
+        let mut new_state = None;
         self.reports.send_if_modified(|current| {
             if report.missing.is_none() {
                 report.missing = current.missing.clone();
+            }
+            if current.state != report.state {
+                new_state = Some(serde_json::json!({
+                    "state": report.state,
+                    "reason": report.reason,
+                    "message": report.message,
+                    "me": report.me,
+                }));
             }
             let changed = *current != report;
             if changed {
@@ -146,6 +155,11 @@ impl Driver {
             }
             changed
         });
+        if let Some(data) = new_state
+            && let Err(error) = self.outbox.event("state", data)
+        {
+            warn!(%error, "could not log the state event");
+        }
     }
 
     async fn drive(&mut self, mut session: Session, shutdown: &mut watch::Receiver<bool>) -> Exit {

@@ -85,6 +85,23 @@ pub mod reason {
     pub const BRIDGE_INCOMPATIBLE: &str = "BRIDGE_INCOMPATIBLE";
 }
 
+/// Something that happened in the session, as webhooks are told: the log of these is kept in
+/// the outbox file, appended in the transaction of the change itself (see
+/// [`store::append_event`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the log: events are told in this order.
+    pub seq: u64,
+    /// Unique and stable across retries: the `webhook-id`.
+    pub id: String,
+    /// `message` (an incoming message), `message.ack` (a sent message's new status) or
+    /// `state` (the session's state).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: Timestamp,
+    pub data: serde_json::Value,
+}
+
 /// One message, as stored and as the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -151,22 +168,39 @@ pub fn new_message_id() -> String {
     format!("3EB0{hex}")
 }
 
+/// A store call. A failure on the file makes the next call open it again; a call that met the
+/// failure of another (redb refuses every call after one I/O error, a full volume's say) is made
+/// once more on the file opened again, so it fails, if it does, for its own reason.
+fn call<T>(
+    store: &store::Store,
+    op: impl Fn(&store::Store) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut result = op(store);
+    if matches!(&result, Err(StoreError::Internal(e)) if e.contains("Previous I/O error")) {
+        store.failed();
+        result = op(store);
+    }
+    if matches!(result, Err(StoreError::StorageFull(_) | StoreError::Internal(_))) {
+        store.failed();
+    }
+    result
+}
+
 /// The outbox of this session: the store, and who to wake when it changes.
 #[derive(Clone)]
 pub struct Outbox {
     store: Arc<store::Store>,
     /// The driver waits on this for new work.
     pub work: Arc<Notify>,
+    /// Rung when the event log may have grown (one reader: the webhooks' ingester).
+    pub logged: Arc<Notify>,
     updates: broadcast::Sender<Message>,
 }
 
 impl Outbox {
-    /// A store result; a failure on the file makes the next call open it again.
-    fn checked<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if matches!(result, Err(StoreError::StorageFull(_) | StoreError::Internal(_))) {
-            self.store.failed();
-        }
-        result
+    /// A store call; see [`call`].
+    fn call<T>(&self, op: impl Fn(&store::Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        call(&self.store, op)
     }
 
     /// Opens (or creates) the outbox file; `max_queued` bounds the messages waiting.
@@ -175,6 +209,7 @@ impl Outbox {
         Ok(Outbox {
             store: Arc::new(store),
             work: Arc::new(Notify::new()),
+            logged: Arc::new(Notify::new()),
             updates: broadcast::channel(1024).0,
         })
     }
@@ -186,6 +221,27 @@ impl Outbox {
 
     fn publish(&self, message: &Message) {
         let _ = self.updates.send(message.clone());
+        self.logged.notify_one();
+    }
+
+    /// Logs an event of its own (such as the session's new state).
+    pub fn event(&self, kind: &str, data: serde_json::Value) -> Result<Event, StoreError> {
+        let event = self.call(|s| s.event(kind, data.clone(), Timestamp::now()))?;
+        self.logged.notify_one();
+        Ok(event)
+    }
+
+    /// Up to `limit` events after `seq`, oldest first.
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by the webhooks' ingester, which comes next"))]
+    pub fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.call(|s| s.events_after(seq, limit))
+    }
+
+    /// Forgets events older than `retention` that every reader has taken (up to `upto`), a
+    /// bounded number at a time.
+    #[cfg_attr(not(test), expect(dead_code, reason = "pruned by the webhooks' ingester, which comes next"))]
+    pub fn prune_events(&self, retention: std::time::Duration, upto: u64) -> Result<usize, StoreError> {
+        self.call(|s| s.prune_events(Timestamp::now() - retention, upto, 10_000))
     }
 
     /// Persists new messages (all or none) and wakes the driver.
@@ -195,10 +251,11 @@ impl Outbox {
         batch: Option<String>,
     ) -> Result<Vec<Accepted>, StoreError> {
         let store = self.store.clone();
-        let accepted = tokio::task::spawn_blocking(move || store.accept(messages, batch, Timestamp::now()))
-            .await
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
-        let accepted = self.checked(accepted)?;
+        let accepted = tokio::task::spawn_blocking(move || {
+            call(&store, |s| s.accept(&messages, batch.as_deref(), Timestamp::now()))
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))??;
         for a in accepted.iter().filter(|a| !a.duplicate) {
             self.publish(&a.message);
         }
@@ -208,11 +265,11 @@ impl Outbox {
 
     /// The message accepted with an idempotency key, if any.
     pub fn by_key(&self, key: &str) -> Result<Option<Message>, StoreError> {
-        self.checked(self.store.by_key(key))
+        self.call(|s| s.by_key(key))
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
-        self.checked(self.store.get(id))
+        self.call(|s| s.get(id))
     }
 
     pub fn list(
@@ -222,23 +279,19 @@ impl Outbox {
         cursor: Option<u64>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        self.checked(self.store.list(status, batch, cursor, limit))
+        self.call(|s| s.list(status, batch, cursor, limit))
     }
 
     /// Counts of a batch's messages by status; `None` for an unknown batch.
     pub fn batch_summary(&self, batch: &str) -> Result<Option<Vec<(Status, u64)>>, StoreError> {
-        self.checked(self.store.batch_summary(batch))
+        self.call(|s| s.batch_summary(batch))
     }
 
     /// Cancels a queued message: `Ok(None)` when there is no such message, `Err(NotCancellable)`
     /// once it left the queue.
     pub fn cancel(&self, id: &str) -> Result<Option<Message>, StoreError> {
-        let cancelled = self.checked(self.store.fail_queued(
-            id,
-            reason::CANCELLED,
-            "cancelled by the caller",
-            Timestamp::now(),
-        ))?;
+        let cancelled =
+            self.call(|s| s.fail_queued(id, reason::CANCELLED, "cancelled by the caller", Timestamp::now()))?;
         if let Some(m) = &cancelled {
             self.publish(m);
         }
@@ -252,12 +305,12 @@ impl Outbox {
         now: Timestamp,
         limits: &Limits,
     ) -> Result<Option<(Message, Timestamp)>, StoreError> {
-        let (next, expired) = self.checked(self.store.next_due(now))?;
+        let (next, expired) = self.call(|s| s.next_due(now))?;
         for m in &expired {
             self.publish(m);
         }
         let Some(next) = next else { return Ok(None) };
-        let (next_send_ms, day, sent) = self.checked(self.store.pacing())?;
+        let (next_send_ms, day, sent) = self.call(|s| s.pacing())?;
         let paced = Timestamp::from_millisecond(next_send_ms).unwrap_or(now).max(now);
         Ok(Some((next, limits.opens_at(paced, day, sent))))
     }
@@ -271,7 +324,7 @@ impl Outbox {
         limits: &Limits,
     ) -> Result<Option<Message>, StoreError> {
         let now = Timestamp::now();
-        let m = self.checked(self.store.mark_sending(id, now, gap, limits.day(now)))?;
+        let m = self.call(|s| s.mark_sending(id, now, gap, limits.day(now)))?;
         if let Some(m) = &m {
             self.publish(m);
         }
@@ -313,41 +366,41 @@ impl Outbox {
     /// A send that a crash interrupted and WhatsApp Web does not have: back to the front of
     /// the queue, same id.
     pub fn requeue(&self, id: &str) -> Result<(), StoreError> {
-        self.checked(self.store.requeue(id, None))?;
+        self.call(|s| s.requeue(id, None))?;
         self.work.notify_one();
         Ok(())
     }
 
     /// A send WhatsApp refused for now: again after `wait`, same id, and no other send before.
     pub fn retry_later(&self, id: &str, wait: std::time::Duration) -> Result<(), StoreError> {
-        self.checked(self.store.requeue(id, Some(Timestamp::now() + wait)))?;
+        self.call(|s| s.requeue(id, Some(Timestamp::now() + wait)))?;
         self.work.notify_one();
         Ok(())
     }
 
     /// Messages left in `sending` (by a crash).
     pub fn in_flight(&self) -> Result<Vec<Message>, StoreError> {
-        self.checked(self.store.in_flight())
+        self.call(|s| s.in_flight())
     }
 
     /// Forgets messages settled (sent or failed) more than `retention` ago, a bounded number
     /// at a time; returns how many went.
     pub fn prune(&self, retention: std::time::Duration) -> Result<usize, StoreError> {
-        self.checked(self.store.prune(Timestamp::now() - retention, 10_000))
+        self.call(|s| s.prune(Timestamp::now() - retention, 10_000))
     }
 
     /// Messages by status.
     pub fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
-        self.checked(self.store.counts())
+        self.call(|s| s.counts())
     }
 
     /// Messages waiting to be sent.
     pub fn queued(&self) -> Result<u64, StoreError> {
-        self.checked(self.store.queued())
+        self.call(|s| s.queued())
     }
 
-    fn update(&self, id: &str, change: impl FnOnce(&mut Message, Timestamp)) -> Result<(), StoreError> {
-        if let Some(m) = self.checked(self.store.update(id, Timestamp::now(), change))? {
+    fn update(&self, id: &str, change: impl Fn(&mut Message, Timestamp)) -> Result<(), StoreError> {
+        if let Some(m) = self.call(|s| s.update(id, Timestamp::now(), &change))? {
             self.publish(&m);
         }
         Ok(())

@@ -7,7 +7,7 @@ use std::path::Path;
 use jiff::Timestamp;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Message, Status, new_message_id};
+use super::{Event, Message, Status, new_message_id};
 
 /// seq -> the message (JSON).
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
@@ -26,6 +26,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Messages by status, kept with every change (the status summary and the metrics read it).
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 
+/// seq -> an event (JSON): what webhooks are told, in order (see [`append_event`]).
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
 /// The page cache of the outbox file.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -42,6 +45,37 @@ fn recount(tx: &redb::WriteTransaction, from: Option<Status>, to: Status, n: u64
     let before = counts.get(to.as_str()).map_err(internal)?.map(|v| v.value()).unwrap_or(0);
     counts.insert(to.as_str(), before + n).map_err(internal)?;
     Ok(())
+}
+
+/// Appends an event to the log inside `tx`, the transaction of the change it tells about, so
+/// a change is never committed without its event (nor an event without its change).
+pub fn append_event(
+    tx: &redb::WriteTransaction,
+    kind: &str,
+    data: serde_json::Value,
+    at: Timestamp,
+) -> Result<Event, StoreError> {
+    let mut meta = tx.open_table(META).map_err(internal)?;
+    let seq = meta.get("next_event").map_err(internal)?.map(|v| v.value()).unwrap_or(1);
+    meta.insert("next_event", seq + 1).map_err(internal)?;
+    let salt: u32 = rand::random();
+    let event = Event { seq, id: format!("evt_{seq:012}{salt:08x}"), kind: kind.to_string(), at, data };
+    let bytes = serde_json::to_vec(&event).map_err(internal)?;
+    tx.open_table(EVENTS).map_err(internal)?.insert(seq, bytes.as_slice()).map_err(internal)?;
+    Ok(event)
+}
+
+/// The `message.ack` event of a sent message's new status.
+fn ack_event(message: &Message) -> serde_json::Value {
+    serde_json::json!({
+        "id": message.id,
+        "to": message.to,
+        "status": message.status,
+        "reason": message.reason,
+        "error": message.error,
+        "idempotencyKey": message.idempotency_key,
+        "batch": message.batch,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +175,7 @@ impl Store {
             tx.open_table(BATCHES).map_err(internal)?;
             tx.open_table(META).map_err(internal)?;
             tx.open_table(COUNTS).map_err(internal)?;
+            tx.open_table(EVENTS).map_err(internal)?;
         }
         tx.commit().map_err(internal)?;
         Ok(db)
@@ -170,8 +205,8 @@ impl Store {
 
     pub fn accept(
         &self,
-        messages: Vec<NewMessage>,
-        batch: Option<String>,
+        messages: &[NewMessage],
+        batch: Option<&str>,
         now: Timestamp,
     ) -> Result<Vec<Accepted>, StoreError> {
         let db = self.db()?;
@@ -203,13 +238,13 @@ impl Store {
                 }
                 let message = Message {
                     id: new_message_id(),
-                    to: new.to,
-                    message: new.message,
+                    to: new.to.clone(),
+                    message: new.message.clone(),
                     status: Status::Queued,
                     reason: None,
                     error: None,
-                    idempotency_key: new.idempotency_key,
-                    batch: batch.clone(),
+                    idempotency_key: new.idempotency_key.clone(),
+                    batch: batch.map(str::to_string),
                     not_before: new.not_before,
                     expires_at: new.expires_at,
                     created_at: now,
@@ -225,8 +260,8 @@ impl Store {
                 if let Some(key) = &message.idempotency_key {
                     keys.insert(key.as_str(), seq).map_err(internal)?;
                 }
-                if let Some(batch) = &batch {
-                    batches.insert((batch.as_str(), seq), ()).map_err(internal)?;
+                if let Some(batch) = batch {
+                    batches.insert((batch, seq), ()).map_err(internal)?;
                 }
                 let due = message.not_before.map(ms).unwrap_or(0);
                 queue.insert((due, seq), ()).map_err(internal)?;
@@ -362,6 +397,9 @@ impl Store {
             (before, message)
         };
         recount(&tx, Some(before), message.status, 1)?;
+        if before != message.status && (message.status.is_sent() || message.status == Status::Failed) {
+            append_event(&tx, "message.ack", ack_event(&message), Timestamp::now())?;
+        }
         tx.commit().map_err(internal)?;
         Ok(Some(message))
     }
@@ -564,6 +602,54 @@ impl Store {
         Ok(out)
     }
 
+    /// An event of its own (not part of another change, such as the session's state).
+    pub fn event(&self, kind: &str, data: serde_json::Value, at: Timestamp) -> Result<Event, StoreError> {
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
+        let event = append_event(&tx, kind, data, at)?;
+        tx.commit().map_err(internal)?;
+        Ok(event)
+    }
+
+    /// Up to `limit` events after `seq`, oldest first.
+    pub fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
+        let events = tx.open_table(EVENTS).map_err(internal)?;
+        let mut out = Vec::new();
+        for entry in events.range(seq.saturating_add(1)..).map_err(internal)?.take(limit) {
+            let (_, bytes) = entry.map_err(internal)?;
+            out.push(serde_json::from_slice(bytes.value()).map_err(internal)?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets up to `limit` events older than `cutoff` and at or before `upto` (what every
+    /// reader of the log has taken); returns how many went.
+    pub fn prune_events(&self, cutoff: Timestamp, upto: u64, limit: usize) -> Result<usize, StoreError> {
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
+        let mut gone = 0;
+        {
+            let mut events = tx.open_table(EVENTS).map_err(internal)?;
+            let mut old = Vec::new();
+            for entry in events.range(..=upto).map_err(internal)?.take(limit) {
+                let (seq, bytes) = entry.map_err(internal)?;
+                let event: Event = serde_json::from_slice(bytes.value()).map_err(internal)?;
+                if event.at >= cutoff {
+                    break;
+                }
+                old.push(seq.value());
+            }
+            for seq in old {
+                events.remove(seq).map_err(internal)?;
+                gone += 1;
+            }
+        }
+        tx.commit().map_err(internal)?;
+        Ok(gone)
+    }
+
     /// Messages by status.
     pub fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
         let db = self.db()?;
@@ -586,7 +672,7 @@ impl Store {
         &self,
         id: &str,
         now: Timestamp,
-        change: impl FnOnce(&mut Message, Timestamp),
+        change: impl Fn(&mut Message, Timestamp),
     ) -> Result<Option<Message>, StoreError> {
         self.modify(id, |tx, seq, message| {
             let before = message.clone();

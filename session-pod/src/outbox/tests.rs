@@ -201,3 +201,25 @@ async fn settled_messages_are_forgotten_after_the_retention_and_waiting_ones_nev
     assert!(o.counts().unwrap().contains(&(Status::Failed, 0)));
     assert_eq!(o.batch_summary("b").unwrap().unwrap().iter().map(|(_, n)| n).sum::<u64>(), 1);
 }
+
+#[tokio::test]
+async fn receipts_and_own_events_are_logged_in_order() {
+    let d = dir();
+    let o = outbox(&d, 10);
+    let a = o.accept(vec![msg("5491100000001", None)], None).await.unwrap();
+    let id = a[0].message.id.clone();
+    assert!(o.events_after(0, 10).unwrap().is_empty(), "accepting tells nothing yet");
+    o.sent(&id).unwrap();
+    o.event("state", serde_json::json!({"state": "READY"})).unwrap();
+    o.ack(&id, 2).unwrap();
+    o.ack(&id, 2).unwrap(); // the same receipt twice is one event
+    let events = o.events_after(0, 10).unwrap();
+    let kinds: Vec<(&str, Option<&str>)> =
+        events.iter().map(|e| (e.kind.as_str(), e.data["status"].as_str())).collect();
+    assert_eq!(kinds, [("message.ack", Some("sent")), ("state", None), ("message.ack", Some("delivered"))]);
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq && w[0].id != w[1].id));
+    assert_eq!(o.events_after(events[1].seq, 10).unwrap(), events[2..].to_vec());
+    // Pruning takes only what is old enough and taken by every reader.
+    assert_eq!(o.prune_events(std::time::Duration::ZERO, events[0].seq).unwrap(), 1);
+    assert_eq!(o.events_after(0, 10).unwrap(), events[1..].to_vec());
+}
