@@ -201,6 +201,7 @@ fn default_retention_days() -> i32 {
 pub struct WebhookSpec {
     /// A name for the endpoint, unique in the session (deliveries name it): lowercase letters,
     /// digits and dashes, up to 63.
+    #[schemars(length(max = 63))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')").message("webhooks[].name must be lowercase letters, digits and dashes, up to 63"))]
     pub name: String,
 
@@ -230,10 +231,12 @@ pub struct WebhookSpec {
 #[serde(rename_all = "camelCase")]
 pub struct WebhookSecretRef {
     /// The Secret's name.
+    #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("webhooks[].secretRef.name must be a Secret name"))]
     pub name: String,
     /// The key in it (the signing secret; Standard Webhooks' `whsec_` base64 form or raw bytes).
     #[serde(default = "default_secret_key")]
+    #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]{1,253}$')").message("webhooks[].secretRef.key must be a Secret key"))]
     pub key: String,
 }
