@@ -23,6 +23,9 @@ pub const PROFILE_MOUNT: &str = "/data";
 pub const PROFILE_VOLUME: &str = "profile";
 /// Label naming the session on every child, pods included.
 pub const SESSION_LABEL: &str = "whatsapp.leadmaster.dev/session";
+/// The tenant of every child, and of the profile volume (which keeps it after its session is
+/// gone: a retained volume holds that tenant's WhatsApp login).
+pub const CLIENTE_LABEL: &str = "whatsapp.leadmaster.dev/cliente-id";
 /// Label set on every child, to watch only ours.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "whatsapp-operator");
 /// Pod-template annotation holding a digest of the hub token, so a new token rolls the pod.
@@ -98,7 +101,7 @@ pub fn labels(session: &WhatsAppSession) -> BTreeMap<String, String> {
         ("app.kubernetes.io/component".to_string(), "session".to_string()),
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
         (SESSION_LABEL.to_string(), name),
-        ("whatsapp.leadmaster.dev/cliente-id".to_string(), session.spec.cliente_id.to_string()),
+        (CLIENTE_LABEL.to_string(), session.spec.cliente_id.to_string()),
     ])
 }
 

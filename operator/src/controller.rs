@@ -265,6 +265,9 @@ impl Reconciler<'_> {
             ));
         }
         let claim = self.ctx.caches.claims.get(&ObjectRef::new(&names.claim).within(namespace));
+        if let Some(problem) = claim.as_deref().and_then(|c| another_tenants(c, self.session)) {
+            return Some(problem);
+        }
         let current = claim
             .as_ref()
             .and_then(|c| c.spec.as_ref())
@@ -473,6 +476,29 @@ impl Reconciler<'_> {
             Err(error) => warn!(%error, reason, "could not record an event"),
         }
     }
+}
+
+/// A profile volume left by a session of another tenant (`whenDeleted: Retain`): it holds
+/// that tenant's WhatsApp login, so it is never mounted for this one. Deleting the claim starts
+/// afresh; relabelling it hands the login over on purpose.
+fn another_tenants(claim: &PersistentVolumeClaim, session: &WhatsAppSession) -> Option<Observation> {
+    let wanted = session.spec.cliente_id.to_string();
+    let owner = claim.metadata.labels.as_ref().and_then(|l| l.get(children::CLIENTE_LABEL));
+    if owner == Some(&wanted) {
+        return None;
+    }
+    let name = claim.metadata.name.as_deref().unwrap_or_default();
+    let owner = owner.map_or("no clienteId label".to_string(), |o| format!("clienteId {o}"));
+    Some(Observation::new(
+        false,
+        "VolumeOfAnotherTenant",
+        format!(
+            "the retained volume {name} belongs to {owner}, not {wanted}: it holds that tenant's WhatsApp \
+             login and is not mounted. Delete the claim to start afresh, or hand it over on purpose with \
+             `kubectl label pvc {name} {}={wanted} --overwrite`",
+            children::CLIENTE_LABEL
+        ),
+    ))
 }
 
 fn claim_size(claim: Option<&PersistentVolumeClaim>) -> Option<String> {

@@ -235,6 +235,25 @@ async fn deleting_a_session_collects_its_children_and_honours_when_deleted() {
     wait_gone(&pvcs, "profile-drop-0").await;
     let kept = pvcs.get_opt("profile-keep-0").await.unwrap();
     assert!(kept.is_some_and(|p| p.metadata.deletion_timestamp.is_none()), "Retain keeps the login volume");
+
+    // Another tenant's session by the same name never mounts that login.
+    create(&ns, "keep", "  clienteId: 9\n");
+    eventually("Reconciled=False/VolumeOfAnotherTenant", WAIT, || async {
+        let c = condition(&ns, "keep", "Reconciled").await;
+        Ok((c == Some(("False".into(), "VolumeOfAnotherTenant".into()))).then_some(()))
+    })
+    .await;
+    wait_event(&ns, "keep", "InvalidSpec").await;
+    assert!(ns.api::<StatefulSet>().get_opt("keep").await.unwrap().is_none(), "no pod mounts it");
+    // Handed over on purpose, as the condition's message says: the session starts on it.
+    let session = ns.api::<WhatsAppSession>().get("keep").await.unwrap();
+    let message =
+        session.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Reconciled").unwrap().message;
+    let command = message.split('`').nth(1).expect("the message names the command");
+    assert_eq!(command, "kubectl label pvc profile-keep-0 whatsapp.leadmaster.dev/cliente-id=9 --overwrite");
+    run(ns.kubectl().args(command.split(' ').skip(1))).unwrap();
+    wait_condition(&ns, "keep", "Reconciled");
+    wait_condition(&ns, "keep", "PodReady");
 }
 
 #[tokio::test]
