@@ -30,6 +30,9 @@ pub const CLIENTE_LABEL: &str = "whatsapp.leadmaster.dev/cliente-id";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "whatsapp-operator");
 /// Pod-template annotation holding a digest of the hub token, so a new token rolls the pod.
 pub const TOKEN_DIGEST_ANNOTATION: &str = "whatsapp.leadmaster.dev/hub-token-digest";
+/// A digest of `spec.browser` on the pod template: the session pod reads the browser settings
+/// only when it launches Chromium, so a change rolls the pod (the login stays on its volume).
+pub const BROWSER_DIGEST_ANNOTATION: &str = "whatsapp.leadmaster.dev/browser-digest";
 /// Key of the hub token in the session's Secret.
 pub const TOKEN_KEY: &str = "token";
 /// Chromium needs time to flush the profile (the WhatsApp login) to disk on shutdown.
@@ -203,6 +206,8 @@ fn statefulset(
         claim_spec["storageClassName"] = json!(class);
     }
     let token_digest = hex(&Sha256::digest(token.as_bytes())[..8]);
+    let browser = serde_json::to_vec(&spec.browser)?;
+    let browser_digest = hex(&Sha256::digest(browser)[..8]);
     let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
     let mut container = json!({
         "name": "session",
@@ -265,7 +270,10 @@ fn statefulset(
             "template": {
                 "metadata": {
                     "labels": labels(session),
-                    "annotations": {TOKEN_DIGEST_ANNOTATION: token_digest},
+                    "annotations": {
+                        TOKEN_DIGEST_ANNOTATION: token_digest,
+                        BROWSER_DIGEST_ANNOTATION: browser_digest,
+                    },
                 },
                 "spec": {
                     "serviceAccountName": names.service_account,

@@ -163,6 +163,21 @@ fn hub_tokens_are_per_session_and_follow_the_key() {
 }
 
 #[test]
+fn a_browser_change_rolls_the_pod_and_nothing_else_does() {
+    let digest = |spec: Value| {
+        let sts = sts_json(&desired(&session(spec), &settings()).unwrap());
+        sts["spec"]["template"]["metadata"]["annotations"][BROWSER_DIGEST_ANNOTATION]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let plain = digest(json!({"clienteId": 1}));
+    assert_eq!(plain, digest(json!({"clienteId": 1, "send": {"ratePerMinute": 5}})));
+    assert_ne!(plain, digest(json!({"clienteId": 1, "browser": {"extraArgs": ["--lang=es"]}})));
+    assert_ne!(plain, digest(json!({"clienteId": 1, "browser": {"webVersion": "2.3000.1029560484"}})));
+}
+
+#[test]
 fn frozen_fields_are_detected() {
     let base = desired(&session(json!({"clienteId": 1})), &settings()).unwrap().statefulset;
     let suspended =
