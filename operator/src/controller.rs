@@ -123,6 +123,30 @@ pub async fn run(
     let (pods, pod_stream) = cached!(Pod, scope.api(&client), managed);
     let (claims, claim_stream) = cached!(PersistentVolumeClaim, scope.api(&client), managed);
     let (storage_classes, class_stream) = cached!(StorageClass, Api::all(client.clone()), any);
+    // Every child cache lists before the first reconcile: before that a session's pod, claim
+    // or children look missing, and a reconcile would write PodReady=False, warn PodLost and
+    // apply everything again, at every start and failover. (The sessions' own watch is left
+    // to the controller: its first list is what triggers every session.)
+    let mut sts_stream = sts_stream.boxed();
+    let mut svc_stream = svc_stream.boxed();
+    let mut sa_stream = sa_stream.boxed();
+    let mut role_stream = role_stream.boxed();
+    let mut rb_stream = rb_stream.boxed();
+    let mut secret_stream = secret_stream.boxed();
+    let mut pod_stream = pod_stream.boxed();
+    let mut claim_stream = claim_stream.boxed();
+    let mut class_stream = class_stream.boxed();
+    futures::join!(
+        listed(&mut sts_stream, &statefulsets),
+        listed(&mut svc_stream, &services),
+        listed(&mut sa_stream, &service_accounts),
+        listed(&mut role_stream, &roles),
+        listed(&mut rb_stream, &role_bindings),
+        listed(&mut secret_stream, &secrets),
+        listed(&mut pod_stream, &pods),
+        listed(&mut claim_stream, &claims),
+        listed(&mut class_stream, &storage_classes),
+    );
 
     let caches = Caches {
         sessions: sessions.clone(),
@@ -187,6 +211,18 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+/// Drives a cache's watch until the cache has listed once (or the watch ends).
+async fn listed<K, T>(stream: &mut futures::stream::BoxStream<'static, T>, store: &Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    tokio::select! {
+        _ = store.wait_until_ready() => {}
+        _ = async { while stream.next().await.is_some() {} } => {}
+    }
 }
 
 /// Stops a background task when the controller stops, however it stops (a lost lease drops it).

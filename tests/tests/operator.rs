@@ -350,6 +350,61 @@ async fn an_idle_operator_makes_no_writes_while_the_session_pod_patches_its_stat
     assert_eq!(audit_writes(&ns), audit_before, "the audit log shows operator writes while idle");
 }
 
+#[tokio::test]
+async fn a_failover_on_converged_sessions_writes_nothing_and_warns_nothing() {
+    const SESSIONS: usize = 30;
+    let ns = cluster().namespace("op-failover").await;
+    let mut a = Operator::start(&ns, "op-a", "shared", &[]);
+    a.wait_leading().await;
+    let yaml: Vec<String> =
+        (1..=SESSIONS).map(|i| session_yaml(&format!("s{i}"), &format!("  clienteId: {i}\n"))).collect();
+    assert!(ns.apply(&yaml.join("---\n")).success);
+    for condition in ["Reconciled", "PodReady"] {
+        run(ns.kubectl().args([
+            "wait",
+            &format!("--for=condition={condition}"),
+            "--timeout=120s",
+            "was",
+            "--all",
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    eventually("operator writes to settle", WAIT, || async {
+        let first = writes(&a).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok((writes(&a).await == first).then_some(()))
+    })
+    .await;
+    let audit_before = audit_writes(&ns);
+    let warnings_before = warnings(&ns).await;
+
+    // The leader dies; a fresh replica, with empty caches, takes over every session.
+    a.kill();
+    let b = Operator::start(&ns, "op-b", "shared", &[]);
+    b.wait_leading().await;
+    eventually("the new leader to reconcile every session", WAIT, || async {
+        let done = b.metric("whatsapp_operator_reconciliations_total").await;
+        Ok((done >= SESSIONS as f64).then_some(()))
+    })
+    .await;
+    assert_eq!(writes(&b).await, 0.0, "the new leader wrote to converged sessions");
+    assert_eq!(audit_writes(&ns), audit_before, "the audit log shows writes after the failover");
+    assert_eq!(warnings(&ns).await, warnings_before, "Warning events after the failover");
+}
+
+/// Warning events in the namespace, as `reason: note`.
+async fn warnings(ns: &TestNamespace) -> Vec<String> {
+    let events: Api<Event> = ns.api();
+    let list = events.list(&ListParams::default().fields("type=Warning")).await.unwrap();
+    let mut out: Vec<String> = list
+        .items
+        .into_iter()
+        .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect();
+    out.sort();
+    out
+}
+
 /// The operator's own count of its API writes (Lease renewals are not counted there).
 async fn writes(op: &Operator) -> f64 {
     let text = op.metrics().await.unwrap_or_default();
