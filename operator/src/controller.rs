@@ -369,7 +369,11 @@ impl Reconciler<'_> {
         body["kind"] = json!(kind);
         api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
         self.wrote(&kind);
-        if cached.is_some() && status::current(self.session, RECONCILED).is_some_and(|c| c.status == "True") {
+        // A child that differs while the spec it was built from is unchanged was changed by
+        // someone else; after a spec edit it differs because the spec does.
+        let converged = status::current(self.session, RECONCILED)
+            .is_some_and(|c| c.status == "True" && c.observed_generation == self.session.metadata.generation);
+        if cached.is_some() && converged {
             self.publish("Repaired", format!("{kind} {name} had drifted from the spec and was restored"))
                 .await;
         }

@@ -156,6 +156,9 @@ async fn suspend_scales_to_zero_and_resume_comes_back_on_the_same_volume() {
     assert_eq!(after.spec.unwrap().volume_name, before.spec.unwrap().volume_name);
     wait_condition(&ns, "acme", "PodReady");
     wait_event(&ns, "acme", "Resumed").await;
+    // Spec edits are not drift: nothing was "repaired".
+    let reasons = event_reasons(&ns, "acme").await;
+    assert!(!reasons.iter().any(|r| r == "Repaired"), "{reasons:?}");
 }
 
 #[tokio::test]
