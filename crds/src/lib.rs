@@ -10,7 +10,7 @@ mod hub_token;
 mod session;
 pub mod telemetry;
 
-pub use client::kube_client;
+pub use client::{kube_client, kube_client_with_timeout};
 pub use hub_token::{MIN_HUB_TOKEN_KEY_BYTES, hub_token, read_hub_token_key};
 pub use session::*;
 

@@ -5,6 +5,7 @@ mod children;
 mod compare;
 mod controller;
 mod error;
+mod leadership;
 mod metrics;
 mod server;
 mod status;
@@ -21,7 +22,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use whatsapp_crds::WhatsAppSession;
 
 use crate::children::Settings;
@@ -133,48 +134,18 @@ async fn run(config: Config) -> Result<()> {
     health.ready.store(true, Ordering::Relaxed);
 
     if config.leader_election {
-        let manager = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
-            .with_namespace(&config.lease_namespace)
-            .with_identity(&identity)
-            .with_duration(config.lease_duration_seconds)
-            .with_grace((config.lease_duration_seconds / 3).max(1))
-            .with_field_manager("whatsapp-operator-lease")
-            .build()
-            .await
-            .context("setting up leader election")?;
-        let (mut leading, lease_task) = manager.watch().await;
-        info!(identity, lease = %config.lease_name, "waiting to lead");
-        let mut shutdown = shutdown_rx.clone();
-        loop {
-            tokio::select! {
-                _ = leading.wait_for(|l| *l) => {}
-                _ = shutdown.wait_for(|s| *s) => break,
-            }
-            info!(identity, "leading: reconciling");
-            metrics.leader.set(1);
+        let controller = || {
             let graceful = until(shutdown_rx.clone());
-            let controller = controller::run(
+            controller::run(
                 client.clone(),
                 scope.clone(),
                 settings.clone(),
                 metrics.clone(),
                 reporter.clone(),
                 graceful,
-            );
-            tokio::select! {
-                // Losing the lease stops reconciling at once: the controller is dropped mid-flight
-                // (every write is idempotent) so two replicas never reconcile together.
-                _ = leading.wait_for(|l| !*l) => info!(identity, "lost the lease: stopped reconciling"),
-                () = controller => {}
-            }
-            metrics.leader.set(0);
-            if *shutdown.borrow() {
-                break;
-            }
-        }
-        // Dropping the receiver makes the lease task release the Lease for a fast hand-over.
-        drop(leading);
-        let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+            )
+        };
+        lead(&config, &identity, &client, &shutdown_rx, controller, &metrics).await?;
     } else {
         metrics.leader.set(1);
         controller::run(client, scope, settings, metrics.clone(), reporter, until(shutdown_rx.clone())).await;
@@ -182,6 +153,74 @@ async fn run(config: Config) -> Result<()> {
     let _ = server.await;
     info!("stopped");
     Ok(())
+}
+
+/// Runs `controller` while this replica holds the leader Lease and sees it renewed (see
+/// [`leadership`]), until shutdown; then releases the Lease for a fast hand-over.
+async fn lead<F: std::future::Future<Output = ()>>(
+    config: &Config,
+    identity: &str,
+    client: &Client,
+    shutdown_rx: &watch::Receiver<bool>,
+    controller: impl Fn() -> F,
+    metrics: &Metrics,
+) -> Result<()> {
+    let duration = Duration::from_secs(config.lease_duration_seconds);
+    let grace = (config.lease_duration_seconds / 3).max(1);
+    let deadline = leadership::renew_deadline(duration, Duration::from_secs(grace));
+    let lease_client = leadership::lease_client(deadline).await.context("connecting to Kubernetes")?;
+    let manager = LeaseManagerBuilder::new(lease_client, &config.lease_name)
+        .with_namespace(&config.lease_namespace)
+        .with_identity(identity)
+        .with_duration(config.lease_duration_seconds)
+        .with_grace(grace)
+        .with_field_manager("whatsapp-operator-lease")
+        .build()
+        .await
+        .context("setting up leader election")?;
+    let (mut leading, lease_task) = manager.watch().await;
+    let leases = Api::namespaced(client.clone(), &config.lease_namespace);
+    let mut renewed = leadership::fence(leases, &config.lease_name, identity.to_string(), deadline);
+    info!(identity, lease = %config.lease_name, "waiting to lead");
+    let mut shutdown = shutdown_rx.clone();
+    loop {
+        tokio::select! {
+            _ = both(&mut leading, &mut renewed) => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        info!(identity, "leading: reconciling");
+        metrics.leader.set(1);
+        tokio::select! {
+            // Losing the lease stops reconciling at once: the controller is dropped mid-flight
+            // (every write is idempotent) so two replicas never reconcile together.
+            _ = leading.wait_for(|l| !*l) => info!(identity, "lost the lease: stopped reconciling"),
+            _ = renewed.wait_for(|r| !*r) => warn!(
+                identity,
+                deadline_seconds = deadline.as_secs_f64(),
+                "no renewal of the Lease seen within the renew deadline: stepped down until one is"
+            ),
+            () = controller() => {}
+        }
+        metrics.leader.set(0);
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    // Dropping the receiver makes the lease task release the Lease for a fast hand-over.
+    drop(leading);
+    let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+    Ok(())
+}
+
+/// Waits until both flags are set.
+async fn both(a: &mut watch::Receiver<bool>, b: &mut watch::Receiver<bool>) {
+    while !(*a.borrow_and_update() && *b.borrow_and_update()) {
+        tokio::select! {
+            Ok(()) = a.changed() => {}
+            Ok(()) = b.changed() => {}
+            else => std::future::pending().await,
+        }
+    }
 }
 
 /// Refuses to start without the CRD, saying how to install it.

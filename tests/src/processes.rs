@@ -22,6 +22,17 @@ pub const TEST_HUB_TOKEN_KEY: &[u8] = b"test-hub-token-key-0123456789abcdef";
 impl Operator {
     /// Starts an operator for `ns` with leader election on the Lease `lease`.
     pub fn start(ns: &TestNamespace, name: &str, lease: &str, extra: &[&str]) -> Operator {
+        Self::start_via(ns, name, lease, extra, &ns.cluster.kubeconfig)
+    }
+
+    /// [`Operator::start`] reaching the API server through `kubeconfig` (a proxy, say).
+    pub fn start_via(
+        ns: &TestNamespace,
+        name: &str,
+        lease: &str,
+        extra: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> Operator {
         let dir = ns.cluster.dir.join("processes");
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("hub-token.key");
@@ -29,7 +40,7 @@ impl Operator {
         let log = dir.join(format!("{}-{name}.log", ns.name));
         let port = free_port().unwrap();
         let child = Command::new(workspace_binary("whatsapp-operator"))
-            .env("KUBECONFIG", &ns.cluster.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube_runtime=warn")
             .args(["--watch-namespace", &ns.name, "--lease-namespace", &ns.name, "--lease-name", lease])
             .args([

@@ -313,6 +313,61 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
 }
 
 #[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_steps_down_before_the_standby_leads() {
+    use whatsapp_tests::tcpproxy::CuttableProxy;
+    let ns = cluster().namespace("op-fence").await;
+    let server = ns.cluster.server();
+    let target: std::net::SocketAddr = server.trim_start_matches("https://").parse().unwrap();
+    let proxy = CuttableProxy::start(target).await.unwrap();
+    let kubeconfig = ns.cluster.dir.join(format!("{}-via-proxy.kubeconfig", ns.name));
+    let text = std::fs::read_to_string(&ns.cluster.kubeconfig).unwrap();
+    std::fs::write(&kubeconfig, text.replace(&server, &format!("https://{}", proxy.addr))).unwrap();
+    let mut a = Operator::start_via(&ns, "op-a", "shared", &[], &kubeconfig);
+    a.wait_leading().await;
+    let mut b = Operator::start(&ns, "op-b", "shared", &[]);
+    create(&ns, "acme", "  clienteId: 1\n");
+    wait_condition(&ns, "acme", "Reconciled");
+
+    // The leader's network to the API server fails: it stops leading on its own clock, while
+    // its Lease is still valid, so the standby can only lead after it stopped.
+    proxy.cut();
+    eventually("the cut-off leader to step down", WAIT, || async {
+        Ok((a.metric("whatsapp_operator_leader").await == 0.0).then_some(()))
+    })
+    .await;
+    b.wait_leading().await;
+    // No overlap, on the one clock both logs share.
+    let stopped = logged_at(&a.log, "stepped down").expect("the old leader says it stepped down");
+    let started = logged_at(&b.log, "leading: reconciling").expect("the new leader says it leads");
+    assert!(stopped < started, "the standby led at {started} before the old leader stopped at {stopped}");
+    let written = writes(&a).await;
+
+    // The network comes back: the old leader finds the Lease taken and stays a standby; the
+    // new one does the work.
+    proxy.restore();
+    run(ns.kubectl().args([
+        "patch",
+        "was",
+        "acme",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"send":{"ratePerMinute":7}}}"#,
+    ]))
+    .unwrap();
+    eventually("the new leader to apply the edit", WAIT, || async {
+        let session = ns.api::<WhatsAppSession>().get("acme").await.unwrap();
+        let generation = session.metadata.generation;
+        let observed =
+            session.status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Reconciled"));
+        Ok(observed.is_some_and(|c| c.observed_generation == generation).then_some(()))
+    })
+    .await;
+    assert_eq!(writes(&a).await, written, "the old leader wrote after it was cut off");
+    assert_eq!(a.metric("whatsapp_operator_leader").await, 0.0);
+    assert!(a.running() && b.running());
+}
+
+#[tokio::test]
 async fn an_idle_operator_makes_no_writes_while_the_session_pod_patches_its_status() {
     let ns = cluster().namespace("op-idle").await;
     let op = Operator::start(&ns, "op", "op", &[]);
@@ -393,6 +448,17 @@ async fn a_failover_on_converged_sessions_writes_nothing_and_warns_nothing() {
     assert_eq!(writes(&b).await, 0.0, "the new leader wrote to converged sessions");
     assert_eq!(audit_writes(&ns), audit_before, "the audit log shows writes after the failover");
     assert_eq!(warnings(&ns).await, warnings_before, "Warning events after the failover");
+}
+
+/// When a process first logged a line containing `needle` (its RFC 3339 timestamp).
+fn logged_at(log: &std::path::Path, needle: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains(needle))?;
+    // Without the colour codes: each `ESC[…m` ends at its `m`.
+    let mut parts = line.split('\u{1b}');
+    let mut plain = parts.next().unwrap_or_default().to_string();
+    plain.extend(parts.map(|part| part.split_once('m').map_or(part, |(_, rest)| rest)));
+    plain.split_whitespace().next()?.parse().ok()
 }
 
 /// Warning events in the namespace, as `reason: note`.
