@@ -102,6 +102,17 @@ fn the_chart_lints_clean_and_renders_what_it_promises() {
     }
     let hub = find(&plain, "Deployment", "rel-whatsapp-operator-hub");
     assert_eq!(hub["spec"]["replicas"], 2);
+    // Stopping: out of rotation first, then every request in flight gets its full timeout.
+    let pod = &hub["spec"]["template"]["spec"];
+    let env = |name: &str| -> u64 {
+        let vars = pod["containers"][0]["env"].as_array().unwrap();
+        let var = vars.iter().find(|v| v["name"] == name).unwrap();
+        var["value"].as_str().unwrap().parse().unwrap()
+    };
+    let delay = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap();
+    assert!(delay > 0);
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(grace > delay + env("WAO_REQUEST_TIMEOUT_SECONDS"), "grace {grace}");
 
     // Every pod meets the restricted Pod Security profile (the install test enforces it too).
     for object in &plain {
