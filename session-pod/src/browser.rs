@@ -39,6 +39,19 @@ pub const WHATSAPP_WEB_URL: &str = "https://web.whatsapp.com/";
 const USER_AGENT: &str =
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36";
 
+/// The cap of Chromium's HTTP and code caches.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Where Chromium keeps its caches: in the temporary directory (memory in the pod), never on
+/// the profile volume, where a growing cache could fill the volume and damage the login and the
+/// outbox. One directory per profile, so two sessions on one host never share a cache.
+fn cache_dir(profile: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    profile.hash(&mut hasher);
+    std::env::temp_dir().join(format!("chromium-cache-{:016x}", hasher.finish()))
+}
+
 /// Deadline of one call into the page.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -84,6 +97,8 @@ impl Session {
             .launch_timeout(Duration::from_secs(30))
             .request_timeout(CALL_TIMEOUT)
             .args(FLAGS.iter().map(|f| f.trim_start_matches('-').to_string()))
+            .arg(format!("disk-cache-dir={}", cache_dir(&options.profile_dir).display()))
+            .arg(format!("disk-cache-size={CACHE_BYTES}"))
             .args(options.extra_args.iter().map(|f| f.trim_start_matches('-').to_string()))
             .build()
             .map_err(launch_err)?;

@@ -118,6 +118,10 @@ async fn qr_scan_ready_send_and_restart(build: Build) {
     .await;
     assert_eq!((code, &replay["duplicate"]), (200, &json!(true)));
     assert_eq!(sim.messages().len(), 1);
+    // Chromium's caches live outside the profile volume, so they can never fill it.
+    for cache in ["Default/Cache", "Default/Code Cache"] {
+        assert!(!profile.join(cache).exists(), "{cache} is on the profile volume");
+    }
 }
 
 #[tokio::test]
