@@ -441,6 +441,44 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         operator.log()
     );
 
+    // What the internet-facing hub may write (a ValidatingAdmissionPolicy on its account):
+    // suspended and pairing, never the browser it runs or where events go.
+    let as_hub = format!("--as=system:serviceaccount:{}:{prefix}-hub", ns.name);
+    // Server-side apply: one PATCH, as the hub writes (the hub may not even get a session).
+    let hub_apply = |name: &str, spec: &str| {
+        let manifest = ns.cluster.dir.join(format!("{}-{name}-as-hub.yaml", ns.name));
+        let text = format!(
+            "apiVersion: whatsapp.leadmaster.dev/v1alpha1\nkind: WhatsAppSession\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+        );
+        std::fs::write(&manifest, text).unwrap();
+        let apply = ["apply", "--server-side", "--force-conflicts", "--field-manager=whatsapp-hub", "-f"];
+        output(ns.kubectl().arg(&as_hub).args(apply).arg(&manifest)).unwrap()
+    };
+    let refused = eventually("the policy on the hub's writes to apply", Duration::from_secs(60), || async {
+        let out = hub_apply("acme", "{clienteId: 42, browser: {image: registry.example/evil:1}}");
+        Ok((!out.success).then_some(out.stderr))
+    })
+    .await;
+    assert!(refused.contains("the hub may change only spec.suspended and spec.pairing"), "{refused}");
+    let refused = hub_apply(
+        "acme",
+        "{clienteId: 42, webhooks: [{name: x, url: 'https://x.example/', secretRef: {name: s}}]}",
+    );
+    assert!(!refused.success && refused.stderr.contains("spec.webhooks"), "{}", refused.stderr);
+    for suspended in [true, false] {
+        let allowed = hub_apply("acme", &format!("{{clienteId: 42, suspended: {suspended}}}"));
+        assert!(allowed.success, "{}", allowed.stderr);
+    }
+    let sneaky = hub_apply(
+        "sneaky",
+        "{clienteId: 43, browser: {extraArgs: ['--proxy-server=http://attacker.example:3128']}}",
+    );
+    assert!(
+        !sneaky.success && sneaky.stderr.contains("the hub may not set spec.browser"),
+        "{}",
+        sneaky.stderr
+    );
+
     // The installed hub Deployment, the same way: serves the session with the chart's
     // generated JWT secret and admin session, and manages sessions (create, patch, delete).
     let hubs =
