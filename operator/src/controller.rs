@@ -60,9 +60,12 @@ pub struct Context {
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub caches: Caches,
-    /// The operator status last written per session UID. The session cache can lag behind our
-    /// own write; this keeps a stale read from writing (and announcing) the same thing twice.
-    written: std::sync::Mutex<std::collections::HashMap<String, serde_json::Value>>,
+    /// The operator status last written per session UID, with the resourceVersion the session
+    /// had when we wrote it. The session cache can lag behind our own write: while it still
+    /// shows that version, a stale read must not write (and announce) the same thing twice;
+    /// once it shows any other version (ours, or someone's after it: a wiped status), the
+    /// cache is the truth again.
+    written: std::sync::Mutex<std::collections::HashMap<String, (serde_json::Value, Option<String>)>>,
 }
 
 /// Where the operator looks for sessions.
@@ -457,7 +460,8 @@ impl Reconciler<'_> {
         let uid = self.session.uid().unwrap_or_default();
         // What we would write, timestamps aside, to recognise a repeat of our last write.
         let fingerprint = json!([generation, reconciled, pod_ready]);
-        if !changed || self.ctx.written.lock().expect("lock").get(&uid) == Some(&fingerprint) {
+        let seen = (fingerprint, self.session.resource_version());
+        if !changed || self.ctx.written.lock().expect("lock").get(&uid) == Some(&seen) {
             return Ok(());
         }
         let notices = status::notices(previous_reconciled, reconciled, previous_pod, pod_ready);
@@ -474,7 +478,7 @@ impl Reconciler<'_> {
             &Patch::Apply(&patch),
         )
         .await?;
-        self.remember_written(uid, fingerprint);
+        self.remember_written(uid, seen);
         self.wrote("WhatsAppSessionStatus");
         for notice in notices {
             self.publish_typed(notice.type_, notice.reason, notice.note).await;
@@ -482,9 +486,9 @@ impl Reconciler<'_> {
         Ok(())
     }
 
-    fn remember_written(&self, uid: String, fingerprint: serde_json::Value) {
+    fn remember_written(&self, uid: String, seen: (serde_json::Value, Option<String>)) {
         let mut written = self.ctx.written.lock().expect("lock");
-        written.insert(uid, fingerprint);
+        written.insert(uid, seen);
         // Forget deleted sessions now and then (a deleted session is never reconciled again).
         let live = self.ctx.caches.sessions.state();
         if written.len() > 2 * live.len() + 64 {

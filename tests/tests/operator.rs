@@ -213,6 +213,15 @@ async fn lost_pods_and_tampered_children_are_repaired() {
     })
     .await;
     wait_event(&ns, "acme", "Repaired").await;
+
+    // Someone wipes the status: the operator's conditions are written again.
+    let wipe = r#"{"status":{"conditions":null,"observedGeneration":null}}"#;
+    run(ns.kubectl().args(["patch", "was", "acme", "--subresource=status", "--type=merge", "-p", wipe]))
+        .unwrap();
+    eventually("the conditions written again", WAIT, || async {
+        Ok(condition(&ns, "acme", "Reconciled").await.filter(|(status, _)| status == "True"))
+    })
+    .await;
 }
 
 #[tokio::test]
