@@ -100,8 +100,9 @@ impl Authenticator {
         self.signing.is_some()
     }
 
-    /// Checks a bearer token and says who it belongs to.
-    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+    /// Checks a bearer token and says who it belongs to, and when the token expires (`exp`,
+    /// seconds since the epoch).
+    pub fn verify(&self, token: &str) -> Result<(Principal, u64), ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| ApiError::InvalidToken(format!("unreadable header ({e})")))?;
         let candidates = self.keys.iter().filter(|k| match (&header.kid, &k.kid) {
@@ -115,7 +116,10 @@ impl Authenticator {
                 continue;
             }
             match jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation) {
-                Ok(data) => return data.claims.principal(),
+                Ok(data) => {
+                    let expires = data.claims.exp;
+                    return Ok((data.claims.principal()?, expires));
+                }
                 Err(e) => {
                     last = match e.kind() {
                         ErrorKind::ExpiredSignature => return Err(ApiError::TokenExpired),
@@ -161,6 +165,8 @@ fn validation(algorithm: Algorithm, settings: &JwtSettings) -> Validation {
     // `Validation::new` pins the one algorithm: `none` and algorithm confusion are refused.
     let mut v = Validation::new(algorithm);
     v.leeway = settings.leeway_seconds;
+    // A token that says it is not valid yet is refused (jsonwebtoken skips `nbf` by default).
+    v.validate_nbf = true;
     let mut required: HashSet<String> = ["exp".to_owned()].into();
     match &settings.issuer {
         Some(iss) => {
@@ -188,6 +194,7 @@ struct Claims {
     role: Option<String>,
     #[serde(default, alias = "clienteId", deserialize_with = "int_or_string")]
     cliente_id: Option<i64>,
+    exp: u64,
 }
 
 #[derive(Serialize)]
@@ -285,9 +292,27 @@ impl FromRequestParts<AppState> for Principal {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::MissingToken)?;
-        let principal = state.auth.verify(token)?;
+        let (principal, expires) = state.auth.verify(token)?;
         tracing::Span::current().record("subject", principal.subject());
+        parts.extensions.insert(TokenExpiry(expires));
         Ok(principal)
+    }
+}
+
+/// When the caller's token expires (seconds since the epoch): what lives longer than a request
+/// (a live stream) ends then. Taken after the [`Principal`], which verifies the token.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenExpiry(pub u64);
+
+impl FromRequestParts<AppState> for TokenExpiry {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(expiry) = parts.extensions.get::<TokenExpiry>() {
+            return Ok(*expiry);
+        }
+        Principal::from_request_parts(parts, state).await?;
+        parts.extensions.get::<TokenExpiry>().copied().ok_or(ApiError::MissingToken)
     }
 }
 

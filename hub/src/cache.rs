@@ -22,9 +22,6 @@ use crate::metrics::Metrics;
 use crate::model::{Qr, SessionStatus, State};
 use crate::qr;
 
-/// (namespace, name) of a session.
-pub type Key = (String, String);
-
 /// One session as the hub serves it.
 #[derive(Debug, PartialEq)]
 pub struct SessionView {
@@ -36,15 +33,35 @@ pub struct SessionView {
     pub pairing: PairingMethod,
     /// What the frontend sees.
     pub status: SessionStatus,
-    /// Creation time (seconds since the epoch): when two sessions claim one clienteId, the
-    /// oldest is served.
-    created: i64,
+}
+
+/// The name of the one session that serves a clienteId, in the hub's session namespace.
+/// Kubernetes keeps names unique, so one clienteId maps to exactly one session by
+/// construction; a session by any other name, or whose `clienteId` is not its name's, serves
+/// no one (whoever can create sessions cannot take a tenant's slot).
+pub fn session_name(cliente_id: i64) -> String {
+    format!("cliente-{cliente_id}")
+}
+
+/// The clienteId a session serves, if any (see [`session_name`]).
+fn served_id(session: &WhatsAppSession) -> Option<i64> {
+    let id = session.spec.cliente_id;
+    (id > 0 && session.metadata.name.as_deref() == Some(session_name(id).as_str())).then_some(id)
 }
 
 impl SessionView {
     pub fn of(session: &WhatsAppSession, previous: Option<&SessionView>) -> SessionView {
         let status = session.status.clone().unwrap_or_default();
         let state = status.state.unwrap_or(SessionState::Disconnected);
+        // The pod writes READY; only the operator sees the pod go (a lost node): READY is
+        // believed while the operator does not say the pod is not ready.
+        let pod_down =
+            status.conditions.iter().find(|c| c.type_ == "PodReady").filter(|c| c.status == "False");
+        let connected = state == SessionState::Ready && pod_down.is_none();
+        let (reason, message) = match pod_down.filter(|_| state == SessionState::Ready) {
+            Some(c) => (Some(c.reason.clone()), Some(c.message.clone())),
+            None => (status.reason.clone(), status.message.clone()),
+        };
         let qr = status.qr.as_ref().filter(|_| state == SessionState::QrRequired).map(|q| {
             // Rendering costs a few milliseconds: reuse the image while the code is the same.
             let base64 = previous
@@ -66,26 +83,21 @@ impl SessionView {
             cliente_id: session.spec.cliente_id,
             endpoint: status.endpoint.clone(),
             pairing: session.spec.pairing.method,
-            created: session.creation_timestamp().map(|t| t.0.as_second()).unwrap_or_default(),
             status: SessionStatus {
-                connected: state == SessionState::Ready,
+                connected,
                 state: State::from(state),
                 session: session.name_any(),
                 qr,
                 cliente_id: session.spec.cliente_id,
                 namespace: session.namespace().unwrap_or_default(),
                 suspended: session.spec.suspended,
-                reason: status.reason.clone(),
-                message: status.message.clone(),
+                reason,
+                message,
                 pairing_code: status.pairing_code.clone().filter(|_| state == SessionState::QrRequired),
                 phone: status.me.as_ref().map(|m| m.phone.clone()),
                 push_name: status.me.as_ref().and_then(|m| m.push_name.clone()),
             },
         }
-    }
-
-    fn key(&self) -> Key {
-        (self.namespace.clone(), self.name.clone())
     }
 }
 
@@ -96,35 +108,8 @@ pub struct Change {
     pub session: Option<Arc<SessionView>>,
 }
 
-#[derive(Default)]
-struct Index {
-    by_key: HashMap<Key, Arc<SessionView>>,
-    by_cliente: HashMap<i64, BTreeSet<(i64, Key)>>,
-}
-
-impl Index {
-    fn served(&self, cliente_id: i64) -> Option<Arc<SessionView>> {
-        let (_, key) = self.by_cliente.get(&cliente_id)?.first()?;
-        self.by_key.get(key).cloned()
-    }
-
-    fn insert(&mut self, view: Arc<SessionView>) {
-        self.remove(&view.key());
-        self.by_cliente.entry(view.cliente_id).or_default().insert((view.created, view.key()));
-        self.by_key.insert(view.key(), view);
-    }
-
-    fn remove(&mut self, key: &Key) -> Option<Arc<SessionView>> {
-        let old = self.by_key.remove(key)?;
-        if let Some(set) = self.by_cliente.get_mut(&old.cliente_id) {
-            set.remove(&(old.created, key.clone()));
-            if set.is_empty() {
-                self.by_cliente.remove(&old.cliente_id);
-            }
-        }
-        Some(old)
-    }
-}
+/// The served sessions, by clienteId.
+type Index = HashMap<i64, Arc<SessionView>>;
 
 pub struct SessionCache {
     store: Store<WhatsAppSession>,
@@ -178,10 +163,9 @@ impl SessionCache {
             match event {
                 Event::Init => staging = Some(Index::default()),
                 Event::InitApply(session) => {
-                    if let Some(index) = staging.as_mut() {
-                        let previous =
-                            self.index.read().expect("lock").by_key.get(&key_of(&session)).cloned();
-                        index.insert(Arc::new(SessionView::of(&session, previous.as_deref())));
+                    if let (Some(index), Some(id)) = (staging.as_mut(), served_id(&session)) {
+                        let previous = self.index.read().expect("lock").get(&id).cloned();
+                        index.insert(id, Arc::new(SessionView::of(&session, previous.as_deref())));
                     }
                 }
                 Event::InitDone => {
@@ -193,41 +177,37 @@ impl SessionCache {
                     }
                 }
                 Event::Apply(session) => self.apply(&session),
-                Event::Delete(session) => self.delete(&key_of(&session)),
+                Event::Delete(session) => self.delete(&session),
             }
             self.metrics.cache_sessions.set(self.len() as i64);
         }
     }
 
     fn apply(&self, session: &WhatsAppSession) {
-        let mut index = self.index.write().expect("lock");
-        let key = key_of(session);
-        let previous = index.by_key.get(&key).cloned();
-        let view = Arc::new(SessionView::of(session, previous.as_deref()));
-        if previous.as_deref() == Some(&*view) {
+        let Some(id) = served_id(session) else { return };
+        // The view (a QR picture, a few milliseconds) is made outside the write lock, so
+        // readers never wait on it. Only the watch loop writes, so `before` stays current.
+        let before = self.get(id);
+        let view = Arc::new(SessionView::of(session, before.as_deref()));
+        if before.as_deref() == Some(&*view) {
             return;
         }
-        let cliente_id = view.cliente_id;
-        let before = index.served(cliente_id);
-        index.insert(view);
-        let after = index.served(cliente_id);
-        drop(index);
-        self.announce(cliente_id, before, after);
+        self.index.write().expect("lock").insert(id, view.clone());
+        self.announce(id, before, Some(view));
     }
 
-    fn delete(&self, key: &Key) {
-        let mut index = self.index.write().expect("lock");
-        let Some(old) = index.remove(key) else { return };
-        let after = index.served(old.cliente_id);
-        drop(index);
-        self.announce(old.cliente_id, Some(old.clone()), after);
+    fn delete(&self, session: &WhatsAppSession) {
+        let Some(id) = served_id(session) else { return };
+        let Some(old) = self.index.write().expect("lock").remove(&id) else { return };
+        self.announce(id, Some(old), None);
     }
 
     fn swap(&self, fresh: Index) {
         let mut index = self.index.write().expect("lock");
         let old = std::mem::replace(&mut *index, fresh);
-        let ids: BTreeSet<i64> = old.by_cliente.keys().chain(index.by_cliente.keys()).copied().collect();
-        let changes: Vec<_> = ids.into_iter().map(|id| (id, old.served(id), index.served(id))).collect();
+        let ids: BTreeSet<i64> = old.keys().chain(index.keys()).copied().collect();
+        let changes: Vec<_> =
+            ids.into_iter().map(|id| (id, old.get(&id).cloned(), index.get(&id).cloned())).collect();
         drop(index);
         for (id, before, after) in changes {
             self.announce(id, before, after);
@@ -237,7 +217,7 @@ impl SessionCache {
     /// Tells live subscribers when what a clienteId is served changed.
     fn announce(&self, cliente_id: i64, before: Option<Arc<SessionView>>, after: Option<Arc<SessionView>>) {
         let same = match (&before, &after) {
-            (Some(b), Some(a)) => b.status == a.status && b.key() == a.key(),
+            (Some(b), Some(a)) => b.status == a.status && b.name == a.name,
             (None, None) => true,
             _ => false,
         };
@@ -249,7 +229,7 @@ impl SessionCache {
 
     /// The session served for a clienteId.
     pub fn get(&self, cliente_id: i64) -> Option<Arc<SessionView>> {
-        self.index.read().expect("lock").served(cliente_id)
+        self.index.read().expect("lock").get(&cliente_id).cloned()
     }
 
     /// Every served session (one per clienteId), ordered by clienteId, optionally of one
@@ -258,10 +238,10 @@ impl SessionCache {
         let index = self.index.read().expect("lock");
         let mut ids: Vec<i64> = match only {
             Some(id) => vec![id],
-            None => index.by_cliente.keys().copied().collect(),
+            None => index.keys().copied().collect(),
         };
         ids.sort_unstable();
-        ids.into_iter().filter_map(|id| index.served(id)).collect()
+        ids.into_iter().filter_map(|id| index.get(&id).cloned()).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -293,10 +273,6 @@ impl SessionCache {
         }
         self.synced.store(true, Ordering::Relaxed);
     }
-}
-
-fn key_of(session: &WhatsAppSession) -> Key {
-    (session.namespace().unwrap_or_default(), session.name_any())
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
 
 use crate::cache::{SessionCache, SessionView};
+use crate::inbound::IncomingMessage;
 use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
 use crate::upstream::SessionPods;
@@ -33,7 +34,8 @@ const STABLE: Duration = Duration::from_secs(10);
 /// What a feed passes on to the streams.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FeedEvent {
-    /// A message changed: its JSON, as `GET /api/whatsapp/{clienteId}/messages/{id}` shows it.
+    /// A message changed (its JSON, as `GET /api/whatsapp/{clienteId}/messages/{id}` shows
+    /// it), or one was received (as `GET .../messages?direction=in` lists it).
     Message(Arc<str>),
     /// Changes may have been missed: `connected` (the hub (re)connected to the session's pod)
     /// or `behind` (a stream fell behind, at the pod or in the hub; `missed` changes skipped).
@@ -248,6 +250,10 @@ fn feed_event(name: &str, data: &str) -> Option<FeedEvent> {
             let message: OutboxMessage = serde_json::from_str(data).ok()?;
             serde_json::to_string(&message).ok().map(|json| FeedEvent::Message(json.into()))
         }
+        "incoming" => {
+            let message: IncomingMessage = serde_json::from_str(data).ok()?;
+            serde_json::to_string(&message).ok().map(|json| FeedEvent::Message(json.into()))
+        }
         "lagged" => {
             let missed =
                 serde_json::from_str::<serde_json::Value>(data).ok().and_then(|v| v["missed"].as_u64());
@@ -273,6 +279,11 @@ mod tests {
             Some(FeedEvent::Lagged { reason: "behind", missed: Some(7) })
         );
         assert_eq!(feed_event("message", "not json"), None);
+        let received = r#"{"id":"3A1B","direction":"in","from":"5491155550000","fromLid":null,"pushName":"Ana","chat":"5491155550000@c.us","type":"chat","body":"hola","timestamp":"2026-12-02T10:00:00Z","quotedId":null,"media":null,"receivedAt":"2026-12-02T10:00:01Z"}"#;
+        let Some(FeedEvent::Message(json)) = feed_event("incoming", received) else { panic!("a message") };
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!((value["direction"].as_str(), value["body"].as_str()), (Some("in"), Some("hola")));
+        assert_eq!(feed_event("incoming", r#"{"id":"x"}"#), None, "not a received message");
         assert_eq!(feed_event("other", "{}"), None);
     }
 }

@@ -11,8 +11,10 @@
 mod api;
 mod auth;
 mod cache;
+mod contacts;
 mod error;
 mod feeds;
+mod inbound;
 mod login;
 mod metrics;
 mod model;
@@ -59,12 +61,9 @@ struct Config {
     #[arg(long, env = "WAO_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
 
-    /// Serve sessions of this namespace only (default: every namespace).
-    #[arg(long, env = "WAO_WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
-
-    /// Namespace where `POST /api/sessions` creates sessions (default: the watched namespace,
-    /// else the hub's own namespace, else `default`).
+    /// The namespace of the sessions the hub serves and creates (default: the hub's own
+    /// namespace, else `default`). A clienteId is served by the session named
+    /// `cliente-<clienteId>` there, and by no other.
     #[arg(long, env = "WAO_SESSION_NAMESPACE")]
     session_namespace: Option<String>,
 
@@ -104,6 +103,13 @@ struct Config {
     /// Lifetime of tokens issued by `/auth/login`, in seconds.
     #[arg(long, env = "WAO_LOGIN_TOKEN_TTL_SECONDS", default_value_t = 3600)]
     login_token_ttl_seconds: u64,
+
+    /// The request header that carries the client's address, set by the trusted proxy in
+    /// front of the hub (`x-forwarded-for`: its last entry, the one the proxy appended; or
+    /// `x-real-ip`). Failed logins are limited per client address: without it, behind an
+    /// Ingress every client would share the proxy's. Unset: the connection's peer address.
+    #[arg(long, env = "WAO_CLIENT_ADDRESS_HEADER")]
+    client_address_header: Option<axum::http::HeaderName>,
 
     /// Origins allowed by CORS, comma-separated (`*` for any; none by default).
     #[arg(long, env = "WAO_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -216,23 +222,20 @@ async fn run(config: Config) -> Result<()> {
     };
     let logins = match &config.users_file {
         Some(file) if auth.can_sign() => {
-            Some(Arc::new(login::Logins::load(file, config.login_token_ttl_seconds)?))
+            let header = config.client_address_header.clone();
+            Some(Arc::new(login::Logins::load(file, config.login_token_ttl_seconds, header)?))
         }
         Some(_) => bail!("--users-file needs --jwt-secret-file: the hub signs login tokens with it"),
         None => None,
     };
 
     let client = whatsapp_crds::kube_client("whatsapp-hub").await.context("connecting to Kubernetes")?;
-    let sessions: Api<WhatsAppSession> = match &config.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     let session_namespace = config
         .session_namespace
         .clone()
-        .or_else(|| config.watch_namespace.clone())
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| "default".into());
+    let sessions: Api<WhatsAppSession> = Api::namespaced(client.clone(), &session_namespace);
 
     let metrics = Metrics::default();
     let (cache, writer) = SessionCache::new(metrics.clone());
@@ -248,7 +251,7 @@ async fn run(config: Config) -> Result<()> {
             Duration::from_millis(config.upstream_connect_timeout_ms),
             Duration::from_millis(config.upstream_read_timeout_ms),
         )?),
-        writer: Arc::new(writes::SessionWriter::new(client, session_namespace)),
+        writer: Arc::new(writes::SessionWriter::new(client, session_namespace.clone())),
         admin_cliente_id: config.admin_cliente_id,
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
@@ -269,7 +272,7 @@ async fn run(config: Config) -> Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("listening on {}", config.metrics_listen))?;
-    info!(listen = %config.listen, metrics = %config.metrics_listen, namespace = ?config.watch_namespace, "serving");
+    info!(listen = %config.listen, metrics = %config.metrics_listen, namespace = %session_namespace, "serving");
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -51,7 +51,8 @@ pub struct Qr {
 #[derive(Serialize, ToSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionStatus {
-    /// True when linked and able to send (`state` is `READY`).
+    /// True when linked and able to send: `state` is `READY` and the session's pod is ready
+    /// (after the pod is lost, `reason` and `message` say so while `state` is still `READY`).
     pub connected: bool,
     pub state: State,
     /// The session's name (the WhatsAppSession resource).

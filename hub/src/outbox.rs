@@ -68,6 +68,75 @@ fn check_time(what: &str, value: Option<&str>) -> Result<Option<Timestamp>, Stri
         .transpose()
 }
 
+/// What kind of message a file is sent as.
+#[derive(Deserialize, Serialize, ToSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    Image,
+    Video,
+    Audio,
+    Document,
+}
+
+/// A file sent with a message, whose `message` is then its caption (possibly empty). The
+/// session pod fetches `url` (or takes `dataBase64`) when it accepts the message, checks the
+/// bytes against `mimetype` and keeps them on the session's volume until sent. Limits: image,
+/// video and audio 16 MiB, documents 100 MiB; bodies up to 8 MiB, so larger files by `url`.
+#[derive(Deserialize, Serialize, ToSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"url": "https://files.example/catalogue.pdf", "mimetype": "application/pdf", "filename": "catalogue.pdf"}))]
+pub struct NewMedia {
+    /// Where the file is (http or https); or `dataBase64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "https://files.example/catalogue.pdf", max_length = 2048)]
+    pub url: Option<String>,
+    /// The file, base64; or `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    /// The file's content type, such as `image/jpeg` or `application/pdf`.
+    #[schema(example = "application/pdf", min_length = 3, max_length = 127)]
+    pub mimetype: String,
+    /// The name shown with a document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "catalogue.pdf", min_length = 1, max_length = 255)]
+    pub filename: Option<String>,
+    /// How to send it; default: from `mimetype` (images, videos and audio as such, anything
+    /// else as a document).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<MediaKind>,
+}
+
+impl NewMedia {
+    fn check(&self) -> Result<(), String> {
+        match (&self.url, &self.data_base64) {
+            (Some(url), None) => {
+                let web = url.starts_with("https://") || url.starts_with("http://");
+                if !web || url.len() > 2048 || url.chars().any(char::is_whitespace) {
+                    return Err("`media.url` must be an http(s) URL of at most 2048 characters".into());
+                }
+            }
+            (None, Some(data)) if !data.is_empty() => {}
+            _ => return Err("`media` needs exactly one of `url` and `dataBase64`".into()),
+        }
+        let (kind, sub) = self.mimetype.split_once('/').unwrap_or_default();
+        let token = |t: &str| {
+            !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
+        };
+        if self.mimetype.len() > 127 || !token(kind) || !token(sub) {
+            return Err("`media.mimetype` must be a content type such as image/jpeg".into());
+        }
+        let bad_name = |name: &String| {
+            name.is_empty()
+                || name.chars().count() > 255
+                || name.chars().any(|c| c.is_control() || c == '/' || c == '\\')
+        };
+        if self.filename.as_ref().is_some_and(bad_name) {
+            return Err("`media.filename` must be 1 to 255 characters, without slashes".into());
+        }
+        Ok(())
+    }
+}
+
 /// One message to queue.
 #[derive(Deserialize, Serialize, ToSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -77,9 +146,13 @@ pub struct NewMessage {
     /// are ignored.
     #[schema(example = "5491155550000", min_length = 1, max_length = 32)]
     pub to: String,
-    /// The text (1 to 4096 characters).
-    #[schema(example = "Hola", min_length = 1, max_length = 4096)]
+    /// The text (1 to 4096 characters); with `media`, its caption (may be empty).
+    #[serde(default)]
+    #[schema(example = "Hola", max_length = 4096)]
     pub message: String,
+    /// A file to send (the message is then its caption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<NewMedia>,
     /// Makes retries safe: a key seen before returns the message queued with it
     /// (`duplicate: true`), nothing is queued again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,7 +176,18 @@ impl NewMessage {
             ApiError::invalid_at(index, code, format!("messages[{index}]: {message}"))
         };
         let to = check_number(&self.to).map_err(|m| at("INVALID_NUMBER", m))?;
-        check_message(&self.message).map_err(|m| at("INVALID_MESSAGE", m))?;
+        match &self.media {
+            None => check_message(&self.message).map_err(|m| at("INVALID_MESSAGE", m))?,
+            Some(media) => {
+                media.check().map_err(|m| at("INVALID_MEDIA", m))?;
+                let chars = self.message.chars().count();
+                if chars > MAX_MESSAGE_CHARS {
+                    let why =
+                        format!("a caption has at most {MAX_MESSAGE_CHARS} characters (it has {chars})");
+                    return Err(at("INVALID_MESSAGE", why));
+                }
+            }
+        }
         if let Some(key) = &self.idempotency_key {
             check_key("idempotencyKey", key).map_err(|m| at("INVALID_BODY", m))?;
         }
@@ -119,6 +203,7 @@ impl NewMessage {
         Ok(NewMessage {
             to,
             message: self.message.clone(),
+            media: self.media.clone(),
             idempotency_key: self.idempotency_key.clone(),
             not_before: not_before.map(|t| t.to_string()),
             expires_at: expires_at.map(|t| t.to_string()),
@@ -280,6 +365,23 @@ pub struct OutboxMessage {
     /// Send attempts so far.
     #[serde(default)]
     pub attempts: u32,
+    /// The file sent with it, if any (`message` is its caption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<SentMedia>,
+}
+
+/// The file of a queued message, as the session pod keeps it.
+#[derive(Deserialize, Serialize, ToSchema, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct SentMedia {
+    pub kind: MediaKind,
+    pub mimetype: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
 }
 
 /// A page of the outbox, newest first.
@@ -296,6 +398,10 @@ pub struct MessagePage {
 #[derive(Deserialize, IntoParams, Debug, Default, PartialEq)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// `out` (the default): the messages sent through the outbox; `in`: the messages received
+    /// (`status` and `batch` are for sent messages only).
+    #[param(inline)]
+    pub direction: Option<crate::inbound::Direction>,
     /// Only messages in this status.
     #[param(inline)]
     pub status: Option<MessageStatus>,

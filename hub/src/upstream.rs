@@ -187,6 +187,74 @@ impl SessionPods {
         self.call::<(), T>(session, Method::GET, &["v1", "outbox", "batches", batch], &[], None).await
     }
 
+    /// A page of the messages the session received, newest first.
+    pub async fn inbound_list<T: DeserializeOwned>(
+        &self,
+        session: &SessionView,
+        query: &[(&str, String)],
+    ) -> Result<T, ApiError> {
+        self.call::<(), T>(session, Method::GET, &["v1", "inbound"], query, None).await
+    }
+
+    /// The file of a received message, as the pod streams it (asked from WhatsApp Web then).
+    pub async fn inbound_media(
+        &self,
+        session: &SessionView,
+        id: &str,
+    ) -> Result<reqwest::Response, ApiError> {
+        let url = Self::url(session, &["v1", "inbound", id, "media"], &[])?;
+        let response =
+            self.authorized(&self.http, session, Method::GET, url).send().await.map_err(transport_error)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        Err(refusal(status, &bytes, None))
+    }
+
+    /// A page of the session's webhook deliveries, newest first.
+    pub async fn deliveries<T: DeserializeOwned>(
+        &self,
+        session: &SessionView,
+        query: &[(&str, String)],
+    ) -> Result<T, ApiError> {
+        self.call::<(), T>(session, Method::GET, &["v1", "webhooks", "deliveries"], query, None).await
+    }
+
+    /// Queues a webhook delivery again.
+    pub async fn redeliver<T: DeserializeOwned>(
+        &self,
+        session: &SessionView,
+        id: &str,
+    ) -> Result<T, ApiError> {
+        let path = ["v1", "webhooks", "deliveries", id, "redeliver"];
+        self.call(session, Method::POST, &path, &[], Some(&serde_json::json!({}))).await
+    }
+
+    /// A page of the contacts of the session's last sync.
+    pub async fn contacts<T: DeserializeOwned>(
+        &self,
+        session: &SessionView,
+        query: &[(&str, String)],
+    ) -> Result<T, ApiError> {
+        self.call::<(), T>(session, Method::GET, &["v1", "contacts"], query, None).await
+    }
+
+    /// Reads the contacts WhatsApp Web knows into the session's store.
+    pub async fn contacts_sync<T: DeserializeOwned>(&self, session: &SessionView) -> Result<T, ApiError> {
+        self.call(session, Method::POST, &["v1", "contacts", "sync"], &[], Some(&serde_json::json!({}))).await
+    }
+
+    /// Which numbers are on WhatsApp (the pod checks them paced, and keeps the answers).
+    pub async fn numbers_check<B: Serialize, T: DeserializeOwned>(
+        &self,
+        session: &SessionView,
+        body: &B,
+    ) -> Result<T, ApiError> {
+        self.call(session, Method::POST, &["v1", "numbers", "check"], &[], Some(body)).await
+    }
+
     /// Every change of the outbox's messages from now on, as the pod's Server-Sent Events
     /// (`message`, `lagged`), until the pod ends the stream.
     pub async fn outbox_events(&self, session: &SessionView) -> Result<PodEvents, ApiError> {
@@ -266,7 +334,9 @@ impl SessionPods {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let bytes = response.bytes().await.map_err(transport_error)?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| {
+            // An answer without a body (204) reads as JSON null.
+            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            return serde_json::from_slice(bytes).map_err(|e| {
                 ApiError::SessionManagerError(format!("unreadable answer from the session pod: {e}"))
             });
         }
@@ -292,6 +362,8 @@ fn refusal(status: StatusCode, body: &[u8], retry_after: Option<u64>) -> ApiErro
                 .into(),
         ),
         StatusCode::GATEWAY_TIMEOUT => ApiError::GatewayTimeout(message),
+        // The pod's session is not linked (any more): the hub's own answer for that.
+        StatusCode::SERVICE_UNAVAILABLE if code == "SESSION_NOT_READY" => ApiError::SessionNotReady(message),
         // 507: the outbox or its volume is full; the caller may retry later.
         s if (s.is_client_error() || s == StatusCode::INSUFFICIENT_STORAGE) && !code.is_empty() => {
             ApiError::Upstream { status: s, code, message, index, retry_after }
@@ -341,6 +413,14 @@ mod tests {
         assert_eq!(refusal(StatusCode::FORBIDDEN, b"{}", None).code(), "SESSION_MANAGER_ERROR");
         assert_eq!(refusal(StatusCode::INTERNAL_SERVER_ERROR, b"oops", None).code(), "SESSION_MANAGER_ERROR");
         assert_eq!(refusal(StatusCode::GATEWAY_TIMEOUT, b"{}", None).code(), "GATEWAY_TIMEOUT");
+        let not_ready = refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"error":"SESSION_NOT_READY","message":"QR_REQUIRED"}"#,
+            None,
+        );
+        assert_eq!((not_ready.status(), not_ready.code()), (StatusCode::CONFLICT, "SESSION_NOT_READY"));
+        let stopping = refusal(StatusCode::SERVICE_UNAVAILABLE, br#"{"error":"DRIVER_STOPPED"}"#, None);
+        assert_eq!(stopping.code(), "SESSION_MANAGER_ERROR");
     }
 
     #[test]

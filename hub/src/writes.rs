@@ -23,11 +23,6 @@ impl SessionWriter {
         SessionWriter { client, namespace }
     }
 
-    /// The name a session created by the hub gets.
-    pub fn name_for(cliente_id: i64) -> String {
-        format!("cliente-{cliente_id}")
-    }
-
     pub async fn create(
         &self,
         cliente_id: i64,
@@ -39,8 +34,10 @@ impl SessionWriter {
         };
         let spec: WhatsAppSessionSpec = serde_json::from_value(json!({"clienteId": cliente_id}))
             .map_err(|e| ApiError::Kubernetes(e.to_string()))?;
-        let session =
-            WhatsAppSession::new(&Self::name_for(cliente_id), WhatsAppSessionSpec { pairing, ..spec });
+        let session = WhatsAppSession::new(
+            &crate::cache::session_name(cliente_id),
+            WhatsAppSessionSpec { pairing, ..spec },
+        );
         let api: Api<WhatsAppSession> = Api::namespaced(self.client.clone(), &self.namespace);
         let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
         api.create(&params, &session).await.map_err(|e| match e {

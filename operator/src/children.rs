@@ -1,12 +1,12 @@
 //! The objects a `WhatsAppSession` owns, built as pure functions of the session and the
 //! operator's settings. Nothing here talks to the API server, so every rule is unit-tested.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
 use kube::Resource;
 use kube::api::ObjectMeta;
 use serde_json::json;
@@ -150,16 +150,7 @@ pub fn desired(session: &WhatsAppSession, settings: &Settings) -> Result<Childre
         ..ServiceAccount::default()
     };
 
-    // The session pod may read its own WhatsAppSession and write its status: nothing else.
-    let mut role: Role = from_json(json!({
-        "rules": [
-            {"apiGroups": [GROUP], "resources": ["whatsappsessions"], "resourceNames": [name],
-             "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [GROUP], "resources": ["whatsappsessions/status"], "resourceNames": [name],
-             "verbs": ["get", "patch"]},
-        ]
-    }));
-    role.metadata = meta(session, &names.role)?;
+    let role = role(session, name, &names)?;
 
     let mut role_binding: RoleBinding = from_json(json!({
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.role},
@@ -178,6 +169,27 @@ pub fn desired(session: &WhatsAppSession, settings: &Settings) -> Result<Childre
 
     let statefulset = statefulset(session, settings, &names, &token)?;
     Ok(Children { secret, service_account, role, role_binding, service, statefulset })
+}
+
+/// The session pod may read its own WhatsAppSession, write its status, and get the Secrets
+/// that sign its webhooks (when it has any): nothing else.
+fn role(session: &WhatsAppSession, name: &str, names: &Names) -> Result<Role> {
+    let rule = |group: &str, resource: &str, resource_names: Vec<String>, verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.to_string()]),
+        resources: Some(vec![resource.to_string()]),
+        resource_names: Some(resource_names),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..PolicyRule::default()
+    };
+    let mut rules = vec![
+        rule(GROUP, "whatsappsessions", vec![name.to_string()], &["get", "list", "watch"]),
+        rule(GROUP, "whatsappsessions/status", vec![name.to_string()], &["get", "patch"]),
+    ];
+    let secrets: BTreeSet<String> = session.spec.webhooks.iter().map(|w| w.secret_ref.name.clone()).collect();
+    if !secrets.is_empty() {
+        rules.push(rule("", "secrets", secrets.into_iter().collect(), &["get"]));
+    }
+    Ok(Role { metadata: meta(session, &names.role)?, rules: Some(rules) })
 }
 
 fn statefulset(

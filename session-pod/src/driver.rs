@@ -1,9 +1,10 @@
 //! The driver: keeps one Chromium on WhatsApp Web, turns what the page shows into reports
 //! (through the [`Tracker`]), runs the page actions, sends the outbox's messages (paced, each
-//! to its end, settling after a crash what WhatsApp Web already has), records receipts, and
-//! restarts a crashed or hung browser with backoff.
+//! to its end, settling after a crash what WhatsApp Web already has), records receipts and
+//! incoming messages (catching up after a crash with what the page had taken), and restarts a
+//! crashed or hung browser with backoff.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
@@ -11,7 +12,7 @@ use whatsapp_crds::{SessionState, WhatsAppSessionSpec};
 
 use crate::browser::{BrowserError, LaunchOptions, Session};
 use crate::metrics::Metrics;
-use crate::outbox::{Limits, Outbox, reason};
+use crate::outbox::{Limits, Outbox, Seen, reason};
 use crate::tracker::{Action, QrTimings, Report, Snapshot, Tracker};
 
 /// How often the page is read.
@@ -22,10 +23,34 @@ const MAX_ATTEMPTS: u32 = 6;
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Consecutive failed reads before the browser counts as hung.
 const MAX_FAILED_POLLS: u32 = 3;
+/// How far before the last stored drain the catch-up looks (by the sender's `t`): a message's
+/// `t` is its sender's clock, and WhatsApp may hand it over later than it was sent.
+const CATCH_UP_MARGIN: Duration = Duration::from_secs(3600);
+/// A failed catch-up is tried again after this.
+const CATCH_UP_RETRY: Duration = Duration::from_secs(30);
+/// How often "everything drained is stored" is written down (the catch-up starts there).
+const MARK_EVERY: Duration = Duration::from_secs(60);
 
 /// Requests from the HTTP API.
 pub enum Command {
-    Logout { reply: oneshot::Sender<Result<(), String>> },
+    Logout {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The contacts WhatsApp Web knows (the bridge's `contacts`).
+    Contacts {
+        reply: oneshot::Sender<Result<Vec<crate::directory::Contact>, String>>,
+    },
+    /// Whether a number (digits) is on WhatsApp (the bridge's `checkNumber`).
+    CheckNumber {
+        number: String,
+        reply: oneshot::Sender<Result<crate::directory::Existence, String>>,
+    },
+    /// The media of the incoming message `id` in `chat` (the bridge's `downloadMedia`).
+    DownloadMedia {
+        id: String,
+        chat: String,
+        reply: oneshot::Sender<Result<crate::outbox::media::Downloaded, String>>,
+    },
 }
 
 /// How a send ended, as far as the page could tell.
@@ -167,6 +192,7 @@ impl Driver {
         let mut failed_polls = 0;
         // Sends a crash left unconfirmed are settled once per launch, when READY.
         let mut settled = false;
+        let mut intake = Intake::default();
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -212,6 +238,7 @@ impl Driver {
                                     settled = self.settle(&session).await;
                                 }
                                 self.record_acks(&session).await;
+                                self.take_incoming(&session, &mut intake).await;
                             }
                             self.metrics.outbox_queued.set(self.outbox.queued().unwrap_or(0) as i64);
                         }
@@ -275,7 +302,10 @@ impl Driver {
             }
         };
         let started = std::time::Instant::now();
-        let outcome = send_text(session, &message.to, &message.message, &message.id).await;
+        let outcome = match &message.media {
+            Some(media) => send_media(session, &self.outbox, &message, media).await,
+            None => send_text(session, &message.to, &message.message, &message.id).await,
+        };
         let (label, stored) = match &outcome {
             Sent::Yes => ("sent", self.outbox.sent(&message.id)),
             Sent::Refused(why, text) if *why == reason::SEND_FAILED && message.attempts < MAX_ATTEMPTS => {
@@ -366,6 +396,85 @@ impl Driver {
         }
     }
 
+    /// Incoming messages: each poll what the page took since the last one, stored before the
+    /// next drain; once per launch the catch-up; then "everything drained is stored" is written
+    /// down (at most every minute).
+    async fn take_incoming(&self, session: &Session, intake: &mut Intake) {
+        let drained_at = jiff::Timestamp::now();
+        match session.eval::<Vec<Seen>>("window.__waoBridge.drainIncoming()").await {
+            Ok(seen) => {
+                intake.unsaved.extend(seen);
+                intake.failing = false;
+            }
+            Err(e) => {
+                // Once per run of failures (a replaced bridge script without it fails every poll).
+                if !std::mem::replace(&mut intake.failing, true) {
+                    warn!(error = %e, "taking incoming messages from the page failed");
+                }
+                return;
+            }
+        }
+        if !intake.unsaved.is_empty() {
+            match self.outbox.receive(intake.unsaved.clone()) {
+                Ok(new) => {
+                    self.metrics.incoming.with_label_values(&["live"]).inc_by(new.len() as u64);
+                    intake.unsaved.clear();
+                }
+                Err(e) => {
+                    // Kept here and stored with the next drain; a crash leaves them to the catch-up.
+                    warn!(error = %e, waiting = intake.unsaved.len(), "could not store incoming messages");
+                    return;
+                }
+            }
+        }
+        if !intake.caught_up && intake.retry_at.is_none_or(|at| Instant::now() >= at) {
+            intake.caught_up = self.catch_up(session).await;
+            intake.retry_at = Some(Instant::now() + CATCH_UP_RETRY);
+        }
+        if intake.caught_up && intake.marked.is_none_or(|at| at.elapsed() >= MARK_EVERY) {
+            match self.outbox.set_inbound_seen_until(drained_at) {
+                Ok(()) => intake.marked = Some(Instant::now()),
+                Err(e) => warn!(error = %e, "could not record how far incoming messages are stored"),
+            }
+        }
+    }
+
+    /// Stores the incoming messages the page has (after a reload: restored from its storage)
+    /// that the last launch may not have drained: those sent since the last written-down drain
+    /// (less a margin), within the inbound retention. True once done.
+    async fn catch_up(&self, session: &Session) -> bool {
+        let now = jiff::Timestamp::now();
+        let days = self.spec.borrow().inbound.retention_days.max(1) as u64;
+        let floor = now - Duration::from_secs(days * 86_400);
+        let since = match self.outbox.inbound_seen_until() {
+            Ok(seen) => (seen.unwrap_or(now) - CATCH_UP_MARGIN).max(floor),
+            Err(e) => {
+                warn!(error = %e, "reading how far incoming messages are stored failed");
+                return false;
+            }
+        };
+        let expr = format!("window.__waoBridge.recentIncoming({})", since.as_second());
+        let seen = match session.eval::<Vec<Seen>>(&expr).await {
+            Ok(seen) => seen,
+            Err(e) => {
+                warn!(error = %e, "catching up with incoming messages failed; trying again later");
+                return false;
+            }
+        };
+        let found = seen.len();
+        match self.outbox.receive(seen) {
+            Ok(new) => {
+                self.metrics.incoming.with_label_values(&["catch_up"]).inc_by(new.len() as u64);
+                info!(%since, found, new = new.len(), "caught up with the incoming messages WhatsApp Web has");
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "could not store the incoming messages of the catch-up");
+                false
+            }
+        }
+    }
+
     async fn act(&self, session: &Session, tracker: &mut Tracker, action: Action) {
         match action {
             Action::RefreshQr => {
@@ -395,8 +504,39 @@ impl Driver {
                     .map_err(|e| e.to_string());
                 let _ = reply.send(result);
             }
+            Command::Contacts { reply } => {
+                let contacts = session.eval("window.__waoBridge.contacts()").await;
+                let _ = reply.send(contacts.map_err(|e| e.to_string()));
+            }
+            Command::CheckNumber { number, reply } => {
+                let expr = format!("window.__waoBridge.checkNumber({})", serde_json::json!(number));
+                let _ = reply.send(session.eval(&expr).await.map_err(|e| e.to_string()));
+            }
+            Command::DownloadMedia { id, chat, reply } => {
+                let expr = format!(
+                    "window.__waoBridge.downloadMedia({}, {})",
+                    serde_json::json!(id),
+                    serde_json::json!(chat)
+                );
+                let _ = reply.send(session.eval(&expr).await.map_err(|e| e.to_string()));
+            }
         }
     }
+}
+
+/// What a launch knows of incoming messages.
+#[derive(Default)]
+struct Intake {
+    /// This launch's catch-up is done.
+    caught_up: bool,
+    /// When the catch-up may be tried (again).
+    retry_at: Option<Instant>,
+    /// Drained from the page but not stored yet (the store failed): stored with the next drain.
+    unsaved: Vec<Seen>,
+    /// When "everything drained is stored" was last written down.
+    marked: Option<Instant>,
+    /// The last drain failed (said once, not every poll).
+    failing: bool,
 }
 
 /// What the bridge's `lookup` resolves to.
@@ -413,7 +553,7 @@ struct Ack {
     ack: i64,
 }
 
-/// What the bridge's `sendText` resolves to.
+/// What the bridge's `sendText` and `sendMedia` resolve to.
 #[derive(serde::Deserialize)]
 struct SendOutcome {
     id: Option<String>,
@@ -434,7 +574,42 @@ async fn send_text(session: &Session, to: &str, body: &str, id: &str) -> Sent {
         serde_json::json!(body),
         serde_json::json!(id)
     );
-    let outcome = match session.eval::<SendOutcome>(&expr).await {
+    send_through(session, &expr).await
+}
+
+/// Sends a media message through the bridge (`sendMedia`) with the message id the outbox chose,
+/// its bytes read from the volume.
+async fn send_media(
+    session: &Session,
+    outbox: &Outbox,
+    message: &crate::outbox::Message,
+    media: &crate::outbox::media::Media,
+) -> Sent {
+    use base64::Engine;
+    let bytes = match outbox.media().read(&media.sha256).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return Sent::Refused(reason::MEDIA_MISSING, format!("the media is not on the volume: {e}"));
+        }
+    };
+    let payload = serde_json::json!({
+        "kind": media.kind,
+        "mimetype": media.mimetype,
+        "filename": media.filename,
+        "caption": message.message,
+        "dataBase64": base64::engine::general_purpose::STANDARD.encode(bytes),
+    });
+    let expr = format!(
+        "window.__waoBridge.sendMedia({}, {payload}, {})",
+        serde_json::json!(message.to),
+        serde_json::json!(message.id)
+    );
+    send_through(session, &expr).await
+}
+
+/// Runs a send of the bridge (`sendText`, `sendMedia`) and reads its outcome.
+async fn send_through(session: &Session, expr: &str) -> Sent {
+    let outcome = match session.eval::<SendOutcome>(expr).await {
         Ok(outcome) => outcome,
         Err(e) => return Sent::Unknown(e.to_string()),
     };

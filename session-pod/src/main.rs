@@ -4,12 +4,14 @@
 
 mod api;
 mod browser;
+mod directory;
 mod driver;
 mod metrics;
 mod outbox;
 mod profile;
 mod status;
 mod tracker;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -118,7 +120,7 @@ async fn run(config: Config) -> Result<()> {
         .with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
 
     let client = whatsapp_crds::kube_client("whatsapp-session").await.context("connecting to Kubernetes")?;
-    let api: Api<WhatsAppSession> = Api::namespaced(client, &config.namespace);
+    let api: Api<WhatsAppSession> = Api::namespaced(client.clone(), &config.namespace);
     let session = api
         .get(&config.session_name)
         .await
@@ -164,6 +166,7 @@ async fn run(config: Config) -> Result<()> {
         metrics.clone(),
         Duration::from_secs(config.outbox_status_interval_seconds),
         Duration::from_secs(config.outbox_retention_days * 86_400),
+        spec_rx.clone(),
     ));
 
     // Readiness: the driver read the page recently.
@@ -192,6 +195,14 @@ async fn run(config: Config) -> Result<()> {
         outbox: outbox.clone(),
     };
     let driver = tokio::spawn(driver.run(shutdown_rx.clone()));
+    let webhooks = webhooks::Webhooks::open(outbox.clone(), Arc::new(webhooks::SystemClock))
+        .context("opening the webhook deliveries")?;
+    let secrets = webhooks::KubeSecrets::new(Api::namespaced(client, &config.namespace));
+    let deliveries =
+        tokio::spawn(webhooks.clone().run(spec_rx.clone(), Arc::new(secrets), metrics.webhooks.clone()));
+    let directory = directory::Directory::open(outbox.clone(), commands_tx.clone(), metrics.clone())
+        .context("opening the contacts and number checks")?;
+    let checks = tokio::spawn(directory.clone().run_checks(reports_rx.clone(), directory::Pacing::WHATSAPP));
 
     let state = api::ApiState {
         hub_token: Arc::new(config.hub_token.clone()),
@@ -201,6 +212,8 @@ async fn run(config: Config) -> Result<()> {
         last_poll_ms: last_poll_ms.clone(),
         outbox,
         shutdown: shutdown_rx.clone(),
+        directory,
+        webhooks,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -222,6 +235,8 @@ async fn run(config: Config) -> Result<()> {
     let _ = server.await;
     reporter.abort();
     summary.abort();
+    checks.abort();
+    deliveries.abort();
     // The last word in the status: this pod is gone.
     let missing = reports_rx.borrow().missing.clone();
     let _ =

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub outbox_wait: Histogram,
     outbox_messages: IntGaugeVec,
     pub receipts: IntCounterVec,
+    pub webhooks: WebhookMetrics,
+    pub incoming: IntCounterVec,
+    pub number_checks: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -132,6 +135,27 @@ impl Metrics {
                 &["status"],
             ),
         )?;
+        let webhooks = WebhookMetrics::register(&registry)?;
+        let incoming = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "whatsapp_session_incoming_total",
+                    "Incoming messages stored, by how they were taken from WhatsApp Web (live: as they arrived; catch_up: found after a restart, taken by the page before it died).",
+                ),
+                &["source"],
+            ),
+        )?;
+        let number_checks = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "whatsapp_session_number_checks_total",
+                    "Existence queries made through WhatsApp Web (paced, each answer kept a day), by result (on_whatsapp, not_on_whatsapp, error).",
+                ),
+                &["result"],
+            ),
+        )?;
         for s in SessionState::ALL {
             state.with_label_values(&[s.as_str()]).set(0);
         }
@@ -149,6 +173,9 @@ impl Metrics {
             outbox_wait,
             outbox_messages,
             receipts,
+            webhooks,
+            incoming,
+            number_checks,
         })
     }
 }
@@ -193,5 +220,70 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         render(&self.registry)
+    }
+}
+
+/// The webhooks' deliveries.
+#[derive(Clone)]
+pub struct WebhookMetrics {
+    pub deliveries: IntCounterVec,
+    queue: IntGaugeVec,
+    dead: IntGaugeVec,
+    pub latency: Histogram,
+}
+
+impl WebhookMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<WebhookMetrics> {
+        let deliveries = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "whatsapp_session_webhook_deliveries_total",
+                    "Webhook delivery attempts, by endpoint and outcome (delivered, failed: retried later, dead: given up 24 h after it was queued).",
+                ),
+                &["endpoint", "outcome"],
+            ),
+        )?;
+        let queue = registered(
+            registry,
+            IntGaugeVec::new(
+                Opts::new("whatsapp_session_webhook_queue", "Webhook deliveries pending, by endpoint."),
+                &["endpoint"],
+            ),
+        )?;
+        let dead = registered(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "whatsapp_session_webhook_dead",
+                    "Webhook deliveries given up (dead-lettered, kept for redelivery), by endpoint.",
+                ),
+                &["endpoint"],
+            ),
+        )?;
+        let latency = registered(
+            registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "whatsapp_session_webhook_latency_seconds",
+                    "Time from an event being queued for an endpoint to its delivery there.",
+                )
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0, 21600.0, 86400.0]),
+            ),
+        )?;
+        Ok(WebhookMetrics { deliveries, queue, dead, latency })
+    }
+
+    /// The deliveries by endpoint and status (pending and dead are shown).
+    pub fn counts(&self, counts: &[(String, crate::webhooks::DeliveryStatus, u64)]) {
+        use crate::webhooks::DeliveryStatus;
+        for (endpoint, status, n) in counts {
+            let gauge = match status {
+                DeliveryStatus::Pending => &self.queue,
+                DeliveryStatus::Dead => &self.dead,
+                DeliveryStatus::Delivered => continue,
+            };
+            gauge.with_label_values(&[endpoint.as_str()]).set(*n as i64);
+        }
     }
 }

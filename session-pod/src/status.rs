@@ -203,6 +203,7 @@ pub async fn outbox_forever(
     metrics: Metrics,
     write_every: Duration,
     retention: Duration,
+    spec: watch::Receiver<whatsapp_crds::WhatsAppSessionSpec>,
 ) {
     let params = PatchParams::apply(OUTBOX_FIELD_MANAGER).force();
     let mut written: Option<(i64, i64)> = None;
@@ -218,11 +219,8 @@ pub async fn outbox_forever(
             }
         };
         metrics.outbox_counts(&counts);
-        match outbox.prune(retention) {
-            Ok(0) => {}
-            Ok(n) => info!(messages = n, "forgot messages settled longer ago than the outbox retention"),
-            Err(error) => warn!(%error, "pruning the outbox failed"),
-        }
+        let days = spec.borrow().inbound.retention_days.max(1) as u64;
+        prune(&outbox, retention, Duration::from_secs(days * 86_400));
         let count = |wanted: &[Status]| {
             counts.iter().filter(|(s, _)| wanted.contains(s)).map(|(_, n)| *n as i64).sum()
         };
@@ -239,6 +237,30 @@ pub async fn outbox_forever(
             }
             Err(error) => warn!(%error, "writing the outbox summary failed; retrying later"),
         }
+    }
+}
+
+/// Forgets, a bounded number at a time: settled outbox messages after the outbox retention,
+/// incoming messages and the event log after `spec.inbound.retentionDays`.
+fn prune(outbox: &Outbox, retention: Duration, inbound_retention: Duration) {
+    match outbox.prune(retention) {
+        Ok(0) => {}
+        Ok(n) => info!(messages = n, "forgot messages settled longer ago than the outbox retention"),
+        Err(error) => warn!(%error, "pruning the outbox failed"),
+    }
+    match outbox.prune_inbound(inbound_retention) {
+        Ok(0) => {}
+        Ok(n) => info!(messages = n, "forgot incoming messages older than the inbound retention"),
+        Err(error) => warn!(%error, "pruning the incoming messages failed"),
+    }
+    // The event log goes only up to what the webhooks' ingester has taken into the endpoints'
+    // queues (each delivery carries its own body).
+    let pruned = crate::webhooks::events_taken_upto(outbox)
+        .and_then(|upto| outbox.prune_events(inbound_retention, upto));
+    match pruned {
+        Ok(0) => {}
+        Ok(n) => info!(events = n, "forgot events older than the inbound retention"),
+        Err(error) => warn!(%error, "pruning the event log failed"),
     }
 }
 

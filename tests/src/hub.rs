@@ -52,7 +52,7 @@ impl Hub {
         command
             .env("KUBECONFIG", options.kubeconfig.as_ref().unwrap_or(&ns.cluster.kubeconfig))
             .env("RUST_LOG", "info,kube_runtime=warn,whatsapp_hub=debug")
-            .args(["--watch-namespace", &ns.name])
+            .args(["--session-namespace", &ns.name])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .arg("--hub-token-key-file")

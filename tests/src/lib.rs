@@ -9,6 +9,7 @@ pub mod podrunner;
 pub mod processes;
 pub mod simulator;
 pub mod tcpproxy;
+pub mod webhook;
 
 use std::path::Path;
 use std::process::Command;

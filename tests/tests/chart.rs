@@ -92,7 +92,7 @@ fn the_chart_lints_clean_and_renders_what_it_promises() {
         "PodDisruptionBudget/rel-whatsapp-operator-hub",
         "NetworkPolicy/rel-whatsapp-operator-sessions",
         "ClusterRoleBinding/rel-whatsapp-operator-operator",
-        "ClusterRoleBinding/rel-whatsapp-operator-hub",
+        "RoleBinding/rel-whatsapp-operator-hub",
         "Role/rel-whatsapp-operator-operator-leader-election",
         "Secret/rel-whatsapp-operator-hub-token-key",
         "Secret/rel-whatsapp-operator-jwt",
@@ -152,7 +152,7 @@ fn the_chart_lints_clean_and_renders_what_it_promises() {
     // One namespace: RBAC narrows to RoleBindings there; public keys replace the secret; Ingress.
     let narrowed = render(&[
         "--set",
-        "operator.watchNamespace=team-a,hub.watchNamespace=team-a,hub.sessionNamespace=team-a",
+        "operator.watchNamespace=team-a,hub.sessionNamespace=team-a",
         "--set",
         "hub.auth.jwt.publicKeys=-----BEGIN PUBLIC KEY-----",
         "--set",
@@ -164,6 +164,10 @@ fn the_chart_lints_clean_and_renders_what_it_promises() {
     assert!(!names.iter().any(|n| n == "ClusterRoleBinding/rel-whatsapp-operator-operator"), "{names:?}");
     let binding = find(&narrowed, "RoleBinding", "rel-whatsapp-operator-operator");
     assert_eq!(binding["metadata"]["namespace"], "team-a");
+    // The hub's rights are bound in its session namespace only, whatever the rest.
+    let hub_binding = find(&narrowed, "RoleBinding", "rel-whatsapp-operator-hub");
+    assert_eq!(hub_binding["metadata"]["namespace"], "team-a");
+    assert!(!names.iter().any(|n| n == "ClusterRoleBinding/rel-whatsapp-operator-hub"), "{names:?}");
     assert!(!names.iter().any(|n| n == "Secret/rel-whatsapp-operator-jwt"), "{names:?}");
     find(&narrowed, "ConfigMap", "rel-whatsapp-operator-hub-jwt-keys");
     let policy = find(&narrowed, "NetworkPolicy", "rel-whatsapp-operator-sessions");
@@ -321,7 +325,7 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     let release = format!("wao-{}", ns.name.rsplit('-').next().unwrap());
     let prefix = format!("{release}-whatsapp-operator");
     let scope = format!(
-        "operator.watchNamespace={0},hub.watchNamespace={0},hub.sessionNamespace={0},hub.adminClienteId=42,\
+        "operator.watchNamespace={0},hub.sessionNamespace={0},hub.adminClienteId=42,\
          sessionPod.image.tag=chart-test,sessionPod.image.pullPolicy=Always,operator.replicas=2",
         ns.name
     );
@@ -410,28 +414,29 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     })
     .await;
     let applied = ns.apply(
-        "apiVersion: whatsapp.leadmaster.dev/v1alpha1\nkind: WhatsAppSession\nmetadata: {name: acme}\nspec: {clienteId: 42}\n",
+        "apiVersion: whatsapp.leadmaster.dev/v1alpha1\nkind: WhatsAppSession\nmetadata: {name: cliente-42}\nspec: {clienteId: 42}\n",
     );
     assert!(applied.success, "{}", applied.stderr);
-    run(ns.kubectl().args(["wait", "--for=condition=Reconciled", "was/acme", "--timeout=60s"])).unwrap();
+    run(ns.kubectl().args(["wait", "--for=condition=Reconciled", "was/cliente-42", "--timeout=60s"]))
+        .unwrap();
     for (kind, name) in [
-        ("statefulset", "acme"),
-        ("service", "acme"),
-        ("serviceaccount", "acme-session"),
-        ("role", "acme-session"),
-        ("rolebinding", "acme-session"),
-        ("secret", "acme-hub-token"),
+        ("statefulset", "cliente-42"),
+        ("service", "cliente-42"),
+        ("serviceaccount", "cliente-42-session"),
+        ("role", "cliente-42-session"),
+        ("rolebinding", "cliente-42-session"),
+        ("secret", "cliente-42-hub-token"),
     ] {
         run(ns.kubectl().args(["get", kind, name])).unwrap_or_else(|e| panic!("{kind}/{name}: {e}"));
     }
     // The chart's settings reached it: the session image and pull policy from its values.
-    let sts = kubectl_json(&ns, &["get", "statefulset", "acme"]);
+    let sts = kubectl_json(&ns, &["get", "statefulset", "cliente-42"]);
     let session_container = &sts["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(session_container["image"], "ghcr.io/leadmaster/whatsapp-session:chart-test");
     assert_eq!(session_container["imagePullPolicy"], "Always");
     // The session pod is admitted under the restricted profile too (the namespace enforces it).
     eventually("the session pod", Duration::from_secs(60), || async {
-        let pods = kubectl_json(&ns, &["get", "pods", "-l", "whatsapp.leadmaster.dev/session=acme"]);
+        let pods = kubectl_json(&ns, &["get", "pods", "-l", "whatsapp.leadmaster.dev/session=cliente-42"]);
         Ok(pods["items"].as_array().is_some_and(|p| p.len() == 1).then_some(()))
     })
     .await;
@@ -455,18 +460,18 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         output(ns.kubectl().arg(&as_hub).args(apply).arg(&manifest)).unwrap()
     };
     let refused = eventually("the policy on the hub's writes to apply", Duration::from_secs(60), || async {
-        let out = hub_apply("acme", "{clienteId: 42, browser: {image: registry.example/evil:1}}");
+        let out = hub_apply("cliente-42", "{clienteId: 42, browser: {image: registry.example/evil:1}}");
         Ok((!out.success).then_some(out.stderr))
     })
     .await;
     assert!(refused.contains("the hub may change only spec.suspended and spec.pairing"), "{refused}");
     let refused = hub_apply(
-        "acme",
+        "cliente-42",
         "{clienteId: 42, webhooks: [{name: x, url: 'https://x.example/', secretRef: {name: s}}]}",
     );
     assert!(!refused.success && refused.stderr.contains("spec.webhooks"), "{}", refused.stderr);
     for suspended in [true, false] {
-        let allowed = hub_apply("acme", &format!("{{clienteId: 42, suspended: {suspended}}}"));
+        let allowed = hub_apply("cliente-42", &format!("{{clienteId: 42, suspended: {suspended}}}"));
         assert!(allowed.success, "{}", allowed.stderr);
     }
     let sneaky = hub_apply(
@@ -512,7 +517,7 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     );
     let (code, status) =
         get_json(&format!("{}/api/admin/whatsapp/status", hub.url(8080)), Some(&admin)).await;
-    assert_eq!((code, status["session"].as_str()), (200, Some("acme")), "{status}");
+    assert_eq!((code, status["session"].as_str()), (200, Some("cliente-42")), "{status}");
     let (code, _) = get_json(
         &format!("{}/api/whatsapp/42/status", hub.url(8080)),
         Some(&whatsapp_tests::hub::admin_token()),
@@ -585,7 +590,7 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         output(ns.cluster.kubectl().args(["get", "clusterrole", &format!("{prefix}-operator")])).unwrap();
     assert!(!out.success, "ClusterRole left behind");
     run(ns.kubectl().args(["get", "secret", &format!("{prefix}-hub-token-key")])).unwrap();
-    run(ns.kubectl().args(["get", "was", "acme"])).unwrap();
+    run(ns.kubectl().args(["get", "was", "cliente-42"])).unwrap();
 }
 
 /// The Dockerfiles cannot be built here (no container engine), so what the chart and the

@@ -158,7 +158,7 @@ async fn a_frontend_queues_follows_pages_and_cancels_messages() {
     let _runner = ns.pod_runner(&sim);
     let hub = Hub::ready(&ns, HubOptions::default()).await;
     let tenant = tenant_token(61);
-    ns.create_session("acme", json!({"clienteId": 61, "send": {"ratePerMinute": 180}})).await;
+    ns.create_session("cliente-61", json!({"clienteId": 61, "send": {"ratePerMinute": 180}})).await;
 
     // Queued while the session still waits for its phone: stored by its pod, not sent yet.
     let numbers: Vec<String> = (0..20).map(|i| format!("54911666600{i:02}")).collect();
@@ -351,7 +351,7 @@ async fn a_frontend_follows_its_messages_live_on_the_event_stream_across_a_pod_r
     let runner = ns.pod_runner(&sim);
     let hub = Hub::ready(&ns, HubOptions::default()).await;
     let tenant = tenant_token(71);
-    ns.create_session("acme", json!({"clienteId": 71, "send": {"ratePerMinute": 180}})).await;
+    ns.create_session("cliente-71", json!({"clienteId": 71, "send": {"ratePerMinute": 180}})).await;
     let mut events = hub.events(71, &tenant).await;
     // The hub connects to the pod once it published its address (`lagged`: "connected"; from
     // then on every change arrives), maybe before the QR shows.
@@ -391,7 +391,7 @@ async fn a_frontend_follows_its_messages_live_on_the_event_stream_across_a_pod_r
 
     // The pod's process dies; the runner starts it again (on another port). The stream goes on:
     // the status back to READY, the hub connected to the new process, messages followed again.
-    assert!(runner.kill_process(&ns.name, "acme-0"));
+    assert!(runner.kill_process(&ns.name, "cliente-71-0"));
     status_and_connected(&mut events, "READY again, and the hub following the new process", false, |d| {
         d["state"] == "READY"
     })
@@ -443,8 +443,15 @@ async fn wait_state(hub: &Hub, cliente_id: i64, state: &str) -> Value {
 async fn who_may_call_what() {
     let ns = cluster().namespace("hub-auth").await;
     let hub = Hub::ready(&ns, HubOptions::default()).await;
-    ns.create_session("acme", json!({"clienteId": 7})).await;
-    wait_state(&hub, 7, "DISCONNECTED").await;
+    // Whoever can create sessions cannot take a tenant's slot: only `cliente-<id>` serves a
+    // clienteId (a name Kubernetes keeps unique); a session by another name serves no one.
+    ns.create_session("squatter", json!({"clienteId": 7})).await;
+    ns.create_session("cliente-8", json!({"clienteId": 7})).await;
+    ns.create_session("cliente-7", json!({"clienteId": 7})).await;
+    let status = wait_state(&hub, 7, "DISCONNECTED").await;
+    assert_eq!(status["session"], "cliente-7");
+    let (code, missing) = hub.get("/api/whatsapp/8/status", &admin_token()).await;
+    assert_eq!((code, missing["error"].as_str()), (404, Some("SESSION_NOT_FOUND")));
     let path = "/api/whatsapp/7/status";
     let now = jsonwebtoken::get_current_timestamp();
 
@@ -508,6 +515,12 @@ async fn who_may_call_what() {
         (Method::POST, "/sender/send", Some(json!({"clienteId": 8, "to": "5491100000000", "message": "x"}))),
         (Method::POST, "/sender/send-bulk", Some(json!({"clienteId": 8, "messages": [one.clone()]}))),
         (Method::GET, "/sender/jobs/8-0123456789abcdef", None),
+        (Method::GET, "/api/whatsapp/8/messages?direction=in", None),
+        (Method::GET, "/api/whatsapp/8/webhooks/deliveries", None),
+        (Method::POST, "/api/whatsapp/8/webhooks/deliveries/1/redeliver", None),
+        (Method::GET, "/api/whatsapp/8/contacts", None),
+        (Method::POST, "/sync-contacts/sync", Some(json!({"clienteId": 8}))),
+        (Method::POST, "/api/whatsapp/8/numbers/check", Some(json!({"numbers": ["5491100000000"]}))),
     ] {
         let (code, err) = hub.call(method.clone(), path, Some(&tenant), body.clone()).await;
         assert_eq!((code, err["error"].as_str()), (403, Some("FORBIDDEN")), "{method} {path}");
@@ -520,8 +533,16 @@ async fn who_may_call_what() {
     let (code, _) =
         hub.call(Method::POST, "/api/sessions", Some(&tenant), Some(json!({"clienteId": 8}))).await;
     assert_eq!(code, 403);
-    let (code, health) = hub.call(Method::GET, "/health", None, None).await;
-    assert_eq!((code, health["status"].as_str()), (200, Some("ok")));
+    for open in ["/health", "/api/health"] {
+        let (code, health) = hub.call(Method::GET, open, None, None).await;
+        assert_eq!((code, health["status"].as_str()), (200, Some("ok")), "{open}");
+    }
+    // The original session-manager routes act on the token's own session: a token is needed.
+    for path in ["/api/session-manager/status", "/session-manager/state"] {
+        assert_eq!(hub.call(Method::GET, path, None, None).await.0, 401, "{path}");
+        let (code, own) = hub.call(Method::GET, path, Some(&tenant), None).await;
+        assert_eq!((code, own["clienteId"].as_i64()), (200, Some(7)), "{path}: {own}");
+    }
 
     // ES256 tokens with the public key from a JWKS file.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -580,10 +601,11 @@ async fn every_error_has_its_status_and_code() {
     // Sessions in given states, reported as their pods would.
     // The pod paces sends (at least 60/ratePerMinute s apart): the fastest rate keeps the
     // sends of this test within the hub's short upstream timeout.
-    for (name, id) in [("connecting", 1), ("ready", 2), ("qr", 3), ("down", 4), ("slow", 5), ("odd", 6)] {
-        ns.create_session(name, json!({"clienteId": id, "send": {"ratePerMinute": 180}})).await;
+    for id in 1..=6 {
+        ns.create_session(&format!("cliente-{id}"), json!({"clienteId": id, "send": {"ratePerMinute": 180}}))
+            .await;
     }
-    report(&ns, "connecting", json!({"state": "CONNECTING"})).await;
+    report(&ns, "cliente-1", json!({"state": "CONNECTING"})).await;
     wait_state(&hub, 1, "CONNECTING").await;
     expect("no QR yet", hub.get("/api/whatsapp/1/qr", &admin).await, 404, "QR_NOT_AVAILABLE");
     expect(
@@ -642,10 +664,10 @@ async fn every_error_has_its_status_and_code() {
 
     // A real session process, linked: then killed (502), frozen (504), and an endpoint that is
     // not a session pod (502 SESSION_MANAGER_ERROR).
-    let pod_token = hub_token(TEST_HUB_TOKEN_KEY, &ns.name, "ready");
-    let profile = ns.profile_dir("ready");
+    let pod_token = hub_token(TEST_HUB_TOKEN_KEY, &ns.name, "cliente-2");
+    let profile = ns.profile_dir("cliente-2");
     let mut process =
-        SessionProcess::start_with(&ns, "ready", &profile, &sim, &[("WAO_HUB_TOKEN", &pod_token)]);
+        SessionProcess::start_with(&ns, "cliente-2", &profile, &sim, &[("WAO_HUB_TOKEN", &pod_token)]);
     let qr = wait_state(&hub, 2, "QR_REQUIRED").await;
     if scan_picture(&sim, &qr, "Err").is_err() {
         scan_current(&hub, &sim, 2, &admin).await;
@@ -673,8 +695,12 @@ async fn every_error_has_its_status_and_code() {
     // Dead: the status still says READY (nobody wrote otherwise), the address refuses.
     let endpoint = wait_state(&hub, 2, "READY").await;
     process.stop();
-    report(&ns, "ready", json!({"state": "READY", "endpoint": format!("http://127.0.0.1:{}", process.port)}))
-        .await;
+    report(
+        &ns,
+        "cliente-2",
+        json!({"state": "READY", "endpoint": format!("http://127.0.0.1:{}", process.port)}),
+    )
+    .await;
     wait_state(&hub, 2, "READY").await;
     expect(
         "dead pod",
@@ -684,7 +710,7 @@ async fn every_error_has_its_status_and_code() {
     );
     let _ = endpoint;
 
-    report(&ns, "odd", json!({"state": "READY", "endpoint": sim.control_url()})).await;
+    report(&ns, "cliente-6", json!({"state": "READY", "endpoint": sim.control_url()})).await;
     wait_state(&hub, 6, "READY").await;
     expect(
         "not a session pod",
@@ -692,7 +718,7 @@ async fn every_error_has_its_status_and_code() {
         502,
         "SESSION_MANAGER_ERROR",
     );
-    report(&ns, "slow", json!({"state": "READY"})).await;
+    report(&ns, "cliente-5", json!({"state": "READY"})).await;
     wait_state(&hub, 5, "READY").await;
     expect(
         "no address",
@@ -718,8 +744,8 @@ async fn serves_the_last_known_state_while_the_api_server_is_unreachable_and_rec
     let text = std::fs::read_to_string(&ns.cluster.kubeconfig).unwrap();
     std::fs::write(&kubeconfig, text.replace(&server, &format!("https://{}", proxy.addr))).unwrap();
     let hub = Hub::ready(&ns, HubOptions { kubeconfig: Some(kubeconfig), ..Default::default() }).await;
-    ns.create_session("acme", json!({"clienteId": 3})).await;
-    report(&ns, "acme", json!({"state": "CONNECTING"})).await;
+    ns.create_session("cliente-3", json!({"clienteId": 3})).await;
+    report(&ns, "cliente-3", json!({"state": "CONNECTING"})).await;
     wait_state(&hub, 3, "CONNECTING").await;
     let admin = admin_token();
 
@@ -741,7 +767,7 @@ async fn serves_the_last_known_state_while_the_api_server_is_unreachable_and_rec
     assert!(staleness.is_some_and(|s| s > 0.0), "{metrics}");
 
     // What changed meanwhile arrives once the network is back, without a restart.
-    report(&ns, "acme", json!({"state": "READY"})).await;
+    report(&ns, "cliente-3", json!({"state": "READY"})).await;
     proxy.restore();
     wait_state(&hub, 3, "READY").await;
     let (_, health) = hub.call(Method::GET, "/health", None, None).await;
@@ -781,7 +807,7 @@ async fn login_issues_tokens_and_limits_attempts() {
     let users = users_file(&ns);
     let users = users.to_str().unwrap();
     let hub = Hub::ready(&ns, HubOptions { extra: &["--users-file", users], ..Default::default() }).await;
-    ns.create_session("acme", json!({"clienteId": 7})).await;
+    ns.create_session("cliente-7", json!({"clienteId": 7})).await;
     wait_state(&hub, 7, "DISCONNECTED").await;
     let login = |user: &str, password: &str| {
         let body = json!({"email": user, "password": password});
@@ -840,16 +866,16 @@ async fn schemathesis_finds_no_5xx_and_every_response_matches_the_document() {
     // Sessions in several states, so generated requests get past 404s (none READY: a send
     // would reach for a pod that does not exist here, a 502 by design).
     for (name, id, status) in [
-        ("one", 1, json!({"state": "FAILED", "reason": "QRAttemptsExhausted"})),
+        ("cliente-1", 1, json!({"state": "FAILED", "reason": "QRAttemptsExhausted"})),
         (
-            "two",
+            "cliente-2",
             2,
             json!({"state": "QR_REQUIRED", "qr": {"code": "2@abc,k1,k2,k3", "attempts": 1, "updatedAt": "2026-11-23T10:00:00Z"}}),
         ),
-        ("three", 3, json!({"state": "CONNECTING"})),
+        ("cliente-3", 3, json!({"state": "CONNECTING"})),
         // The document's example clienteId.
         (
-            "example",
+            "cliente-51",
             51,
             json!({"state": "QR_REQUIRED", "qr": {"code": "2@def,k1,k2,k3", "attempts": 2, "updatedAt": "2026-11-23T10:00:00Z"}}),
         ),

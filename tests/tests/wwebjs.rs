@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -29,6 +30,8 @@ const PHONE: &str = "5491122334455";
 const PHONE2: &str = "5491166778899";
 /// A WhatsApp user the linked account talks to.
 const FRIEND: &str = "5491155550000";
+/// In the phone's address book.
+const SAVED: &str = "5491155550007";
 /// Chromium starting and the page loading, on a busy 2-core machine.
 const START: Duration = Duration::from_secs(120);
 /// Everything else.
@@ -319,7 +322,10 @@ async fn whatsapp_web_js_links_sends_receives_and_pairs_with_a_code() {
         assert!(refused.is_err(), "the phone accepted a QR with its {what} altered: {doctored}");
     }
 
-    // The phone scans the real one: linked, synced, ready as the phone's account.
+    // The phone scans the real one: linked, synced (its address book with it), ready as the
+    // phone's account.
+    sim.set_business(SAVED, "Carla SRL");
+    sim.set_address_book(PHONE, &[(SAVED, "Carla Saved")]);
     sim.scan(&current, PHONE, "Acme").expect("the phone scans the QR whatsapp-web.js reported");
     driver.event("authenticated", "authenticated after the scan", WAIT).await;
     let ready = driver.event("ready", "ready after authenticated", WAIT).await;
@@ -387,12 +393,58 @@ async fn whatsapp_web_js_links_sends_receives_and_pairs_with_a_code() {
     assert_eq!(message["fromMe"], json!(false), "{message}");
     assert!(wids_of(FRIEND).iter().any(|w| message["from"] == json!(w)), "from is the sender: {message}");
 
+    // Media: a MessageMedia image reaches the recipient with its bytes and caption, and an image
+    // from the phone is a media message whose downloadMedia() gives its bytes back.
+    let image = tiny_png();
+    let picture = base64::engine::general_purpose::STANDARD.encode(&image);
+    let sent = driver
+        .command(json!({"cmd": "sendMedia", "to": FRIEND, "mimetype": "image/png", "data": picture, "filename": "dot.png", "caption": "a picture"}))
+        .await;
+    assert_eq!((&sent["hasMedia"], &sent["msgType"]), (&json!(true), &json!("image")), "{sent}");
+    let sent_id = sent["id"].as_str().unwrap_or_default().to_string();
+    let received = eventually("the simulator to receive the image", WAIT, || async {
+        Ok(sim.messages().into_iter().find(|m| m.id == sent_id))
+    })
+    .await;
+    let media = received.media.as_ref().unwrap_or_else(|| panic!("the image arrived as media: {received:?}"));
+    assert_eq!(
+        (received.body.as_str(), media.kind.as_str(), media.mimetype.as_str(), media.sha256.as_str()),
+        ("a picture", "image", "image/png", sha256_hex(&image).as_str())
+    );
+    let from_phone = sim
+        .send_media_from_phone(FRIEND, PHONE, "image/png", &image, "from the phone", None)
+        .expect("the friend sends an image");
+    let message = driver
+        .wait("the incoming image as a message event", WAIT, |e| {
+            e["type"] == "message" && e["id"] == json!(from_phone)
+        })
+        .await;
+    assert_eq!(
+        (&message["hasMedia"], &message["msgType"], &message["body"]),
+        (&json!(true), &json!("image"), &json!("from the phone")),
+        "{message}"
+    );
+    let downloaded =
+        driver.command(json!({"cmd": "downloadMedia", "serialized": message["serialized"]})).await;
+    assert_eq!(downloaded["mimetype"], json!("image/png"), "{downloaded}");
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(downloaded["data"].as_str().unwrap_or_default());
+    assert_eq!(bytes.ok(), Some(image), "downloadMedia() gives the image's bytes");
+
     // Contacts include the sender.
     let contacts = driver.command(json!({"cmd": "contacts"})).await;
     let list = contacts["contacts"].as_array().unwrap_or_else(|| panic!("getContacts is a list: {contacts}"));
     assert!(
         list.iter().any(|c| c["number"] == FRIEND || wids_of(FRIEND).iter().any(|w| c["id"] == json!(w))),
         "getContacts includes the sender {FRIEND}: {contacts}"
+    );
+    // And the phone's address book: its saved name, isMyContact, a business.
+    let saved = list.iter().find(|c| c["number"] == SAVED && c["isMyContact"] == true);
+    let saved = saved.unwrap_or_else(|| panic!("getContacts has the address book's {SAVED}: {contacts}"));
+    assert_eq!(
+        (saved["name"].as_str(), saved["isBusiness"].as_bool()),
+        (Some("Carla Saved"), Some(true)),
+        "{saved}"
     );
 
     // Logging out (whatsapp-web.js closes the browser and deletes the profile): WhatsApp
@@ -437,6 +489,17 @@ async fn whatsapp_web_js_links_sends_receives_and_pairs_with_a_code() {
     .await;
     assert_eq!((again.from.as_str(), again.body.as_str()), (PHONE2, "again"), "{again:?}");
 
+    // The friend answers, three times.
+    let answers: Vec<String> = (0..3).map(|i| format!("answer #{i}")).collect();
+    for answer in &answers {
+        sim.send_from_phone(FRIEND, PHONE2, answer).expect("the friend answers");
+        driver
+            .wait("the answer as a message event", WAIT, |e| {
+                e["type"] == "message" && e["body"] == json!(answer)
+            })
+            .await;
+    }
+
     // Chromium closed and started again on the same profile: linked without a QR.
     let restarted_at = driver.seen.len();
     driver.try_command(json!({"cmd": "restart"}), START).await.expect("restart on the same profile");
@@ -444,6 +507,20 @@ async fn whatsapp_web_js_links_sends_receives_and_pairs_with_a_code() {
     assert_eq!(ready["wid"], json!(format!("{PHONE2}@c.us")), "client.info.wid after the restart: {ready}");
     let qrs = driver.seen[restarted_at..].iter().filter(|e| e["type"] == "qr").count();
     assert_eq!(qrs, 0, "a restart on a linked profile shows no QR");
+    // The chat list comes back from the profile, and fetchMessages loads the chat's messages
+    // (the earlier ones with WAWebChatLoadMessages), in order, none twice, none new.
+    let history = driver.command(json!({"cmd": "history", "limit": 10})).await;
+    let chats = history["chats"].as_array().unwrap_or_else(|| panic!("getChats is a list: {history}"));
+    let chat = chats
+        .iter()
+        .find(|c| wids_of(FRIEND).iter().any(|w| c["id"] == json!(w)))
+        .unwrap_or_else(|| panic!("the chat with {FRIEND} is restored: {history}"));
+    let bodies: Vec<&str> =
+        chat["messages"].as_array().unwrap().iter().filter_map(|m| m["body"].as_str()).collect();
+    assert_eq!(bodies, ["again", "answer #0", "answer #1", "answer #2"], "{chat}");
+    assert_eq!(chat["lastMessage"], json!("answer #2"), "{chat}");
+    let replayed = driver.seen[restarted_at..].iter().filter(|e| e["type"] == "message").count();
+    assert_eq!(replayed, 0, "restored messages are not new messages");
 
     // No promise went unhandled in whatsapp-web.js, except in its own race at logout: the page
     // reloads as /?post_logout=1 while logout() closes the browser, and its framenavigated
@@ -463,4 +540,21 @@ async fn whatsapp_web_js_links_sends_receives_and_pairs_with_a_code() {
     driver.command(json!({"cmd": "destroy"})).await;
     let status = driver.exit(WAIT).await;
     assert!(status.success(), "the driver exits cleanly after destroy: {status}");
+}
+
+/// A small real PNG (the page decodes images to make their preview).
+fn tiny_png() -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, 4, 4);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.write_header().unwrap().write_image_data(&[0x80; 16]).unwrap();
+    }
+    out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

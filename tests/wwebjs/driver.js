@@ -17,8 +17,15 @@
 //   {type:'auth_failure', message} {type:'unhandled', kind, message}
 // and for every command read from stdin (one JSON object per line, optional `tag` echoed back)
 //   {cmd:'send', to, body}            -> {type:'result', cmd, id, serialized, to, ack}
+//   {cmd:'sendMedia', to, mimetype, data, filename, caption}
+//                                     -> {type:'result', cmd, id, serialized, to, ack, hasMedia, msgType}
+//                                        (a MessageMedia with base64 data, sent with its caption)
+//   {cmd:'downloadMedia', serialized} -> {type:'result', cmd, mimetype, data, filename, filesize}
+//                                        (getMessageById, then Message.downloadMedia(); data null without media)
 //   {cmd:'contacts'}                  -> {type:'result', cmd, contacts:[{id, number, name, pushname, isMyContact, isUser, isWAContact, isMe, isBusiness}]}
 //   {cmd:'numberId', number}          -> {type:'result', cmd, id: null | '<serialized wid>'}
+//   {cmd:'history', limit}            -> {type:'result', cmd, chats:[{id, lastMessage, messages:[{id, body, fromMe}]}]}
+//                                        (getChats, then each chat's fetchMessages({limit}), oldest first)
 //   {cmd:'pairingCode', phone}        -> {type:'result', cmd, code}
 //   {cmd:'state'}                     -> {type:'result', cmd, state}
 //   {cmd:'logout'}                    -> {type:'result', cmd} (whatsapp-web.js closes the browser)
@@ -30,7 +37,7 @@
 
 const path = require('path');
 const readline = require('readline');
-const { Client, LocalAuth } = require('whatsapp-web.js');
+const { Client, LocalAuth, MessageMedia } = require('whatsapp-web.js');
 
 function emit(event) {
     try {
@@ -98,6 +105,7 @@ function messageFields(msg) {
         msgType: msg.type,
         timestamp: msg.timestamp,
         notifyName: msg._data && msg._data.notifyName,
+        hasMedia: msg.hasMedia,
     };
 }
 
@@ -137,6 +145,18 @@ const commands = {
         const msg = await client.sendMessage(withServer(to, 'c.us'), body);
         return { id: msg.id.id, serialized: msg.id._serialized, to: msg.to, ack: msg.ack };
     },
+    async sendMedia({ to, mimetype, data, filename, caption }) {
+        const media = new MessageMedia(mimetype, data, filename);
+        const msg = await client.sendMessage(withServer(to, 'c.us'), media, { caption });
+        return { id: msg.id.id, serialized: msg.id._serialized, to: msg.to, ack: msg.ack, hasMedia: msg.hasMedia, msgType: msg.type };
+    },
+    async downloadMedia({ serialized }) {
+        const msg = await client.getMessageById(serialized);
+        if (!msg) throw new Error(`getMessageById(${serialized}) found nothing`);
+        const media = await msg.downloadMedia();
+        if (!media) return { data: null };
+        return { mimetype: media.mimetype, data: media.data, filename: media.filename, filesize: media.filesize };
+    },
     async contacts() {
         const contacts = await client.getContacts();
         return {
@@ -152,6 +172,19 @@ const commands = {
                 isBusiness: c.isBusiness,
             })),
         };
+    },
+    async history({ limit }) {
+        const chats = await client.getChats();
+        const out = [];
+        for (const chat of chats) {
+            const messages = await chat.fetchMessages({ limit: limit || 50 });
+            out.push({
+                id: chat.id._serialized,
+                lastMessage: chat.lastMessage ? chat.lastMessage.body : null,
+                messages: messages.map((m) => ({ id: m.id.id, body: m.body, fromMe: m.fromMe })),
+            });
+        }
+        return { chats: out };
     },
     async numberId({ number }) {
         const wid = await client.getNumberId(String(number));

@@ -44,6 +44,15 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     (code, Json(health))
 }
 
+/// The same as `/health`, at the original hub's other address.
+#[utoipa::path(get, path = "/api/health", tag = "whatsapp", security(()), responses(
+    (status = 200, description = "Serving", body = Health),
+    (status = 503, description = "Starting: the cache has not synced yet", body = Health),
+))]
+pub async fn api_health(state: State<AppState>) -> (StatusCode, Json<Health>) {
+    health(state).await
+}
+
 fn jiff_now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
@@ -143,7 +152,7 @@ pub fn qr_of(session: &SessionView) -> ApiResult<QrResponse> {
     }
 }
 
-fn describe(status: &SessionStatus) -> String {
+pub(super) fn describe(status: &SessionStatus) -> String {
     let state = serde_json::to_value(status.state).ok().and_then(|v| v.as_str().map(str::to_owned));
     let mut text = state.unwrap_or_default();
     if status.pairing_code.is_some() {
@@ -231,7 +240,7 @@ pub async fn admin_disconnect(State(state): State<AppState>, principal: Principa
     set_suspended(&state, &session, true).await.map(IntoResponse::into_response)
 }
 
-fn admin_session(state: &AppState) -> ApiResult<std::sync::Arc<SessionView>> {
+pub(super) fn admin_session(state: &AppState) -> ApiResult<std::sync::Arc<SessionView>> {
     let id = state
         .admin_cliente_id
         .ok_or(ApiError::NotFound("no admin session is configured (--admin-cliente-id)".into()))?;

@@ -15,7 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::AuthErrors;
 use super::extract::{ClienteId, ClienteIdParam};
-use crate::auth::Principal;
+use crate::auth::{Principal, TokenExpiry};
 use crate::cache::SessionView;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::feeds::FeedEvent;
@@ -31,24 +31,30 @@ use crate::state::AppState;
 /// - `event: message`, data: the message as `GET /api/whatsapp/{clienteId}/messages/{id}`
 ///   shows it (an OutboxMessage), on every change of one of the session's messages: `queued`,
 ///   `sending`, `sent`, `delivered`, `read`, `played` or `failed` with a `reason`, in order;
+///   and each message the session receives, as `GET .../messages?direction=in` lists it (an
+///   IncomingMessage: `direction` is `in`);
 /// - `event: lagged`, data `{"clienteId": n, "reason": "connected" | "behind", "missed"?: n}`:
 ///   message changes may have been missed, re-list them (`GET .../messages`). `connected`: the
 ///   hub (re)connected to the session's pod (after its restart, say; also once shortly after a
 ///   stream opens, when it is the clienteId's first); from then on every change arrives.
 ///   `behind`: the stream fell behind and skipped `missed` changes.
 ///
+/// - `event: expired`, data `{"clienteId": n}`, last: the stream ends when the token expires
+///   (reconnect with a fresh token).
+///
 /// Message changes flow while the session's pod runs (not while it is suspended or starting).
 /// A comment every 15 s keeps proxies from closing an idle stream.
 #[utoipa::path(get, path = "/api/whatsapp/{clienteId}/events", tag = "whatsapp", params(ClienteIdParam),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The event stream: `status` events (data: a SessionStatus), `removed`, `message` (data: an OutboxMessage) and `lagged` events", content_type = "text/event-stream", body = SessionStatus),
+        (status = 200, description = "The event stream: `status` events (data: a SessionStatus), `removed`, `message` (data: an OutboxMessage, or an IncomingMessage for a received one) and `lagged` events", content_type = "text/event-stream", body = SessionStatus),
         (status = 400, description = "`INVALID_CLIENT_ID`", body = ErrorBody),
         AuthErrors,
     ))]
 pub async fn events(
     State(state): State<AppState>,
     principal: Principal,
+    TokenExpiry(expires): TokenExpiry,
     ClienteId(id): ClienteId,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     principal.authorize(id)?;
@@ -83,10 +89,24 @@ pub async fn events(
     });
     let mut shutdown = state.shutdown.clone();
     let statuses = stream::once(async move { event_of(id, first.as_ref()) }).chain(updates);
+    // The token's life, on this process' clock.
+    let left = Duration::from_secs(expires).saturating_sub(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
+    );
+    let deadline = tokio::time::Instant::now() + left;
     let stream = stream::select(statuses, messages)
+        .map(Some)
         .take_until(async move {
-            let _ = shutdown.wait_for(|stopping| *stopping).await;
+            tokio::select! {
+                _ = shutdown.wait_for(|stopping| *stopping) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
         })
+        .chain(stream::once(async move {
+            (tokio::time::Instant::now() >= deadline)
+                .then(|| Event::default().event("expired").data(format!("{{\"clienteId\":{id}}}")))
+        }))
+        .filter_map(futures::future::ready)
         .map(Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -67,6 +67,47 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A JSON body a route may go without: `None` when the request has no body, else as
+/// [`ApiJson`] (415, 400 `INVALID_JSON` / `INVALID_BODY`, 413).
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json);
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::validation("INVALID_BODY", r.body_text())
+            }
+        })?;
+        if bytes.is_empty() {
+            return Ok(OptionalJson(None));
+        }
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        serde_json::from_slice(&bytes).map(|v| OptionalJson(Some(v))).map_err(|e| {
+            let code = if e.is_data() { "INVALID_BODY" } else { "INVALID_JSON" };
+            ApiError::validation(code, e.to_string())
+        })
+    }
+}
+
+/// Whether a `Content-Type` is JSON (`application/json`, `application/*+json`), as axum's
+/// `Json` takes it.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let (kind, sub) = essence.split_once('/').unwrap_or_default();
+    kind == "application" && (sub == "json" || sub.ends_with("+json"))
+}
+
 /// The `{id}` of the path (a message or a job), as given.
 #[derive(Debug, Clone)]
 pub struct PathId(pub String);

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 
 use super::BodyErrors;
 use super::extract::ApiJson;
@@ -12,7 +13,8 @@ use crate::model::{LoginRequest, LoginResponse};
 use crate::state::AppState;
 
 /// Exchanges a username and password for a JWT. Five failures for a username or from an
-/// address within 15 minutes block further attempts (429 with `Retry-After`).
+/// address within 15 minutes block further attempts (429 with `Retry-After`); so does a burst
+/// while earlier passwords are still being checked.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest, security(()),
     responses(
         (status = 200, description = "The token", body = LoginResponse),
@@ -24,10 +26,12 @@ use crate::state::AppState;
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
     let logins = state.logins.as_ref().ok_or_else(|| ApiError::NotFound("/auth/login".into()))?;
-    let user = logins.check(&body.username, &body.password, Some(peer.ip())).await?;
+    let client = logins.client_address(&headers, peer.ip());
+    let user = logins.check(&body.username, &body.password, client).await?;
     let role = user.role.clone().unwrap_or_else(|| "tenant".into());
     let token = state
         .auth

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::extract::{ApiJson, ApiQuery, ClienteId, ClienteIdParam, PathId};
@@ -14,7 +14,8 @@ use super::{AuthErrors, BodyErrors, GatewayErrors, SessionErrors};
 use crate::auth::Principal;
 use crate::cache::SessionView;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::outbox::{Accepted, ListQuery, MessagePage, OutboxMessage, Submit, check_key};
+use crate::inbound::{Direction, MessageList, paging};
+use crate::outbox::{Accepted, ListQuery, OutboxMessage, Submit, check_key};
 use crate::state::AppState;
 
 /// The session of `cliente_id` with its pod running: the outbox lives on its volume, so
@@ -108,12 +109,13 @@ pub async fn get(
     Ok(Json(state.pods.outbox_get(&session, id).await?))
 }
 
-/// The session's messages, newest first, a page at a time (`nextCursor` → `cursor`), by
-/// status and batch.
+/// The session's messages, newest first, a page at a time (`nextCursor` → `cursor`): those
+/// sent through its outbox (`direction=out`, the default; by status and batch), or those it
+/// received (`direction=in`).
 #[utoipa::path(get, path = "/api/whatsapp/{clienteId}/messages", tag = "messages", params(ClienteIdParam, ListQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A page", body = MessagePage),
+        (status = 200, description = "A page: a MessagePage of OutboxMessages (`direction=out`) or an InboundPage of IncomingMessages (`direction=in`)", body = MessageList),
         (status = 400, description = "`INVALID_CLIENT_ID` or `INVALID_QUERY`", body = ErrorBody),
         (status = 404, description = "`SESSION_NOT_FOUND`", body = ErrorBody),
         (status = 409, description = "`SESSION_NOT_READY`: the session's pod is not running", body = ErrorBody),
@@ -124,11 +126,57 @@ pub async fn list(
     principal: Principal,
     ClienteId(cliente_id): ClienteId,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> ApiResult<Json<MessagePage>> {
+) -> ApiResult<Json<MessageList>> {
     principal.authorize(cliente_id)?;
+    if query.direction == Some(Direction::In) {
+        if query.status.is_some() || query.batch.is_some() {
+            return Err(ApiError::validation(
+                "INVALID_QUERY",
+                "`status` and `batch` are for sent messages (`direction=out`)",
+            ));
+        }
+        let query = paging(query.cursor.as_deref(), query.limit)?;
+        let session = with_outbox(&state, cliente_id)?;
+        return Ok(Json(MessageList::In(state.pods.inbound_list(&session, &query).await?)));
+    }
     let query = query.to_pod()?;
     let session = with_outbox(&state, cliente_id)?;
-    Ok(Json(state.pods.outbox_list(&session, &query).await?))
+    Ok(Json(MessageList::Out(state.pods.outbox_list(&session, &query).await?)))
+}
+
+/// The file of a received message (its `media` in `GET .../messages?direction=in`), fetched
+/// from WhatsApp when asked, with its content type (and its name, for a document).
+#[utoipa::path(get, path = "/api/whatsapp/{clienteId}/messages/{id}/media", tag = "messages",
+    params(ClienteIdParam, ("id" = String, Path, description = "WhatsApp's id of the received message", example = "3A0B1C2D3E4F5A6B7C8D", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The file, with its `Content-Type` (and `Content-Disposition` when it has a name)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "`INVALID_CLIENT_ID` or `INVALID_MESSAGE_ID`", body = ErrorBody),
+        (status = 404, description = "`SESSION_NOT_FOUND`, `MESSAGE_NOT_FOUND` or `MEDIA_NOT_FOUND` (no file, or WhatsApp no longer has it)", body = ErrorBody),
+        (status = 409, description = "`SESSION_NOT_READY`: the session's pod is not running, or not linked", body = ErrorBody),
+        AuthErrors, GatewayErrors,
+    ))]
+pub async fn media(
+    State(state): State<AppState>,
+    principal: Principal,
+    ClienteId(cliente_id): ClienteId,
+    id: PathId,
+) -> ApiResult<Response> {
+    principal.authorize(cliente_id)?;
+    let id = message_id(&id)?;
+    let session = with_outbox(&state, cliente_id)?;
+    let file = state.pods.inbound_media(&session, id).await?;
+    let headers = file.headers().clone();
+    let mut response = Response::new(axum::body::Body::from_stream(file.bytes_stream()));
+    for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH, header::CONTENT_DISPOSITION] {
+        if let Some(value) = headers.get(&name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
+        .headers_mut()
+        .insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    Ok(response)
 }
 
 /// Cancels a message still `queued`: it turns `failed` with reason `CANCELLED` and is never

@@ -2,12 +2,15 @@
 //! route is in it) and the middleware every request goes through.
 
 mod compat;
+mod contacts;
 mod events;
 mod extract;
 mod login;
 mod messages;
 mod sender;
+mod session_manager;
 mod sessions;
+mod webhooks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -35,7 +38,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[openapi(
     info(
         title = "whatsapp-hub",
-        description = "WhatsApp Web sessions as Kubernetes resources: status and QR from a watch cache, live push, sends. Every route but /health and /auth/login takes `Authorization: Bearer <JWT>`; errors are `{error: CODE, message}`."
+        description = "WhatsApp Web sessions as Kubernetes resources: status and QR from a watch cache, live push, sends. Every route but /health, /api/health and /auth/login takes `Authorization: Bearer <JWT>`; errors are `{error: CODE, message}`."
     ),
     modifiers(&BearerAuth),
     tags(
@@ -44,6 +47,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "sessions", description = "Sessions as Kubernetes resources"),
         (name = "messages", description = "The session's durable outbox: queue up to 10,000 messages at once, follow each one, cancel"),
         (name = "sender", description = "The original system's sender routes: send one, send a bulk job, follow the job"),
+        (name = "contacts", description = "The session's contacts (synced from WhatsApp Web) and which numbers are on WhatsApp"),
+        (name = "webhooks", description = "Deliveries of the session's webhooks (`spec.webhooks`)"),
+        (name = "session-manager", description = "The original system's internal session-manager routes, on the token's tenant's session"),
         (name = "auth", description = "Tokens for small installs")
     )
 )]
@@ -131,6 +137,7 @@ pub fn router(
         .layer(axum::extract::DefaultBodyLimit::max(batch_body_limit));
     let mut timed = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(compat::health))
+        .routes(routes!(compat::api_health))
         .routes(routes!(compat::status))
         .routes(routes!(compat::qr))
         .routes(routes!(compat::qr_code))
@@ -148,8 +155,24 @@ pub fn router(
         .routes(routes!(sessions::qr_png))
         .routes(routes!(sessions::qr_svg))
         .routes(routes!(messages::get, messages::cancel))
+        .routes(routes!(messages::media))
         .routes(routes!(sender::send))
         .routes(routes!(sender::job))
+        .routes(routes!(contacts::list))
+        .routes(routes!(contacts::sync))
+        .routes(routes!(contacts::check))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::redeliver))
+        .routes(routes!(session_manager::status))
+        .routes(routes!(session_manager::state))
+        .routes(routes!(session_manager::qr))
+        .routes(routes!(session_manager::login))
+        .routes(routes!(session_manager::logout))
+        .routes(routes!(session_manager::status_alias))
+        .routes(routes!(session_manager::state_alias))
+        .routes(routes!(session_manager::qr_alias))
+        .routes(routes!(session_manager::login_alias))
+        .routes(routes!(session_manager::logout_alias))
         .merge(batches)
         .routes(routes!(openapi_json));
     if state.logins.is_some() {

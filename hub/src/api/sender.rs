@@ -22,9 +22,9 @@ use crate::outbox::{
 };
 use crate::state::AppState;
 
-/// The clienteId a `/sender` request acts on: a tenant's own (the body may repeat it; another
+/// The clienteId a `/sender` (or `/sync-contacts`) request acts on: a tenant's own (the body may repeat it; another
 /// one is 403), or the one an admin names in the body.
-fn cliente_of(principal: &Principal, in_body: Option<i64>) -> ApiResult<i64> {
+pub(super) fn cliente_of(principal: &Principal, in_body: Option<i64>) -> ApiResult<i64> {
     let id = match (in_body, principal.scope()) {
         (Some(id), _) => id,
         (None, Some(own)) => own,

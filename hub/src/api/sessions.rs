@@ -15,6 +15,7 @@ use crate::auth::Principal;
 use crate::cache::SessionView;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::{ActionResponse, CreateSession, PairingRequest, SessionStatus};
+use crate::outbox::normalize_number;
 use crate::qr;
 use crate::state::AppState;
 
@@ -150,12 +151,17 @@ pub async fn logout(
     ClienteId(id): ClienteId,
 ) -> ApiResult<Json<ActionResponse>> {
     principal.authorize(id)?;
-    let session = state.session(id)?;
+    log_out(&state, &*state.session(id)?).await
+}
+
+/// Unlinks the session's phone through its pod (also `/api/session-manager/logout`).
+pub async fn log_out(state: &AppState, session: &SessionView) -> ApiResult<Json<ActionResponse>> {
     if !session.status.connected {
         return Err(ApiError::SessionNotReady("not linked: nothing to log out".into()));
     }
-    let _: serde_json::Value = state.pods.logout(&session).await?;
-    Ok(action("Logged out", &session, None))
+    let _: serde_json::Value = state.pods.logout(session).await?;
+    tracing::info!(cliente_id = session.cliente_id, session = %session.name, "logged out");
+    Ok(action("Logged out", session, None))
 }
 
 /// Pairs by phone code: the session shows an 8-character code in `pairingCode` (status and
@@ -174,13 +180,9 @@ pub async fn pairing_code(
 ) -> ApiResult<Response> {
     principal.authorize(id)?;
     let session = state.session(id)?;
-    let phone: String = body.phone_number.chars().filter(|c| !matches!(c, '+' | ' ' | '-')).collect();
-    if !(8..=15).contains(&phone.len()) || !phone.chars().all(|c| c.is_ascii_digit()) {
-        return Err(ApiError::validation(
-            "INVALID_NUMBER",
-            "phoneNumber must be 8 to 15 digits with country code",
-        ));
-    }
+    let phone = normalize_number(&body.phone_number).ok_or_else(|| {
+        ApiError::validation("INVALID_NUMBER", "phoneNumber must be 8 to 15 digits with country code")
+    })?;
     if session.status.connected {
         return Err(ApiError::AlreadyConnected);
     }

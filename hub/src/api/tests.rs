@@ -41,6 +41,10 @@ async fn fake_pod(seen: Seen) -> String {
                 .unwrap_or_default()
                 .to_owned();
             seen.lock().unwrap().push((parts.method.clone(), path.clone(), token, body.clone()));
+            let cliente = parts.headers.get("x-cliente-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if cliente == "55" && parts.uri.path() == "/v1/outbox/events" {
+                return received_stream();
+            }
             answer(&parts.method, parts.uri.path(), &body)
         }
     };
@@ -109,8 +113,75 @@ fn answer(method: &Method, path: &str, body: &Value) -> Response {
         ("POST", ["v1", "messages"]) => {
             axum::Json(json!({"id": "SENT1", "status": "sent", "duplicate": false})).into_response()
         }
+        _ => answer_more(method, &segments, body),
+    }
+}
+
+fn incoming(id: &str) -> Value {
+    json!({"id": id, "direction": "in", "from": "5491155550000", "fromLid": "123456789012345", "pushName": "Ana",
+           "chat": "123456789012345@lid", "type": "chat", "body": "hola", "timestamp": "2026-12-02T10:00:00Z",
+           "quotedId": null, "media": null, "receivedAt": "2026-12-02T10:00:01Z"})
+}
+
+fn delivery(id: &str, status: &str) -> Value {
+    json!({"id": id, "endpoint": "crm", "eventId": "evt_000000000042a1b2c3d4", "type": "message", "status": status,
+           "attempts": 3, "lastError": "connection refused", "lastStatus": null, "nextAttemptAt": null,
+           "createdAt": "2026-12-02T10:00:00Z", "deliveredAt": null})
+}
+
+/// The pod routes of received messages, webhooks, contacts, number checks and logout.
+fn answer_more(method: &Method, segments: &[&str], body: &Value) -> Response {
+    match (method.as_str(), segments) {
+        ("GET", ["v1", "inbound", "3A1B", "media"]) => (
+            [("content-type", "image/png"), ("content-disposition", "attachment; filename=\"foto.png\"")],
+            b"\x89PNG fake".to_vec(),
+        )
+            .into_response(),
+        ("GET", ["v1", "inbound", _, "media"]) => refuse(StatusCode::NOT_FOUND, "MEDIA_NOT_FOUND"),
+        ("GET", ["v1", "inbound"]) => {
+            axum::Json(json!({"messages": [incoming("3A1B")], "nextCursor": 5})).into_response()
+        }
+        ("GET", ["v1", "webhooks", "deliveries"]) => {
+            axum::Json(json!({"deliveries": [delivery("42", "dead")], "nextCursor": null})).into_response()
+        }
+        ("POST", ["v1", "webhooks", "deliveries", "42", "redeliver"]) => {
+            (StatusCode::ACCEPTED, axum::Json(delivery("42", "pending"))).into_response()
+        }
+        ("POST", ["v1", "webhooks", "deliveries", _, "redeliver"]) => {
+            refuse(StatusCode::NOT_FOUND, "DELIVERY_NOT_FOUND")
+        }
+        ("GET", ["v1", "contacts"]) => axum::Json(json!({"contacts": [
+            {"number": "5491155550000", "lid": "123456789012345", "name": "Ana", "pushName": "Ana P", "isBusiness": false, "isMyContact": true}],
+            "nextCursor": 2, "syncedAt": "2026-12-02T10:00:00Z"}))
+        .into_response(),
+        ("POST", ["v1", "contacts", "sync"]) => {
+            axum::Json(json!({"count": 3, "syncedAt": "2026-12-02T10:00:00Z"})).into_response()
+        }
+        ("POST", ["v1", "numbers", "check"]) => {
+            let numbers = body["numbers"].as_array().cloned().unwrap_or_default();
+            if numbers.iter().any(|n| n == "5490000000503") {
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, "SESSION_NOT_READY");
+            }
+            let results: Vec<Value> = numbers
+                .iter()
+                .map(|n| json!({"number": n, "status": "pending", "lid": null, "checkedAt": null}))
+                .collect();
+            axum::Json(json!({"results": results})).into_response()
+        }
+        ("POST", ["v1", "logout"]) => StatusCode::NO_CONTENT.into_response(),
         _ => refuse(StatusCode::NOT_FOUND, "NO_SUCH_ROUTE"),
     }
+}
+
+/// The event stream of a pod whose session receives a message every 50 ms.
+fn received_stream() -> Response {
+    let received = futures::stream::unfold(0u32, |n| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let data = incoming(&format!("IN{n}")).to_string();
+        let event = axum::response::sse::Event::default().event("incoming").data(data);
+        Some((Ok::<_, std::convert::Infallible>(event), n + 1))
+    });
+    axum::response::sse::Sse::new(received).into_response()
 }
 
 fn session(name: &str, cliente_id: i64, suspended: bool, status: Value) -> whatsapp_crds::WhatsAppSession {
@@ -135,17 +206,18 @@ struct Hub {
 
 impl Hub {
     /// Sessions: 51 READY and 52 QR_REQUIRED behind the stand-in pod, 53 suspended, 54 with no
-    /// pod address yet.
+    /// pod address yet, 55 READY (its pod's live stream: received messages).
     async fn start() -> Hub {
         let seen = Seen::default();
         let pod = fake_pod(seen.clone()).await;
         let metrics = Metrics::default();
         let (cache, _writer) = SessionCache::new(metrics.clone());
         cache.fill_for_tests(&[
-            session("s51", 51, false, json!({"state": "READY", "endpoint": pod})),
-            session("s52", 52, false, json!({"state": "CONNECTING", "endpoint": pod})),
-            session("s53", 53, true, json!({"state": "DISCONNECTED", "endpoint": pod})),
-            session("s54", 54, false, json!({"state": "CONNECTING"})),
+            session("cliente-51", 51, false, json!({"state": "READY", "endpoint": pod})),
+            session("cliente-52", 52, false, json!({"state": "CONNECTING", "endpoint": pod})),
+            session("cliente-53", 53, true, json!({"state": "DISCONNECTED", "endpoint": pod})),
+            session("cliente-54", 54, false, json!({"state": "CONNECTING"})),
+            session("cliente-55", 55, false, json!({"state": "READY", "endpoint": pod})),
         ]);
         let settings = JwtSettings { issuer: None, audience: None, leeway_seconds: 30 };
         let auth = Arc::new(Authenticator::hs256(SECRET, settings).unwrap());
@@ -220,10 +292,56 @@ fn batch(n: usize) -> Value {
 }
 
 #[tokio::test]
+async fn files_go_out_with_their_caption_and_received_files_come_back_as_they_are() {
+    let hub = Hub::start().await;
+    let tenant = hub.token(Some(51));
+    let image = json!({"to": "+54 9 11 5555-0000", "message": "", "media": {"url": "https://files.example/a.png", "mimetype": "image/png"}});
+    let (code, body, _) =
+        hub.call(Method::POST, "/api/whatsapp/51/messages", Some(&tenant), Some(image)).await;
+    assert_eq!(code, 202, "{body}");
+    let sent = hub.seen().into_iter().rfind(|(_, path, ..)| path == "/v1/outbox").unwrap().3;
+    assert_eq!(
+        sent["messages"][0]["media"],
+        json!({"url": "https://files.example/a.png", "mimetype": "image/png"})
+    );
+    for (media, why) in [
+        (json!({"mimetype": "image/png"}), "no source"),
+        (json!({"url": "https://a.example/x", "dataBase64": "AAAA", "mimetype": "image/png"}), "two sources"),
+        (json!({"url": "ftp://a.example/x", "mimetype": "image/png"}), "not http"),
+        (json!({"dataBase64": "AAAA", "mimetype": "png"}), "no content type"),
+        (json!({"dataBase64": "AAAA", "mimetype": "image/png", "filename": "../x"}), "a path"),
+    ] {
+        let bad = json!({"to": "5491155550000", "media": media});
+        let (code, body, _) =
+            hub.call(Method::POST, "/api/whatsapp/51/messages", Some(&tenant), Some(bad)).await;
+        assert_eq!((code, body["error"].as_str()), (400, Some("INVALID_MEDIA")), "{why}: {body}");
+    }
+
+    let response = hub
+        .http
+        .get(format!("{}/api/whatsapp/51/messages/3A1B/media", hub.url))
+        .bearer_auth(&tenant)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "image/png");
+    assert_eq!(response.headers()["content-disposition"], "attachment; filename=\"foto.png\"");
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(&response.bytes().await.unwrap()[..], b"\x89PNG fake");
+    let (code, body, _) =
+        hub.call(Method::GET, "/api/whatsapp/51/messages/3A1C/media", Some(&tenant), None).await;
+    assert_eq!((code, body["error"].as_str()), (404, Some("MEDIA_NOT_FOUND")));
+    let (code, _, _) =
+        hub.call(Method::GET, "/api/whatsapp/51/messages/3A1B/media", Some(&hub.token(Some(52))), None).await;
+    assert_eq!(code, 403, "another tenant's file");
+}
+
+#[tokio::test]
 async fn messages_go_to_the_session_pods_outbox() {
     let hub = Hub::start().await;
     let tenant = hub.token(Some(51));
-    let pod_token = format!("Bearer {}", whatsapp_crds::hub_token(KEY, "t", "s51"));
+    let pod_token = format!("Bearer {}", whatsapp_crds::hub_token(KEY, "t", "cliente-51"));
 
     // One message: digits only, times in UTC, forwarded with the session's hub token.
     let one = json!({"to": "+54 9 11 5555-0000", "message": "hola", "idempotencyKey": "k-1", "notBefore": "2026-12-02T07:00:00-03:00"});
@@ -404,6 +522,12 @@ async fn a_tenant_acts_on_its_own_messages_and_jobs_only() {
         (Method::POST, "/sender/send", Some(json!({"clienteId": 51, "to": "5491155550000", "message": "x"}))),
         (Method::POST, "/sender/send-bulk", Some(json!({"clienteId": 51, "messages": [one.clone()]}))),
         (Method::GET, "/sender/jobs/51-0123456789abcdef", None),
+        (Method::GET, "/api/whatsapp/51/messages?direction=in", None),
+        (Method::GET, "/api/whatsapp/51/webhooks/deliveries", None),
+        (Method::POST, "/api/whatsapp/51/webhooks/deliveries/42/redeliver", None),
+        (Method::GET, "/api/whatsapp/51/contacts", None),
+        (Method::POST, "/sync-contacts/sync", Some(json!({"clienteId": 51}))),
+        (Method::POST, "/api/whatsapp/51/numbers/check", Some(json!({"numbers": ["5491155550000"]}))),
     ] {
         let (code, err, _) = hub.call(method.clone(), path, Some(&other), body.clone()).await;
         assert_eq!((code, err["error"].as_str()), (403, Some("FORBIDDEN")), "{method} {path}");
@@ -426,6 +550,19 @@ async fn the_document_has_the_message_routes() {
         ("/sender/send", "post"),
         ("/sender/send-bulk", "post"),
         ("/sender/jobs/{id}", "get"),
+        ("/api/whatsapp/{clienteId}/webhooks/deliveries", "get"),
+        ("/api/whatsapp/{clienteId}/webhooks/deliveries/{id}/redeliver", "post"),
+        ("/api/whatsapp/{clienteId}/contacts", "get"),
+        ("/sync-contacts/sync", "post"),
+        ("/api/whatsapp/{clienteId}/numbers/check", "post"),
+        ("/api/health", "get"),
+        ("/api/session-manager/status", "get"),
+        ("/api/session-manager/state", "get"),
+        ("/api/session-manager/qr", "get"),
+        ("/api/session-manager/login", "post"),
+        ("/api/session-manager/logout", "post"),
+        ("/session-manager/status", "get"),
+        ("/session-manager/logout", "post"),
     ] {
         assert!(doc["paths"][path][method].is_object(), "{method} {path}");
     }
@@ -438,6 +575,23 @@ async fn the_document_has_the_message_routes() {
         "{}",
         doc["components"]["schemas"]["Submit"]
     );
+    let list = &doc["paths"]["/api/whatsapp/{clienteId}/messages"]["get"];
+    let directions = list["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "direction");
+    assert!(directions.is_some(), "{list}");
+    let pages = &doc["components"]["schemas"]["MessageList"]["anyOf"];
+    assert_eq!(
+        pages.as_array().map(Vec::len),
+        Some(2),
+        "either page: {}",
+        doc["components"]["schemas"]["MessageList"]
+    );
+    for schema in
+        ["MessagePage", "InboundPage", "IncomingMessage", "DeliveryPage", "ContactPage", "NumbersChecked"]
+    {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+    let sync = &doc["paths"]["/sync-contacts/sync"]["post"];
+    assert_ne!(sync["requestBody"]["required"], json!(true), "the body is optional: {sync}");
 }
 
 /// A client of the hub's `/events`: its events as (name, JSON data).
@@ -481,6 +635,22 @@ fn gauge(metrics: &Metrics, name: &str) -> String {
 }
 
 #[tokio::test]
+async fn a_live_stream_ends_when_its_token_expires() {
+    let hub = Hub::start().await;
+    // A session without a pod: only its status flows, so the stream's end is the token's.
+    let short = hub.auth.issue("test", "user", Some(54), 2).unwrap();
+    let mut stream = EventStream::open(&hub, 54, &short).await;
+    let mut names = Vec::new();
+    while let Some((name, data)) = stream.next(Duration::from_secs(30)).await {
+        if name == "expired" {
+            assert_eq!(data, json!({"clienteId": 54}));
+        }
+        names.push(name);
+    }
+    assert_eq!(names, ["status", "expired"], "the status, then the end at expiry");
+}
+
+#[tokio::test]
 async fn the_streams_of_a_session_share_one_connection_to_its_pod() {
     let hub = Hub::start().await;
     let tenant = hub.token(Some(51));
@@ -515,7 +685,7 @@ async fn the_streams_of_a_session_share_one_connection_to_its_pod() {
     assert!(connected >= 1, "the first stream is told when the changes start");
     let calls: Vec<_> = hub.seen().into_iter().filter(|(_, path, ..)| path == "/v1/outbox/events").collect();
     assert_eq!(calls.len(), 1, "one connection to the pod for three streams");
-    assert_eq!(calls[0].2, format!("Bearer {}", whatsapp_crds::hub_token(KEY, "t", "s51")));
+    assert_eq!(calls[0].2, format!("Bearer {}", whatsapp_crds::hub_token(KEY, "t", "cliente-51")));
     assert_eq!(gauge(&hub.metrics, "whatsapp_hub_pod_event_streams"), "whatsapp_hub_pod_event_streams 1");
 
     // A session without a pod: its status, and no connection attempt.
@@ -540,4 +710,195 @@ async fn the_streams_of_a_session_share_one_connection_to_its_pod() {
         hub.call(Method::GET, "/api/whatsapp/51/messages/events", Some(&tenant), None).await;
     assert_eq!((code, body["error"].as_str()), (404, Some("MESSAGE_NOT_FOUND")));
     assert!(hub.seen().is_empty());
+}
+
+#[tokio::test]
+async fn received_messages_and_webhook_deliveries_come_from_the_session_pod() {
+    let hub = Hub::start().await;
+    let tenant = hub.token(Some(51));
+
+    let (code, page, _) = hub
+        .call(Method::GET, "/api/whatsapp/51/messages?direction=in&cursor=9&limit=2", Some(&tenant), None)
+        .await;
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(
+        (page["messages"][0]["direction"].as_str(), page["messages"][0]["type"].as_str()),
+        (Some("in"), Some("chat"))
+    );
+    assert_eq!(page["nextCursor"], "5", "the pod's cursor, as the hub's opaque string");
+    assert_eq!(hub.seen()[0].1, "/v1/inbound?cursor=9&limit=2");
+    let (code, _, _) =
+        hub.call(Method::GET, "/api/whatsapp/51/messages?direction=out", Some(&tenant), None).await;
+    assert_eq!((code, hub.seen()[0].1.as_str()), (200, "/v1/outbox"));
+    for bad in
+        ["direction=in&status=read", "direction=in&batch=b", "direction=in&cursor=x", "direction=sideways"]
+    {
+        let (code, body, _) =
+            hub.call(Method::GET, &format!("/api/whatsapp/51/messages?{bad}"), Some(&tenant), None).await;
+        assert_eq!((code, body["error"].as_str()), (400, Some("INVALID_QUERY")), "{bad}: {body}");
+    }
+
+    let (code, page, _) = hub
+        .call(
+            Method::GET,
+            "/api/whatsapp/51/webhooks/deliveries?status=dead&endpoint=crm",
+            Some(&tenant),
+            None,
+        )
+        .await;
+    assert_eq!((code, page["deliveries"][0]["status"].as_str()), (200, Some("dead")), "{page}");
+    assert!(page.get("nextCursor").is_none(), "the last page: {page}");
+    assert_eq!(hub.seen()[0].1, "/v1/webhooks/deliveries?status=dead&endpoint=crm");
+    for bad in ["status=lost", "endpoint=Not_A_Name", "limit=0", "extra=1"] {
+        let (code, body, _) = hub
+            .call(Method::GET, &format!("/api/whatsapp/51/webhooks/deliveries?{bad}"), Some(&tenant), None)
+            .await;
+        assert_eq!((code, body["error"].as_str()), (400, Some("INVALID_QUERY")), "{bad}: {body}");
+    }
+    let redeliver = |id: &str| format!("/api/whatsapp/51/webhooks/deliveries/{id}/redeliver");
+    let (code, again, _) = hub.call(Method::POST, &redeliver("42"), Some(&tenant), None).await;
+    assert_eq!((code, again["status"].as_str()), (202, Some("pending")), "{again}");
+    let (code, body, _) = hub.call(Method::POST, &redeliver("7"), Some(&tenant), None).await;
+    assert_eq!((code, body["error"].as_str()), (404, Some("DELIVERY_NOT_FOUND")));
+    hub.seen();
+    let (code, body, _) = hub.call(Method::POST, &redeliver("x1"), Some(&tenant), None).await;
+    assert_eq!((code, body["error"].as_str()), (400, Some("INVALID_DELIVERY_ID")));
+    let (code, body, _) =
+        hub.call(Method::GET, "/api/whatsapp/53/webhooks/deliveries", Some(&hub.token(None)), None).await;
+    assert_eq!((code, body["error"].as_str()), (409, Some("SESSION_NOT_READY")), "suspended: {body}");
+    assert!(hub.seen().is_empty());
+}
+
+#[tokio::test]
+async fn contacts_are_synced_and_listed_and_numbers_checked_through_the_session_pod() {
+    let hub = Hub::start().await;
+    let (tenant, admin) = (hub.token(Some(51)), hub.token(None));
+
+    // The original route: the tenant from the token (no body needed), or from an admin's body.
+    let (code, synced, _) = hub.call(Method::POST, "/sync-contacts/sync", Some(&tenant), None).await;
+    assert_eq!(code, 200, "{synced}");
+    assert_eq!(synced, json!({"ok": true, "count": 3, "syncedAt": "2026-12-02T10:00:00Z"}));
+    let seen = hub.seen();
+    assert_eq!((seen[0].0.as_str(), seen[0].1.as_str()), ("POST", "/v1/contacts/sync"));
+    let (code, _, _) =
+        hub.call(Method::POST, "/sync-contacts/sync", Some(&admin), Some(json!({"cliente_id": 51}))).await;
+    assert_eq!(code, 200);
+    let (code, body, _) = hub.call(Method::POST, "/sync-contacts/sync", Some(&admin), None).await;
+    assert_eq!((code, body["error"].as_str()), (400, Some("INVALID_CLIENT_ID")), "{body}");
+    let (code, body, _) =
+        hub.call(Method::POST, "/sync-contacts/sync", Some(&admin), Some(json!({"clienteId": 52}))).await;
+    assert_eq!((code, body["error"].as_str()), (409, Some("SESSION_NOT_READY")), "not linked: {body}");
+    let (code, body, _) = hub
+        .call(Method::POST, "/sync-contacts/sync", Some(&tenant), Some(json!({"clienteId": 51, "x": 1})))
+        .await;
+    assert_eq!((code, body["error"].as_str()), (400, Some("INVALID_BODY")), "{body}");
+    let raw = hub.http.post(format!("{}/sync-contacts/sync", hub.url)).bearer_auth(&tenant);
+    let response = raw.header("content-type", "text/plain").body("hello").send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 415);
+    let raw = hub.http.post(format!("{}/sync-contacts/sync", hub.url)).bearer_auth(&tenant);
+    let response = raw.header("content-type", "application/json").body("{").send().await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "INVALID_JSON");
+    hub.seen();
+
+    let (code, page, _) =
+        hub.call(Method::GET, "/api/whatsapp/51/contacts?limit=1", Some(&tenant), None).await;
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(
+        (page["contacts"][0]["name"].as_str(), page["contacts"][0]["isMyContact"].as_bool()),
+        (Some("Ana"), Some(true))
+    );
+    assert_eq!(
+        (page["nextCursor"].as_str(), page["syncedAt"].as_str()),
+        (Some("2"), Some("2026-12-02T10:00:00Z"))
+    );
+    assert_eq!(hub.seen()[0].1, "/v1/contacts?limit=1");
+
+    // Numbers as given (the pod answers each, `invalid` included); the list itself is checked.
+    let numbers = json!({"numbers": ["+54 9 11 5555-0000", "12"]});
+    let (code, checked, _) =
+        hub.call(Method::POST, "/api/whatsapp/51/numbers/check", Some(&tenant), Some(numbers.clone())).await;
+    assert_eq!(
+        (code, checked["results"][0]["number"].as_str()),
+        (200, Some("+54 9 11 5555-0000")),
+        "{checked}"
+    );
+    assert_eq!(hub.seen()[0].3, numbers);
+    let many: Vec<String> = (0..1001).map(|i| format!("54911{i:08}")).collect();
+    for bad in [json!({"numbers": []}), json!({"numbers": many}), json!({"numbers": ["1".repeat(40)]})] {
+        let (code, body, _) =
+            hub.call(Method::POST, "/api/whatsapp/51/numbers/check", Some(&tenant), Some(bad)).await;
+        assert_eq!((code, body["error"].as_str()), (400, Some("INVALID_NUMBERS")), "{body}");
+    }
+    let one = json!({"numbers": ["5491155550000"]});
+    let (code, body, _) =
+        hub.call(Method::POST, "/api/whatsapp/52/numbers/check", Some(&admin), Some(one)).await;
+    assert_eq!((code, body["error"].as_str()), (409, Some("SESSION_NOT_READY")), "{body}");
+    assert!(hub.seen().is_empty(), "refused by the hub itself");
+    // The pod finds the session not linked (any more): the hub's own 409, not a 502.
+    let lost = json!({"numbers": ["5490000000503"]});
+    let (code, body, _) =
+        hub.call(Method::POST, "/api/whatsapp/51/numbers/check", Some(&tenant), Some(lost)).await;
+    assert_eq!((code, body["error"].as_str()), (409, Some("SESSION_NOT_READY")), "{body}");
+}
+
+#[tokio::test]
+async fn the_original_session_manager_routes_act_on_the_tokens_session() {
+    let hub = Hub::start().await;
+    let (tenant, waiting) = (hub.token(Some(51)), hub.token(Some(52)));
+    let (code, health, _) = hub.call(Method::GET, "/api/health", None, None).await;
+    assert_eq!((code, health["status"].as_str()), (200, Some("ok")));
+
+    for prefix in ["/api/session-manager", "/session-manager"] {
+        for path in ["status", "state"] {
+            let (code, body, _) =
+                hub.call(Method::GET, &format!("{prefix}/{path}"), Some(&tenant), None).await;
+            assert_eq!(
+                (code, body["state"].as_str(), body["clienteId"].as_i64()),
+                (200, Some("READY"), Some(51))
+            );
+        }
+        let (code, body, _) = hub.call(Method::GET, &format!("{prefix}/qr"), Some(&tenant), None).await;
+        assert_eq!((code, body["error"].as_str()), (409, Some("ALREADY_CONNECTED")));
+        let (code, body, _) = hub.call(Method::GET, &format!("{prefix}/qr"), Some(&waiting), None).await;
+        assert_eq!((code, body["error"].as_str()), (404, Some("QR_NOT_AVAILABLE")));
+        // Login: the session runs already; it says so, and nothing is written.
+        let (code, body, _) = hub.call(Method::POST, &format!("{prefix}/login"), Some(&tenant), None).await;
+        assert_eq!((code, body["alreadyConnected"].as_bool()), (200, Some(true)), "{body}");
+        let (code, body, _) = hub.call(Method::POST, &format!("{prefix}/logout"), Some(&waiting), None).await;
+        assert_eq!((code, body["error"].as_str()), (409, Some("SESSION_NOT_READY")));
+        let (code, body, _) = hub.call(Method::POST, &format!("{prefix}/logout"), Some(&tenant), None).await;
+        assert_eq!((code, body["message"].as_str()), (200, Some("Logged out")), "{body}");
+        let seen = hub.seen();
+        assert_eq!((seen.len(), seen[0].1.as_str()), (1, "/v1/logout"), "the pod's logout, once");
+        // An admin acts on the admin session: none is configured here.
+        let (code, body, _) =
+            hub.call(Method::GET, &format!("{prefix}/status"), Some(&hub.token(None)), None).await;
+        assert_eq!((code, body["error"].as_str()), (404, Some("NOT_FOUND")));
+        let (code, _, _) = hub.call(Method::GET, &format!("{prefix}/status"), None, None).await;
+        assert_eq!(code, 401);
+    }
+}
+
+#[tokio::test]
+async fn received_messages_are_on_the_event_stream() {
+    let hub = Hub::start().await;
+    let mut stream = EventStream::open(&hub, 55, &hub.token(Some(55))).await;
+    let mut received = Vec::new();
+    while received.len() < 2 {
+        let (name, data) = stream.next(Duration::from_secs(5)).await.expect("events");
+        match name.as_str() {
+            "message" => {
+                assert_eq!(
+                    (data["direction"].as_str(), data["pushName"].as_str()),
+                    (Some("in"), Some("Ana")),
+                    "{data}"
+                );
+                received.push(data["id"].as_str().unwrap().to_owned());
+            }
+            "status" | "lagged" => {}
+            other => panic!("unexpected {other}: {data}"),
+        }
+    }
+    assert_eq!(received, ["IN0", "IN1"], "in order");
 }

@@ -24,6 +24,10 @@ fn valid(extra: serde_json::Value) -> serde_json::Value {
     claims
 }
 
+fn principal(auth: &Authenticator, token: &str) -> Result<Principal, ApiError> {
+    auth.verify(token).map(|(principal, _)| principal)
+}
+
 fn code(result: Result<Principal, ApiError>) -> String {
     result.map(|_| "OK".to_owned()).unwrap_or_else(|e| e.code().to_owned())
 }
@@ -31,19 +35,19 @@ fn code(result: Result<Principal, ApiError>) -> String {
 #[test]
 fn hs256_roles_and_tenants() {
     let auth = Authenticator::hs256(SECRET, settings()).unwrap();
-    let admin = auth.verify(&hs256(valid(json!({"role": "admin"})), SECRET)).unwrap();
+    let admin = principal(&auth, &hs256(valid(json!({"role": "admin"})), SECRET)).unwrap();
     assert_eq!(admin, Principal::Admin { subject: "u".into() });
     assert!(admin.authorize(7).is_ok() && admin.require_admin().is_ok());
 
-    let tenant = auth.verify(&hs256(valid(json!({"cliente_id": 51})), SECRET)).unwrap();
+    let tenant = principal(&auth, &hs256(valid(json!({"cliente_id": 51})), SECRET)).unwrap();
     assert!(tenant.authorize(51).is_ok());
     assert_eq!(tenant.authorize(52).unwrap_err().code(), "FORBIDDEN");
     assert_eq!(tenant.require_admin().unwrap_err().code(), "FORBIDDEN");
     // A numeric string and the camelCase spelling are the same claim.
-    let text = auth.verify(&hs256(valid(json!({"clienteId": "51"})), SECRET)).unwrap();
+    let text = principal(&auth, &hs256(valid(json!({"clienteId": "51"})), SECRET)).unwrap();
     assert_eq!(text.scope(), Some(51));
     // A tenant without a clienteId has nothing to act on.
-    assert_eq!(code(auth.verify(&hs256(valid(json!({"role": "user"})), SECRET))), "INVALID_TOKEN");
+    assert_eq!(code(principal(&auth, &hs256(valid(json!({"role": "user"})), SECRET))), "INVALID_TOKEN");
 }
 
 #[test]
@@ -51,24 +55,32 @@ fn refused_tokens() {
     let auth = Authenticator::hs256(SECRET, settings()).unwrap();
     let admin = json!({"role": "admin"});
     let expired = valid(json!({"role": "admin", "exp": now() - 120}));
-    assert_eq!(code(auth.verify(&hs256(expired, SECRET))), "TOKEN_EXPIRED");
+    assert_eq!(code(principal(&auth, &hs256(expired, SECRET))), "TOKEN_EXPIRED");
+    // Not valid yet (beyond the leeway): refused; within the leeway: accepted.
+    let early = valid(json!({"role": "admin", "nbf": now() + 120}));
+    assert_eq!(code(principal(&auth, &hs256(early, SECRET))), "INVALID_TOKEN");
+    let skewed = valid(json!({"role": "admin", "nbf": now() + 10}));
+    assert_eq!(code(principal(&auth, &hs256(skewed, SECRET))), "OK");
+    let exp = now() + 600;
+    let (_, expires) = auth.verify(&hs256(valid(json!({"role": "admin", "exp": exp})), SECRET)).unwrap();
+    assert_eq!(expires, exp);
     // Within the leeway it still counts.
     let just = valid(json!({"role": "admin", "exp": now() - 5}));
-    assert_eq!(code(auth.verify(&hs256(just, SECRET))), "OK");
+    assert_eq!(code(principal(&auth, &hs256(just, SECRET))), "OK");
     let other_key = b"another-secret-also-32-bytes-long!!!";
-    assert_eq!(code(auth.verify(&hs256(valid(admin.clone()), other_key))), "INVALID_TOKEN");
+    assert_eq!(code(principal(&auth, &hs256(valid(admin.clone()), other_key))), "INVALID_TOKEN");
     let wrong_aud = valid(json!({"role": "admin", "aud": "other"}));
-    assert_eq!(code(auth.verify(&hs256(wrong_aud, SECRET))), "INVALID_TOKEN");
+    assert_eq!(code(principal(&auth, &hs256(wrong_aud, SECRET))), "INVALID_TOKEN");
     let wrong_iss = valid(json!({"role": "admin", "iss": "other"}));
-    assert_eq!(code(auth.verify(&hs256(wrong_iss, SECRET))), "INVALID_TOKEN");
+    assert_eq!(code(principal(&auth, &hs256(wrong_iss, SECRET))), "INVALID_TOKEN");
     let mut no_exp = valid(admin.clone());
     no_exp.as_object_mut().unwrap().remove("exp");
-    assert_eq!(code(auth.verify(&hs256(no_exp, SECRET))), "INVALID_TOKEN");
+    assert_eq!(code(principal(&auth, &hs256(no_exp, SECRET))), "INVALID_TOKEN");
     // `alg: none`, unsigned.
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
     let body = URL_SAFE_NO_PAD.encode(valid(admin.clone()).to_string());
-    assert_eq!(code(auth.verify(&format!("{header}.{body}."))), "INVALID_TOKEN");
-    assert_eq!(code(auth.verify("not a token")), "INVALID_TOKEN");
+    assert_eq!(code(principal(&auth, &format!("{header}.{body}."))), "INVALID_TOKEN");
+    assert_eq!(code(principal(&auth, "not a token")), "INVALID_TOKEN");
     assert!(Authenticator::hs256(b"short", settings()).is_err());
 }
 
@@ -87,10 +99,10 @@ fn es256_from_pem_and_jwks_pins_the_algorithm() {
     };
     let auth = Authenticator::public_keys(&pem, settings()).unwrap();
     assert!(!auth.can_sign());
-    assert_eq!(code(auth.verify(&es256(valid(json!({"cliente_id": 3})), None))), "OK");
+    assert_eq!(code(principal(&auth, &es256(valid(json!({"cliente_id": 3})), None))), "OK");
     // An HS256 token "signed" with the public key (algorithm confusion) is refused.
     let confused = hs256(valid(json!({"role": "admin"})), key.public_key_pem().as_bytes());
-    assert_eq!(code(auth.verify(&confused)), "INVALID_TOKEN");
+    assert_eq!(code(principal(&auth, &confused)), "INVALID_TOKEN");
 
     let raw = key.public_key_raw();
     let jwks = json!({"keys": [{
@@ -100,13 +112,16 @@ fn es256_from_pem_and_jwks_pins_the_algorithm() {
     let file = dir.join("jwks.json");
     std::fs::write(&file, jwks.to_string()).unwrap();
     let auth = Authenticator::public_keys(&file, settings()).unwrap();
-    assert_eq!(code(auth.verify(&es256(valid(json!({"role": "admin"})), Some("k1")))), "OK");
-    assert_eq!(code(auth.verify(&es256(valid(json!({"role": "admin"})), Some("k2")))), "INVALID_TOKEN");
+    assert_eq!(code(principal(&auth, &es256(valid(json!({"role": "admin"})), Some("k1")))), "OK");
+    assert_eq!(code(principal(&auth, &es256(valid(json!({"role": "admin"})), Some("k2")))), "INVALID_TOKEN");
 }
 
 #[test]
 fn issued_tokens_verify() {
     let auth = Authenticator::hs256(SECRET, settings()).unwrap();
     let token = auth.issue("acme", "tenant", Some(9), 60).unwrap();
-    assert_eq!(auth.verify(&token).unwrap(), Principal::Tenant { subject: "acme".into(), cliente_id: 9 });
+    assert_eq!(
+        principal(&auth, &token).unwrap(),
+        Principal::Tenant { subject: "acme".into(), cliente_id: 9 }
+    );
 }

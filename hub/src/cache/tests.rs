@@ -36,6 +36,24 @@ fn the_public_status_follows_the_resource() {
 
     let none = SessionView::of(&session("a", 5, "2026-01-01T00:00:00Z", json!(null)), None);
     assert_eq!(none.status.state, State::Disconnected);
+
+    // READY as the pod last wrote it, but the operator saw the pod go: not connected, and why.
+    let condition = |status: &str| {
+        json!({"type": "PodReady", "status": status, "reason": if status == "True" { "PodReady" } else { "PodLost" },
+               "message": "the session's pod is gone", "lastTransitionTime": "2026-11-23T10:00:00Z"})
+    };
+    let lost = json!({"state": "READY", "reason": "Linked", "conditions": [condition("False")]});
+    let view = SessionView::of(&session("a", 5, "2026-01-01T00:00:00Z", lost), None);
+    assert!(!view.status.connected);
+    assert_eq!(view.status.state, State::Ready);
+    assert_eq!(
+        (view.status.reason.as_deref(), view.status.message.as_deref()),
+        (Some("PodLost"), Some("the session's pod is gone"))
+    );
+    let running = json!({"state": "READY", "reason": "Linked", "conditions": [condition("True")]});
+    let view = SessionView::of(&session("a", 5, "2026-01-01T00:00:00Z", running), None);
+    assert!(view.status.connected);
+    assert_eq!(view.status.reason.as_deref(), Some("Linked"));
 }
 
 #[test]
@@ -52,30 +70,33 @@ fn the_qr_image_is_rendered_once_per_code() {
 }
 
 #[test]
-fn the_oldest_session_of_a_cliente_is_served_and_changes_are_announced() {
+fn only_the_session_named_for_a_cliente_serves_it_and_changes_are_announced() {
     let (cache, _writer) = SessionCache::new(Metrics::default());
     let mut changes = cache.subscribe();
-    cache.apply(&session("newer", 7, "2026-02-01T00:00:00Z", json!({"state": "CONNECTING"})));
-    assert_eq!(changes.try_recv().unwrap().session.unwrap().name, "newer");
-    cache.apply(&session("older", 7, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
-    assert_eq!(cache.get(7).unwrap().name, "older");
-    assert_eq!(changes.try_recv().unwrap().session.unwrap().name, "older");
+    // Sessions by other names, older or not, claiming clienteId 7: they serve no one.
+    cache.apply(&session("squatter", 7, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
+    cache.apply(&session("cliente-8", 7, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
+    assert!(changes.try_recv().is_err());
+    assert!(cache.get(7).is_none() && cache.get(8).is_none());
+    cache.apply(&session("cliente-7", 7, "2026-02-01T00:00:00Z", json!({"state": "CONNECTING"})));
+    assert_eq!(changes.try_recv().unwrap().session.unwrap().name, "cliente-7");
+    assert_eq!(cache.get(7).unwrap().name, "cliente-7");
 
     // A change that leaves the served status as it was is not announced.
     cache.apply(&session(
-        "older",
+        "cliente-7",
         7,
-        "2026-01-01T00:00:00Z",
-        json!({"state": "READY", "observedGeneration": 3}),
+        "2026-02-01T00:00:00Z",
+        json!({"state": "CONNECTING", "observedGeneration": 3}),
     ));
     assert!(changes.try_recv().is_err());
-    // A change of the session not served is not announced either.
-    cache.apply(&session("newer", 7, "2026-02-01T00:00:00Z", json!({"state": "FAILED"})));
-    assert!(changes.try_recv().is_err());
-
-    cache.delete(&("t".into(), "older".into()));
+    cache.apply(&session("cliente-7", 7, "2026-02-01T00:00:00Z", json!({"state": "FAILED"})));
     assert_eq!(changes.try_recv().unwrap().session.unwrap().status.state, State::Failed);
-    cache.delete(&("t".into(), "newer".into()));
+
+    // The squatter going changes nothing; the tenant's own session going is announced.
+    cache.delete(&session("squatter", 7, "2026-01-01T00:00:00Z", json!(null)));
+    assert!(changes.try_recv().is_err());
+    cache.delete(&session("cliente-7", 7, "2026-02-01T00:00:00Z", json!(null)));
     let gone = changes.try_recv().unwrap();
     assert_eq!((gone.cliente_id, gone.session.is_none()), (7, true));
     assert!(cache.get(7).is_none() && cache.list(None).is_empty());
@@ -84,18 +105,14 @@ fn the_oldest_session_of_a_cliente_is_served_and_changes_are_announced() {
 #[test]
 fn a_relist_swaps_the_index_and_announces_only_differences() {
     let (cache, _writer) = SessionCache::new(Metrics::default());
-    cache.apply(&session("a", 1, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
-    cache.apply(&session("b", 2, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
+    cache.apply(&session("cliente-1", 1, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
+    cache.apply(&session("cliente-2", 2, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
     let mut changes = cache.subscribe();
     let mut fresh = Index::default();
-    fresh.insert(Arc::new(SessionView::of(
-        &session("a", 1, "2026-01-01T00:00:00Z", json!({"state": "READY"})),
-        None,
-    )));
-    fresh.insert(Arc::new(SessionView::of(
-        &session("c", 3, "2026-01-01T00:00:00Z", json!({"state": "CONNECTING"})),
-        None,
-    )));
+    for (id, state) in [(1, "READY"), (3, "CONNECTING")] {
+        let session = session(&session_name(id), id, "2026-01-01T00:00:00Z", json!({"state": state}));
+        fresh.insert(id, Arc::new(SessionView::of(&session, None)));
+    }
     cache.swap(fresh);
     let mut seen: Vec<(i64, bool)> =
         std::iter::from_fn(|| changes.try_recv().ok()).map(|c| (c.cliente_id, c.session.is_some())).collect();

@@ -112,7 +112,6 @@ fn shapes_the_route_does_not_take_are_invalid_bodies() {
     for body in [
         json!([]),
         json!("x"),
-        json!({"to": "5491155550000"}),
         json!({"to": "5491155550000", "message": "x", "extra": 1}),
         json!({"messages": {"to": "5491155550000"}}),
         json!({"messages": [{"to": "5491155550000", "message": "x"}], "other": true}),
@@ -120,11 +119,15 @@ fn shapes_the_route_does_not_take_are_invalid_bodies() {
         let e = Submit::from_json(body.clone()).unwrap_err();
         assert_eq!(refusal(e).0, "INVALID_BODY", "{body}");
     }
+    // Without a text, a message needs a file (its caption may be empty).
+    let e = Submit::from_json(json!({"to": "5491155550000"})).unwrap().into_batch().unwrap_err();
+    assert_eq!(refusal(e).0, "INVALID_MESSAGE");
 }
 
 #[test]
 fn list_queries_are_checked_before_they_travel() {
     let q = ListQuery {
+        direction: None,
         status: Some(MessageStatus::Delivered),
         batch: Some("b-1".into()),
         cursor: Some("c".into()),

@@ -140,6 +140,23 @@ fn the_role_grants_only_its_own_session() {
 }
 
 #[test]
+fn the_role_lets_the_pod_get_exactly_the_secrets_that_sign_its_webhooks() {
+    let hook = |name: &str, secret: &str| json!({"name": name, "url": format!("https://{name}.example/"), "secretRef": {"name": secret}});
+    let spec = json!({"clienteId": 1, "webhooks": [hook("crm", "signing"), hook("erp", "erp-key"), hook("bi", "signing")]});
+    let role = serde_json::to_value(desired(&session(spec), &settings()).unwrap().role).unwrap();
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 3);
+    assert_eq!(
+        rules[2],
+        json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["erp-key", "signing"], "verbs": ["get"]})
+    );
+    // Without webhooks, no Secret at all (an empty resourceNames would mean every Secret).
+    let plain =
+        serde_json::to_value(desired(&session(json!({"clienteId": 1})), &settings()).unwrap().role).unwrap();
+    assert!(plain["rules"].as_array().unwrap().iter().all(|r| r["resources"] != json!(["secrets"])));
+}
+
+#[test]
 fn hub_tokens_are_per_session_and_follow_the_key() {
     let key = b"0123456789abcdef0123456789abcdef";
     let a = hub_token(key, "tenants", "acme");

@@ -1,9 +1,12 @@
-//! `GET /v1/outbox/events`: every change of a message of the outbox, live, as Server-Sent
-//! Events, for the hub (one connection per session, shared by all its clients).
+//! `GET /v1/outbox/events`: every change of a message of the outbox and every new incoming
+//! message, live, as Server-Sent Events, for the hub (one connection per session, shared by all
+//! its clients).
 //!
 //! - `event: message`, data: the message JSON as `GET /v1/outbox/{id}` shows it, on every change;
-//! - `event: lagged`, data `{"missed": n}`: this stream fell behind and skipped `n` changes; the
-//!   client re-lists to catch up;
+//! - `event: incoming`, data: the incoming message as `GET /v1/inbound/{id}` shows it, once
+//!   stored;
+//! - `event: lagged`, data `{"missed": n}`: this stream fell behind and skipped `n` changes (or
+//!   incoming messages); the client re-lists to catch up;
 //! - a comment at once (so the client knows the stream is open, and every change from then on
 //!   is in it) and every 10 s (so an idle stream is told from a dead one).
 //!
@@ -15,46 +18,55 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt, stream};
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
 
 use super::ApiState;
-use crate::outbox::Message;
+use crate::outbox::{Incoming, Message};
 
 /// How often an idle stream carries a comment.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 pub async fn events(State(state): State<ApiState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribed before answering: every change after the answer is in the stream.
-    Sse::new(changes(state.outbox.subscribe(), state.shutdown.clone()))
+    let (updates, incoming) = (state.outbox.subscribe(), state.outbox.subscribe_incoming());
+    Sse::new(changes(updates, incoming, state.shutdown.clone()))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 
-/// The events of `updates` until `shutdown` turns true (or the outbox is gone).
+/// The events of `updates` and `incoming` until `shutdown` turns true (or the outbox is gone).
 fn changes(
     updates: broadcast::Receiver<Message>,
+    incoming: broadcast::Receiver<Incoming>,
     mut shutdown: watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let opened = stream::once(async { Event::default().comment("open") });
-    let changes = stream::unfold(updates, |mut updates| async move {
-        let event = match updates.recv().await {
-            Ok(message) => {
-                Event::default().event("message").json_data(&message).unwrap_or_else(|_| Event::default())
-            }
-            Err(RecvError::Lagged(missed)) => {
-                Event::default().event("lagged").data(json!({ "missed": missed }).to_string())
-            }
-            Err(RecvError::Closed) => return None,
-        };
-        Some((event, updates))
-    });
+    let changes = stream::select(feed(updates, "message"), feed(incoming, "incoming"));
     opened
         .chain(changes)
         .take_until(async move {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         })
         .map(Ok)
+}
+
+/// One broadcast as events named `name` (and `lagged` when this stream fell behind it).
+fn feed<T: Serialize + Clone + Send + 'static>(
+    values: broadcast::Receiver<T>,
+    name: &'static str,
+) -> impl Stream<Item = Event> {
+    stream::unfold(values, move |mut values| async move {
+        let event = match values.recv().await {
+            Ok(value) => Event::default().event(name).json_data(&value).unwrap_or_else(|_| Event::default()),
+            Err(RecvError::Lagged(missed)) => {
+                Event::default().event("lagged").data(json!({ "missed": missed }).to_string())
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((event, values))
+    })
 }
 
 #[cfg(test)]
@@ -83,7 +95,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(&dir.path().join("outbox.redb"), 100_000).unwrap();
         let (stop, shutdown) = watch::channel(false);
-        let response = Sse::new(changes(outbox.subscribe(), shutdown)).into_response();
+        let response =
+            Sse::new(changes(outbox.subscribe(), outbox.subscribe_incoming(), shutdown)).into_response();
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         let mut body = response.into_body().into_data_stream();
 
@@ -117,6 +130,25 @@ mod tests {
         let first = text.split("\n\n").next().unwrap();
         assert!(first.starts_with("event: lagged\ndata: {\"missed\":"), "{first}");
         assert_eq!(text.matches("event: message").count(), 1024);
+
+        // An incoming message, once stored: `incoming`, once (WhatsApp handing it over again is no
+        // new event).
+        let seen: crate::outbox::Seen = serde_json::from_value(serde_json::json!({
+            "id": "ABCDEF0123", "from": "5491155550000", "fromLid": "123456789012345", "pushName": "Ana",
+            "chat": "123456789012345@lid", "type": "chat", "body": "hola", "t": 1_700_000_000, "quotedId": null, "media": null,
+        }))
+        .unwrap();
+        outbox.receive(vec![seen.clone()]).unwrap();
+        outbox.receive(vec![seen]).unwrap();
+        let text = read_for(&mut body, Duration::from_millis(300)).await;
+        assert_eq!(text.matches("event: incoming").count(), 1, "{text}");
+        let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let shown: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(shown, serde_json::to_value(outbox.incoming("ABCDEF0123").unwrap().unwrap()).unwrap());
+        assert_eq!(
+            (shown["direction"].as_str(), shown["from"].as_str()),
+            (Some("in"), Some("5491155550000"))
+        );
 
         // The pod stops: the stream ends.
         stop.send(true).unwrap();

@@ -1,8 +1,12 @@
 //! The session pod's HTTP API. `/v1/*` is for the hub only (its bearer token); the probes and
 //! the metrics are open to the kubelet and the scraper.
 
+mod contacts;
 mod events;
+mod inbound;
+mod media;
 mod outbox;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +42,10 @@ pub struct ApiState {
     pub outbox: Outbox,
     /// Turns true when the pod is stopping: live streams end so the server can stop.
     pub shutdown: watch::Receiver<bool>,
+    /// Contacts and number checks.
+    pub directory: crate::directory::Directory,
+    /// Webhook deliveries: listed and redelivered.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -53,6 +61,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/outbox/{id}", get(outbox::get).delete(outbox::cancel))
         .route("/v1/outbox/batches/{batch}", get(outbox::batch))
         .route("/v1/logout", post(logout))
+        .route("/v1/inbound", get(inbound::list))
+        .route("/v1/inbound/{id}", get(inbound::get))
+        .route("/v1/inbound/{id}/media", get(media::download))
+        .route("/v1/contacts", get(contacts::list))
+        .route("/v1/contacts/sync", post(contacts::sync))
+        .route("/v1/numbers/check", post(contacts::check))
+        .route("/v1/webhooks/deliveries", get(webhooks::list))
+        .route("/v1/webhooks/deliveries/{id}/redeliver", post(webhooks::redeliver))
         .layer(middleware::from_fn_with_state(state.clone(), require_hub));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

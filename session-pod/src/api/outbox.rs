@@ -1,6 +1,8 @@
 //! `/v1/outbox`: messages handed in for sending, one or a batch, answered as soon as they are
 //! persisted; their state, listings, cancellation and batch progress.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -9,26 +11,30 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::media::{self, MediaInput};
 use super::{ApiState, error, normalize_number};
 use crate::outbox::{Accepted, NewMessage, Status, StoreError};
 
 /// The most messages one call may hand in.
 pub const MAX_BATCH: usize = 10_000;
-/// The largest body of a call (a batch of 10,000 typical messages fits; the hub's own limit
-/// is lower).
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// The largest body of a call: a batch of 10,000 typical messages, or an image, video or audio
+/// of 16 MiB as base64, fits (larger documents come by URL; the hub's own limit is lower).
+pub const MAX_BODY_BYTES: usize = 24 * 1024 * 1024;
 /// The largest message text, in bytes.
 const MAX_MESSAGE_BYTES: usize = 65_536;
 
 /// A number and a text as WhatsApp takes them, or the refusal's code and words.
 pub(crate) fn validate(to: &str, message: &str) -> Result<(String, String), (&'static str, &'static str)> {
-    let Some(to) = normalize_number(to) else {
-        return Err(("INVALID_NUMBER", "to must be a phone number of 8 to 15 digits, country code first"));
-    };
+    let to = number(to)?;
     if message.is_empty() || message.len() > MAX_MESSAGE_BYTES {
         return Err(("INVALID_MESSAGE", "message must be 1 to 65536 bytes"));
     }
     Ok((to, message.to_string()))
+}
+
+fn number(to: &str) -> Result<String, (&'static str, &'static str)> {
+    normalize_number(to)
+        .ok_or(("INVALID_NUMBER", "to must be a phone number of 8 to 15 digits, country code first"))
 }
 
 /// How a store failure reaches the caller: never a silent drop.
@@ -49,7 +55,11 @@ pub(crate) fn store_error(e: StoreError) -> Response {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Entry {
     to: String,
+    /// The text; with media its caption, and optional.
+    #[serde(default)]
     message: String,
+    #[serde(default)]
+    media: Option<MediaInput>,
     #[serde(default)]
     idempotency_key: Option<String>,
     #[serde(default)]
@@ -68,51 +78,99 @@ pub struct Batch {
 
 /// Why a batch was refused: the first bad entry.
 struct Refusal {
+    status: StatusCode,
     code: &'static str,
     message: String,
     index: Option<usize>,
 }
 
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let body = json!({"error": self.code, "message": self.message, "index": self.index});
-        (StatusCode::BAD_REQUEST, Json(body)).into_response()
+impl Refusal {
+    fn at(index: usize, status: StatusCode, code: &'static str, why: &str) -> Refusal {
+        Refusal { status, code, message: format!("messages[{index}]: {why}"), index: Some(index) }
     }
 }
 
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.code, "message": self.message, "index": self.index});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A new message, with the media it still needs stored.
+type Checked = (NewMessage, Option<media::Source>);
+
 /// Checks every entry (all or nothing) and turns them into new messages.
-fn entries(batch: Vec<Entry>) -> Result<Vec<NewMessage>, Refusal> {
+fn entries(batch: Vec<Entry>) -> Result<Vec<Checked>, Refusal> {
     if batch.is_empty() || batch.len() > MAX_BATCH {
         return Err(Refusal {
+            status: StatusCode::BAD_REQUEST,
             code: "INVALID_BODY",
             message: format!("messages must hold 1 to {MAX_BATCH} entries"),
             index: None,
         });
     }
-    batch
-        .into_iter()
-        .enumerate()
-        .map(|(index, e)| {
-            let at = |code, why: &str| Refusal {
-                code,
-                message: format!("messages[{index}]: {why}"),
-                index: Some(index),
-            };
-            let (to, message) = validate(&e.to, &e.message).map_err(|(code, why)| at(code, why))?;
-            if let (Some(nb), Some(exp)) = (e.not_before, e.expires_at)
-                && exp <= nb
-            {
-                return Err(at("INVALID_BODY", "expiresAt must be after notBefore"));
+    batch.into_iter().enumerate().map(|(index, e)| entry(index, e)).collect()
+}
+
+fn entry(index: usize, e: Entry) -> Result<Checked, Refusal> {
+    let bad = |code, why: &str| Refusal::at(index, StatusCode::BAD_REQUEST, code, why);
+    let to = match &e.media {
+        None => validate(&e.to, &e.message).map_err(|(code, why)| bad(code, why))?.0,
+        // With media the text is a caption, and may be empty.
+        Some(_) if e.message.len() > MAX_MESSAGE_BYTES => {
+            return Err(bad("INVALID_MESSAGE", "a caption may be at most 65536 bytes"));
+        }
+        Some(_) => number(&e.to).map_err(|(code, why)| bad(code, why))?,
+    };
+    if let (Some(nb), Some(exp)) = (e.not_before, e.expires_at)
+        && exp <= nb
+    {
+        return Err(bad("INVALID_BODY", "expiresAt must be after notBefore"));
+    }
+    let source = match e.media.map(media::source).transpose() {
+        Ok(source) => source,
+        Err(refused) => {
+            let (status, code, why) = media::IntakeError::Refused(refused).parts();
+            return Err(Refusal::at(index, status, code, &why));
+        }
+    };
+    let new = NewMessage {
+        to,
+        message: e.message,
+        idempotency_key: e.idempotency_key.filter(|k| !k.is_empty()),
+        not_before: e.not_before,
+        expires_at: e.expires_at,
+        media: None,
+    };
+    Ok((new, source))
+}
+
+/// Stores the media of the entries that carry some (each different source once), so every
+/// message is accepted with its media already on the volume.
+async fn with_media(state: &ApiState, checked: Vec<Checked>) -> Result<Vec<NewMessage>, Refusal> {
+    let mut stored: HashMap<String, crate::outbox::media::Media> = HashMap::new();
+    let mut out = Vec::with_capacity(checked.len());
+    for (index, (mut new, source)) in checked.into_iter().enumerate() {
+        if let Some(source) = source {
+            let key = source.key();
+            if !stored.contains_key(&key) {
+                if stored.len() == media::MAX_MEDIA_PER_CALL {
+                    let why =
+                        format!("a call may carry at most {} different media", media::MAX_MEDIA_PER_CALL);
+                    return Err(Refusal::at(index, StatusCode::BAD_REQUEST, "INVALID_BODY", &why));
+                }
+                let taken = media::store(state, source).await.map_err(|e| {
+                    let (status, code, why) = e.parts();
+                    Refusal::at(index, status, code, &why)
+                })?;
+                stored.insert(key.clone(), taken);
             }
-            Ok(NewMessage {
-                to,
-                message,
-                idempotency_key: e.idempotency_key.filter(|k| !k.is_empty()),
-                not_before: e.not_before,
-                expires_at: e.expires_at,
-            })
-        })
-        .collect()
+            new.media = stored.get(&key).cloned();
+        }
+        out.push(new);
+    }
+    Ok(out)
 }
 
 pub async fn accept(
@@ -125,19 +183,25 @@ pub async fn accept(
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "BODY_TOO_LARGE",
-                format!("a call may carry at most {MAX_BODY_BYTES} bytes: split the batch"),
+                format!(
+                    "a call may carry at most {MAX_BODY_BYTES} bytes: split the batch, or send large media by URL"
+                ),
             );
         }
         Err(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 "INVALID_BODY",
-                "expected JSON {messages: [{to, message, idempotencyKey?, notBefore?, expiresAt?}], batch?}",
+                "expected JSON {messages: [{to, message, media?, idempotencyKey?, notBefore?, expiresAt?}], batch?}",
             );
         }
     };
     let batch = body.batch.filter(|b| !b.is_empty());
-    let new = match entries(body.messages) {
+    let checked = match entries(body.messages) {
+        Ok(checked) => checked,
+        Err(refused) => return refused.into_response(),
+    };
+    let new = match with_media(&state, checked).await {
         Ok(new) => new,
         Err(refused) => return refused.into_response(),
     };

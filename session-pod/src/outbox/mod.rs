@@ -6,6 +6,8 @@
 //!
 //! `queued -> sending -> sent -> delivered -> read (-> played)`, or `failed` with a reason.
 
+mod inbound;
+pub mod media;
 mod pacing;
 mod store;
 
@@ -16,8 +18,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
 
+pub use inbound::{Incoming, Seen};
 pub use pacing::{Limits, next_gap};
-pub use store::{Accepted, NewMessage, Page, StoreError};
+pub use store::{Accepted, NewMessage, Page, StoreError, internal};
 
 /// Where a message is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -83,6 +86,8 @@ pub mod reason {
     pub const CANCELLED: &str = "CANCELLED";
     pub const SEND_FAILED: &str = "SEND_FAILED";
     pub const BRIDGE_INCOMPATIBLE: &str = "BRIDGE_INCOMPATIBLE";
+    /// A media message's bytes are no longer on the session's volume.
+    pub const MEDIA_MISSING: &str = "MEDIA_MISSING";
 }
 
 /// Something that happened in the session, as webhooks are told: the log of these is kept in
@@ -135,6 +140,9 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_at: Option<Timestamp>,
     pub attempts: u32,
+    /// An image, video, audio or document (`message` is then its caption, maybe empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<media::Media>,
 }
 
 impl Message {
@@ -195,6 +203,10 @@ pub struct Outbox {
     /// Rung when the event log may have grown (one reader: the webhooks' ingester).
     pub logged: Arc<Notify>,
     updates: broadcast::Sender<Message>,
+    /// New incoming messages, as they are stored.
+    incoming: broadcast::Sender<Incoming>,
+    /// The bytes of outgoing media, beside the outbox file.
+    media: Arc<media::MediaStore>,
 }
 
 impl Outbox {
@@ -211,6 +223,8 @@ impl Outbox {
             work: Arc::new(Notify::new()),
             logged: Arc::new(Notify::new()),
             updates: broadcast::channel(1024).0,
+            incoming: broadcast::channel(1024).0,
+            media: Arc::new(media::MediaStore::new(path.with_file_name("outbox-media"))),
         })
     }
 
@@ -232,16 +246,23 @@ impl Outbox {
     }
 
     /// Up to `limit` events after `seq`, oldest first.
-    #[cfg_attr(not(test), expect(dead_code, reason = "read by the webhooks' ingester, which comes next"))]
     pub fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.call(|s| s.events_after(seq, limit))
     }
 
     /// Forgets events older than `retention` that every reader has taken (up to `upto`), a
     /// bounded number at a time.
-    #[cfg_attr(not(test), expect(dead_code, reason = "pruned by the webhooks' ingester, which comes next"))]
     pub fn prune_events(&self, retention: std::time::Duration, upto: u64) -> Result<usize, StoreError> {
         self.call(|s| s.prune_events(Timestamp::now() - retention, upto, 10_000))
+    }
+
+    /// A call on the outbox file for tables another module keeps in it (the webhooks'), with
+    /// the same reopening after a failure of the file as every outbox call.
+    pub fn database<T>(
+        &self,
+        op: impl Fn(&redb::Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.call(|s| s.with_db(&op))
     }
 
     /// Persists new messages (all or none) and wakes the driver.
@@ -386,7 +407,29 @@ impl Outbox {
     /// Forgets messages settled (sent or failed) more than `retention` ago, a bounded number
     /// at a time; returns how many went.
     pub fn prune(&self, retention: std::time::Duration) -> Result<usize, StoreError> {
-        self.call(|s| s.prune(Timestamp::now() - retention, 10_000))
+        let gone = self.call(|s| s.prune(Timestamp::now() - retention, 10_000))?;
+        self.sweep_media(gone > 0)?;
+        Ok(gone)
+    }
+
+    /// Deletes the media files no stored message refers to any more (after messages were
+    /// forgotten, else at most hourly: what a crash left between writing media and accepting it).
+    fn sweep_media(&self, forgot: bool) -> Result<(), StoreError> {
+        if !self.media.sweep_due(forgot) {
+            return Ok(());
+        }
+        let in_use = self.call(|s| s.media_in_use())?;
+        match self.media.sweep(&in_use) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "deleted media no message refers to any more"),
+            Err(error) => tracing::warn!(%error, "deleting unreferenced media failed"),
+        }
+        Ok(())
+    }
+
+    /// Where outgoing media is written before its message is accepted.
+    pub fn media(&self) -> &media::MediaStore {
+        &self.media
     }
 
     /// Messages by status.

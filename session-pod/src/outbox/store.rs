@@ -7,6 +7,7 @@ use std::path::Path;
 use jiff::Timestamp;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::inbound::{InboundPage, Incoming};
 use super::{Event, Message, Status, new_message_id};
 
 /// seq -> the message (JSON).
@@ -28,6 +29,11 @@ const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 
 /// seq -> an event (JSON): what webhooks are told, in order (see [`append_event`]).
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+/// seq -> an incoming message (JSON), in the order they were stored.
+const INBOUND: TableDefinition<u64, &[u8]> = TableDefinition::new("inbound");
+/// WhatsApp id of an incoming message -> seq.
+const INBOUND_IDS: TableDefinition<&str, u64> = TableDefinition::new("inbound_ids");
 
 /// The page cache of the outbox file.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -94,7 +100,8 @@ fn closed() -> StoreError {
     StoreError::Internal("the outbox file is not open (it could not be opened again)".into())
 }
 
-fn internal(e: impl std::fmt::Display) -> StoreError {
+/// A failure of the file as a store error (a full volume recognised), for every table in it.
+pub fn internal(e: impl std::fmt::Display) -> StoreError {
     let text = e.to_string();
     // ENOSPC, however redb words it.
     if text.contains("No space left") || text.contains("os error 28") {
@@ -112,6 +119,8 @@ pub struct NewMessage {
     pub idempotency_key: Option<String>,
     pub not_before: Option<Timestamp>,
     pub expires_at: Option<Timestamp>,
+    /// Media already on the volume ([`super::media::MediaStore`]); `message` is its caption.
+    pub media: Option<super::media::Media>,
 }
 
 /// What became of a message handed in.
@@ -176,9 +185,18 @@ impl Store {
             tx.open_table(META).map_err(internal)?;
             tx.open_table(COUNTS).map_err(internal)?;
             tx.open_table(EVENTS).map_err(internal)?;
+            tx.open_table(INBOUND).map_err(internal)?;
+            tx.open_table(INBOUND_IDS).map_err(internal)?;
         }
         tx.commit().map_err(internal)?;
         Ok(db)
+    }
+
+    /// Runs `op` on the open database: the tables other modules keep in the outbox file (the
+    /// webhooks' deliveries), written in transactions of their own.
+    pub fn with_db<T>(&self, op: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let db = self.db()?;
+        op(db.as_ref().ok_or_else(closed)?)
     }
 
     /// A call failed on the file: the next one opens it again.
@@ -254,6 +272,7 @@ impl Store {
                     played_at: None,
                     failed_at: None,
                     attempts: 0,
+                    media: new.media.clone(),
                 };
                 all.insert(seq, encode(&message)?.as_slice()).map_err(internal)?;
                 ids.insert(message.id.as_str(), seq).map_err(internal)?;
@@ -685,5 +704,144 @@ impl Store {
             }
             Ok(true)
         })
+    }
+}
+
+// ---- incoming messages ----------------------------------------------------------------------
+
+fn decode_incoming(bytes: &[u8]) -> Result<Incoming, StoreError> {
+    serde_json::from_slice(bytes).map_err(internal)
+}
+
+impl Store {
+    /// Stores the messages not stored yet (by WhatsApp id), each with its `message` event, in
+    /// one transaction; returns those that were new.
+    pub fn insert_incoming(
+        &self,
+        incoming: &[Incoming],
+        now: Timestamp,
+    ) -> Result<Vec<Incoming>, StoreError> {
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
+        let mut new = Vec::new();
+        {
+            let mut all = tx.open_table(INBOUND).map_err(internal)?;
+            let mut ids = tx.open_table(INBOUND_IDS).map_err(internal)?;
+            let mut meta = tx.open_table(META).map_err(internal)?;
+            let mut seq = meta.get("next_inbound").map_err(internal)?.map(|v| v.value()).unwrap_or(1);
+            for message in incoming {
+                if ids.get(message.id.as_str()).map_err(internal)?.is_some() {
+                    continue;
+                }
+                let bytes = serde_json::to_vec(message).map_err(internal)?;
+                all.insert(seq, bytes.as_slice()).map_err(internal)?;
+                ids.insert(message.id.as_str(), seq).map_err(internal)?;
+                seq += 1;
+                new.push(message.clone());
+            }
+            meta.insert("next_inbound", seq).map_err(internal)?;
+        }
+        for message in &new {
+            append_event(&tx, "message", serde_json::to_value(message).map_err(internal)?, now)?;
+        }
+        tx.commit().map_err(internal)?;
+        Ok(new)
+    }
+
+    /// Up to `limit` incoming messages stored before `cursor`, newest first.
+    pub fn inbound(&self, cursor: Option<u64>, limit: usize) -> Result<InboundPage, StoreError> {
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
+        let all = tx.open_table(INBOUND).map_err(internal)?;
+        let mut messages = Vec::new();
+        let mut next_cursor = None;
+        for entry in all.range(..cursor.unwrap_or(u64::MAX)).map_err(internal)?.rev() {
+            let (seq, bytes) = entry.map_err(internal)?;
+            if messages.len() == limit {
+                next_cursor = Some(seq.value() + 1);
+                break;
+            }
+            messages.push(decode_incoming(bytes.value())?);
+        }
+        Ok(InboundPage { messages, next_cursor })
+    }
+
+    pub fn incoming(&self, id: &str) -> Result<Option<Incoming>, StoreError> {
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
+        let ids = tx.open_table(INBOUND_IDS).map_err(internal)?;
+        let Some(seq) = ids.get(id).map_err(internal)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let all = tx.open_table(INBOUND).map_err(internal)?;
+        all.get(seq).map_err(internal)?.map(|b| decode_incoming(b.value())).transpose()
+    }
+
+    /// Forgets incoming messages received before `cutoff`, oldest first, at most `limit` of
+    /// them; returns how many went.
+    pub fn prune_inbound(&self, cutoff: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
+        let mut gone = 0;
+        {
+            let mut all = tx.open_table(INBOUND).map_err(internal)?;
+            let mut ids = tx.open_table(INBOUND_IDS).map_err(internal)?;
+            let mut old = Vec::new();
+            for entry in all.iter().map_err(internal)?.take(limit) {
+                let (seq, bytes) = entry.map_err(internal)?;
+                let message = decode_incoming(bytes.value())?;
+                // Seqs follow reception: past the cutoff, everything after is newer.
+                if message.received_at >= cutoff {
+                    break;
+                }
+                old.push((seq.value(), message.id));
+            }
+            for (seq, id) in old {
+                all.remove(seq).map_err(internal)?;
+                ids.remove(id.as_str()).map_err(internal)?;
+                gone += 1;
+            }
+        }
+        tx.commit().map_err(internal)?;
+        Ok(gone)
+    }
+
+    /// Until when everything the page reported is stored, if ever.
+    pub fn inbound_seen_until(&self) -> Result<Option<Timestamp>, StoreError> {
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
+        let meta = tx.open_table(META).map_err(internal)?;
+        let ms = meta.get("inbound_seen_ms").map_err(internal)?.map(|v| v.value());
+        Ok(ms.and_then(|ms| Timestamp::from_millisecond(ms as i64).ok()))
+    }
+
+    pub fn set_inbound_seen_until(&self, at: Timestamp) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_write().map_err(internal)?;
+        tx.open_table(META).map_err(internal)?.insert("inbound_seen_ms", ms(at)).map_err(internal)?;
+        tx.commit().map_err(internal)?;
+        Ok(())
+    }
+}
+
+// ---- media of outgoing messages -------------------------------------------------------------
+
+impl Store {
+    /// The media (SHA-256) the stored messages refer to: every other media file may go.
+    pub fn media_in_use(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Refers {
+            media: Option<super::media::Media>,
+        }
+        let db = self.db()?;
+        let tx = db.as_ref().ok_or_else(closed)?.begin_read().map_err(internal)?;
+        let all = tx.open_table(MESSAGES).map_err(internal)?;
+        let mut in_use = std::collections::HashSet::new();
+        for entry in all.iter().map_err(internal)? {
+            let (_, bytes) = entry.map_err(internal)?;
+            let refers: Refers = serde_json::from_slice(bytes.value()).map_err(internal)?;
+            in_use.extend(refers.media.map(|m| m.sha256));
+        }
+        Ok(in_use)
     }
 }

@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
             async move {
                 let s: WhatsAppSession = serde_json::from_value(json!({
                     "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession",
-                    "metadata": {"name": format!("s{id}")}, "spec": {"clienteId": id}
+                    "metadata": {"name": format!("cliente-{id}")}, "spec": {"clienteId": id}
                 }))?;
                 sessions.create(&PostParams::default(), &s).await?;
                 let status = if id % 2 == 0 {
@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     json!({"state": "READY", "me": {"phone": format!("549110000{id:04}")}})
                 };
-                write_status(&sessions, &format!("s{id}"), status).await?;
+                write_status(&sessions, &format!("cliente-{id}"), status).await?;
                 anyhow::Ok(())
             }
         })
@@ -100,7 +100,8 @@ async fn main() -> anyhow::Result<()> {
     let mut delivery = Vec::new();
     for i in 0..30 {
         let t = Instant::now();
-        write_status(&sessions, "s1", json!({"state": "READY", "message": format!("change {i}")})).await?;
+        write_status(&sessions, "cliente-1", json!({"state": "READY", "message": format!("change {i}")}))
+            .await?;
         let wanted = format!("change {i}");
         events.until("the change", Duration::from_secs(10), |_, d| d["message"] == wanted.as_str()).await;
         delivery.push(t.elapsed());
@@ -195,7 +196,7 @@ fn ms(d: Duration) -> f64 {
 
 /// The baseline: axum answering a fixed JSON body, nothing else.
 async fn bare_server(port: u16) -> anyhow::Result<()> {
-    let body = r#"{"connected":true,"state":"READY","session":"s1","clienteId":1,"namespace":"bench","suspended":false}"#;
+    let body = r#"{"connected":true,"state":"READY","session":"cliente-1","clienteId":1,"namespace":"bench","suspended":false}"#;
     let app = axum::Router::new().route(
         "/status",
         axum::routing::get(move || async move {

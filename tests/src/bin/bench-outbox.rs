@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use whatsapp_crds::{SessionState, WhatsAppSession};
 use whatsapp_tests::harness::{TestNamespace, cluster, eventually};
 use whatsapp_tests::hub::{Hub, HubOptions, tenant_token};
-use whatsapp_tests::processes::{Operator, chromium_pid, rss_kib};
+use whatsapp_tests::processes::{Operator, chromium_pid, percentile, pss_kib, rss_kib};
 use whatsapp_tests::simulator::{SimConfig, Simulator, Throttle, max_in_window};
 
 const RATE: usize = 180;
@@ -434,24 +434,6 @@ fn session_process(namespace: &str, pod: &str) -> Option<(u32, PathBuf)> {
         let profile = vars.iter().find_map(|v| v.strip_prefix("WAO_PROFILE_DIR="))?;
         Some((pid, PathBuf::from(profile)))
     })
-}
-
-/// Proportional set size of one process, in KiB.
-fn pss_kib(pid: u32) -> u64 {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The nearest-rank percentile `p` (0 gives the minimum).
-fn percentile(samples: &[Duration], p: usize) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let rank = (p * sorted.len()).div_ceil(100).max(1);
-    sorted.get(rank - 1).copied().unwrap_or_default()
 }
 
 fn median(values: &[f64]) -> f64 {

@@ -136,14 +136,7 @@ fn pss_tree_kib(root: u32) -> u64 {
         .keys()
         .chain(std::iter::once(&root))
         .filter(|pid| in_tree(**pid))
-        .map(|pid| {
-            let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-            rollup
-                .lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
+        .map(|pid| whatsapp_tests::processes::pss_kib(*pid))
         .sum()
 }
 

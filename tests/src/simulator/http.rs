@@ -1,8 +1,8 @@
 //! The simulator's two HTTP faces: `https://web.whatsapp.com/` (the page and the page's
 //! backend, `/sim/*`) and the control listener (the phone and other WhatsApp users,
-//! `/control/*`: scan, enter-code, logout, conflict, messages, send, read, and `phone` (`{phone,
-//! online}`: that WhatsApp user's phone off or on), and the cache of pinned builds,
-//! `/versions/<version>.html`).
+//! `/control/*`: scan, enter-code, logout, conflict, messages, send (`{from, to, body,
+//! quotedId?}`), read, and `phone` (`{phone, online}`: that WhatsApp user's phone off or on),
+//! and the cache of pinned builds, `/versions/<version>.html`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,14 +18,15 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::world::{AfterConnect, ConnectRequest, OutgoingMessage, Refusal};
+use super::world::{AfterConnect, ConnectRequest, Kind, OutgoingMessage, Refusal};
 use super::{Build, DEVICE_PLATFORM, DeviceKeys, Shared, SimConfig};
 
 const PAGE: &str = include_str!("page.html");
-const SCRIPTS: [&str; 4] = [
+const SCRIPTS: [&str; 5] = [
     include_str!("js/models.js"),
     include_str!("js/ids.js"),
     include_str!("js/storage.js"),
+    include_str!("js/media.js"),
     include_str!("js/app.js"),
 ];
 
@@ -53,9 +54,16 @@ pub(crate) fn web_router(shared: Arc<Shared>) -> Router {
         .route("/sim/link-code", post(link_code))
         .route("/sim/exists", post(exists))
         .route("/sim/send", post(send))
+        .route("/sim/receipt", post(receipt))
+        .route("/sim/retry", post(retry))
         .route("/sim/logout", post(logout))
         .route("/sim/takeover", post(takeover))
         .route("/sim/qr.png", get(qr_png))
+        .route(
+            "/sim/mms/{kind}/{token}",
+            post(mms_upload).layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+        )
+        .route("/sim/mmg", get(mms_download))
         .with_state(shared)
 }
 
@@ -163,7 +171,9 @@ async fn connect(State(s): S, Json(b): Json<ConnectBody>) -> Response {
             let s = s.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(s.config.sync).await;
-                s.world().finish_sync(conn);
+                let mut world = s.world();
+                world.sync_address_book(&s.config, conn);
+                world.finish_sync(conn);
             });
         }
         AfterConnect::Nothing => {}
@@ -241,6 +251,8 @@ struct PageBody {
     body: Option<String>,
     #[serde(default)]
     resend: bool,
+    #[serde(default)]
+    media: Option<super::media::OutgoingMedia>,
 }
 
 fn conn_of(b: &PageBody) -> Result<u64, Refusal> {
@@ -284,6 +296,7 @@ async fn send(State(s): S, Json(b): Json<PageBody>) -> Response {
         kind: b.kind.clone().unwrap_or_default(),
         body: b.body.clone().unwrap_or_default(),
         resend: b.resend,
+        media: b.media.clone(),
     };
     let result = conn_of(&b).and_then(|conn| {
         let mut world = s.world();
@@ -308,6 +321,24 @@ async fn send(State(s): S, Json(b): Json<PageBody>) -> Response {
     }
 }
 
+/// The page's delivery receipt of a message it received and stored.
+async fn receipt(State(s): S, Json(b): Json<PageBody>) -> Response {
+    let id = b.id.clone().unwrap_or_default();
+    match conn_of(&b).and_then(|conn| s.world().receipt(conn, &id)) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+/// The page's retry receipt of a message it could not decrypt: it comes again.
+async fn retry(State(s): S, Json(b): Json<PageBody>) -> Response {
+    let id = b.id.clone().unwrap_or_default();
+    match conn_of(&b).and_then(|conn| s.world().retry(conn, &id)) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => refused(r),
+    }
+}
+
 async fn logout(State(s): S, Json(b): Json<PageBody>) -> Response {
     match conn_of(&b).and_then(|conn| s.world().logout(conn)) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -319,6 +350,35 @@ async fn takeover(State(s): S, Json(b): Json<PageBody>) -> Response {
     match conn_of(&b).and_then(|conn| s.world().takeover(conn)) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(r) => refused(r),
+    }
+}
+
+/// The largest file WhatsApp's media servers take here (a 100 MiB document, encrypted).
+const MAX_UPLOAD_BYTES: usize = 101 * 1024 * 1024;
+
+/// An upload to WhatsApp's media servers (`/mms/<type>/<token>`): `{url, direct_path}`.
+async fn mms_upload(
+    State(s): S,
+    Path((kind, token)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    match s.world().mms.upload(&kind, &token, body.to_vec()) {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MmgQuery {
+    direct_path: String,
+}
+
+/// A download from WhatsApp's media servers: the stored (encrypted) file.
+async fn mms_download(State(s): S, Query(q): Query<MmgQuery>) -> Response {
+    match s.world().mms.download(&q.direct_path) {
+        Some(file) => ([(header::CONTENT_TYPE, "application/octet-stream")], file).into_response(),
+        None => error(404, "NOT_FOUND", "no media at that path"),
     }
 }
 
@@ -475,14 +535,19 @@ async fn control_messages(State(s): S) -> Json<Value> {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct SendBody {
     from: String,
     to: String,
     body: String,
+    /// A reply: the id of the message it quotes.
+    #[serde(default)]
+    quoted_id: Option<String>,
 }
 
 async fn control_send(State(s): S, Json(b): Json<SendBody>) -> Response {
-    match s.world().send_from_phone(&s.config, &b.from, &b.to, &b.body) {
+    let kind = b.quoted_id.as_deref().map_or(Kind::Text, Kind::Reply);
+    match s.world().send_from_phone(&s.config, &b.from, &b.to, &b.body, kind) {
         Ok(id) => Json(json!({"id": id})).into_response(),
         Err(e) => error(409, "SEND_REFUSED", &e),
     }

@@ -31,7 +31,8 @@
 //! | `WAWebUserPrefsMeUser` | `getMaybeMePnUser`, `getMaybeMeLidUser`, `getMeUserOrThrow`, `getMePnUserOrThrow`, `getMeLidUserOrThrow`, `isMeAccount` (legacy: `getMaybeMeUser`, `getMeUser`, `isMeAccount`) |
 //! | `WAWebAltDeviceLinkingApi` | `setPairingType`, `getPairingType`, `getCurrentRef`, `initializeAltDeviceLinking`, `startAltLinkingFlow(phone, showNotification)` → code, `initializeQRLinking` |
 //! | `WAWebLaunchSocketUtils` | `refreshQR` |
-//! | `WAWebCollections` | `Msg`, `Chat`, `Contact`, `Blocklist`, `BusinessProfile`, `Label`, `Status`, `GroupMetadata`; `Msg.getMessagesById([key])` → `{messages, eof, canceled}` |
+//! | `WAWebCollections` | `Msg`, `Chat`, `Contact`, `Blocklist`, `BusinessProfile`, `Label`, `Status`, `GroupMetadata`; `Msg.getMessagesById([key])` → `{messages, eof, canceled}`; a chat's `msgs` (oldest first) with `msgLoadState.noEarlierMsgs`; incoming replies carry `quotedStanzaID`, `quotedRemoteJid`, `quotedParticipant`, `quotedMsg` |
+//! | `WAWebChatLoadMessages` | `loadEarlierMsgs({chat})` (legacy: `loadEarlierMsgs(chat)`) → the next page of up to 50 (`WAWebCollectionConstants.PAGE_SIZE`) earlier stored messages, added to `chat.msgs` (`[]` and `noEarlierMsgs` at the start of the chat) |
 //! | `WAWebWidFactory` | `createWid` (one instance per id), `createWidFromWidLike`, `createUserWid`, `createUserWidOrThrow`, `isWidlike`, `asUserWidOrThrow`, `asUserLidOrThrow`; wids have `user`, `server`, `_serialized`, `isLid()`, `isUser()`, `isGroup()`, `equals()`, `toString()` |
 //! | `WAWebMsgKey` | the `MsgKey` class: `new MsgKey({from, to, id, participant, selfDir})` (wids only) or `({fromMe, remote, id})`, `newId()` (async: `3EB0` + 18 uppercase hex), `newId_DEPRECATED()` (`3EB0` + 16), `fromString`, `from`; `_serialized` is `true_<remote>_<id>` |
 //! | `WAWebMsgKeyNewId` | `getMsgKeyNewSHA256Id()` (what `newId()` uses: SHA-256 of time, own phone user, 16 random bytes; first 9 bytes), `genMsgKeyUint()` |
@@ -40,8 +41,21 @@
 //! | `WAWebSendMsgChatAction` | `addAndSendMsgToChat(chat, msg)` → `[added, sent]` (sent: `{messageSendResult: 'OK'}`; legacy: `'OK'`) |
 //! | `WAWebGetEphemeralFieldsMsgActionsUtils` | `getEphemeralFields(chat)` |
 //! | `WAWebQueryExistsJob` | `queryWidExists(wid)`, `queryPhoneExists('+<digits>')` (null when not on WhatsApp) |
-//! | `WAWebApiContact`, `WAWebLidMigrationUtils` (current only) | the LID ↔ phone number mapping the page knows |
+//! | `WAWebMediaOpaqueData` | the `OpaqueData` class (its default export): `createFromData(blob, type)`, `retain`, `autorelease` (released, and unusable, a moment after the last), `autoreleaseWhenPromiseCompletes`, `url`, `size`, `type`, `formData`, `forceToBlob`, `validate` |
+//! | `WAWebPrepRawMedia` | `prepRawMedia(opaqueData, {asDocument, isPtt, asGif, asSticker})` → a `WAWebMediaPrep.MediaPrep` whose `waitForPrep()` resolves to the `WAWebMediaData` model: `type` (from the mimetype, `document` with `asDocument`), `mimetype`, `size`, `filehash` (base64 SHA-256), `mediaBlob`, `filename`; images decoded for `fullWidth`, `fullHeight` and a JPEG `preview` (an undecodable image is refused); WhatsApp's size limits (16 MB media, 2 GB documents) |
+//! | `WAWebMediaStorage` | `getOrCreateMediaObject(filehash)`: one media object per file (`consolidate`, `type` as the mmsv3 `IMAGE`/`DOCUMENT`/…, `size`, `mediaBlob`, `contentInfo`, `entries.addEntry`) |
+//! | `WAWebMmsMediaTypes` | `MEDIA_TYPES`, `castToV4(mmsv3 type)`, `msgToMediaType({type, isGif, isNewsletter})` (throws for a non-media type), `getMsgMediaType` |
+//! | `WAWebMediaDataUtils`, `WAWebMediaInMemoryBlobCache` | `shouldUseMediaCache(type)`; `InMemoryMediaBlobCache.put/get/replace/delete` by filehash |
+//! | `WAWebMediaMmsV4Upload`, `WAWebUploadManager` | `uploadMedia({mimetype, mediaObject, mediaType, mediaKeyInfo?})` → `{kind: 'success', mediaEntry}` (`directPath`, `mediaKey`, `mediaKeyTimestamp`, `encFilehash`, `deprecatedMms3Url`) or `{kind: 'error'}`, the blob taken from the media object or the in-memory cache; `uploadUnencryptedMedia` (channels: `{kind: 'error'}`); `WAWebUploadManager.encryptAndUpload` |
+//! | `WAWebDownloadManager` | `downloadManager.downloadAndMaybeDecrypt({directPath, encFilehash, filehash, mediaKey, type, signal})` → the decrypted `ArrayBuffer` (hashes and MAC checked; an error with `status` 404 when WhatsApp has no such file) |
+//! | `WAWebApiContact`, `WAWebLidMigrationUtils` (current only) | the LID ↔ phone number mapping the page knows (`getPhoneNumber`, `getCurrentLid`, `getAlternateUserWid`), kept in the contact table and known again after a reload |
 //! | `WAWebChatGetters`, `WAWebContactGetters`, `WAWebFrontendContactGetters`, `WAWebPhoneUtils`, `WALinkify`, `WAWebLinkPreviewChatAction`, `WAWebUpdateUnreadChatAction`, `WAWebSyncGatingUtils`, `WAWebCallCollection`, `WAWebMiscBrowserUtils`, `WAWebAddonReactionTableMode`, `WAWebAddonPollVoteTableMode`, `WAWebBackendJobsCommon`, `WAWebE2EProtoUtils` | what whatsapp-web.js 1.34.7 touches around the flow above |
+//!
+//! Media messages carry `mimetype`, `filehash`, `encFilehash`, `directPath`, `mediaKey`,
+//! `mediaKeyTimestamp`, `size`, `filename`, `caption` (the body is the preview), a `mediaData`
+//! (`mediaStage` `INIT` until downloaded, `FETCHING`, `RESOLVED` or `ERROR_MISSING`) and a
+//! `mediaObject`; `msg.downloadMedia({downloadEvenIfExpensive, rmrReason})` fetches and decrypts
+//! the file.
 //!
 //! Models and collections are Backbone-shaped like WhatsApp's: `on`/`off`/`once`/`trigger`,
 //! `change:<field>` handlers get `(model, value, previous)`, a collection re-fires its models'
@@ -83,6 +97,37 @@
 //!   again what it had stored as pending (ack 0); the server takes a message it has as the same
 //!   one (nothing new in [`Simulator::messages`]). A bare id is not a key:
 //!   `WAWebDBMessageFindLocal.getMsgsByMsgIdsAndChatId([id], chat)` finds it.
+//! - Chats are kept in the `chat` table with their message (one transaction), and the LID ↔ phone
+//!   number mapping in the `contact` table (a LID contact's `phoneNumber`). A page that loads with
+//!   a login restores the chat list from there, each chat with its most recent message in
+//!   `chat.msgs` (`isNewMsg` false: no `add` of a new message for drivers); earlier ones come
+//!   with `WAWebChatLoadMessages.loadEarlierMsgs`, in stored order (the message table's `rowId`).
+//! - Incoming messages ([`Simulator::send_from_phone`], [`Simulator::send_reply`]) are held by the
+//!   server for each linked device until that device acknowledges them: the page stores a message
+//!   (and its chat), adds it to `Msg` (`isNewMsg` true, `add`), then sends its delivery receipt.
+//!   A page that died before storing one gets it again when it connects (offline delivery, before
+//!   `hasSynced`; a message it had stored is acknowledged again, not added twice). While a page is
+//!   connected but not synced yet, new messages wait for the offline delivery. Messages are taken
+//!   one at a time, in the server's order. [`Simulator::unacknowledged`] counts what is held.
+//!   [`Simulator::send_undecryptable`]: the first copy cannot be decrypted; the page adds a
+//!   `ciphertext` placeholder (`isNewMsg` true, not stored), sends a retry receipt, and the copy
+//!   that follows is stored, then turns the placeholder into the message (`change:type`).
+//! - Media is encrypted as WhatsApp encrypts it (`media.rs`: a random media key expanded with
+//!   HKDF-SHA256 into AES-256-CBC and HMAC-SHA256 keys, the file the ciphertext and a 10-byte
+//!   MAC). WhatsApp's media servers (`POST /sim/mms/<type>/<token>`, `GET /sim/mmg?directPath=`)
+//!   keep an upload only if its token is the SHA-256 of what came (`encFilehash`); the recipient
+//!   of a media message opens the file at its `directPath` with its `mediaKey` and checks both
+//!   hashes and the size, else WhatsApp refuses the message. [`Simulator::messages`] gives the
+//!   opened file's type, name, size and SHA-256 ([`ReceivedMedia`]);
+//!   [`Simulator::send_media_from_phone`] has a WhatsApp user send a file (uploaded by the phone).
+//! - The phone's address book ([`Simulator::set_address_book`]) reaches the linked pages as
+//!   WhatsApp's app-state sync brings it (while connected, and again with each connection's sync):
+//!   each WhatsApp user in it (not the numbers that are not on WhatsApp) becomes a Contact with the
+//!   saved `name`, its first word as `shortName`, `isAddressBookContact` (what
+//!   `WAWebFrontendContactGetters.getIsMyContact` reads), and on a LID-migrated account a LID
+//!   contact too, with its `phoneNumber`; a business account ([`Simulator::set_business`]) is
+//!   `isBusiness` with its `verifiedName`, and `queryWidExists` says `biz`. Every existence query
+//!   WhatsApp answers is counted ([`Simulator::exists_queries`]).
 //! - Logout from the phone: `Cmd` fires `starting_logout_from_bridge` and `logout_from_bridge`,
 //!   the profile is wiped (new keys) and the page reloads as `/?post_logout=1`. `Socket.logout()`
 //!   resolves once the server forgot the device (drivers close the browser then); about a second
@@ -102,13 +147,17 @@
 //!
 //! # Simplifications (known, deliberate)
 //!
-//! Text messages and 1:1 chats only; no history sync (a newly linked profile has no messages,
-//! and messages sent from one linked profile do not reach the others); chats are not stored
-//! (after a restart a chat comes back with `findOrCreateLatestChat` or an incoming message); the
+//! Text and media messages, 1:1 chats only (no groups); videos and audio are not decoded (no
+//! duration, no waveform; images are, for their preview), voice notes, stickers and channels'
+//! unencrypted media are not modelled, nor media re-uploads by the phone (`REUPLOADING`); no
+//! history sync (a newly linked profile has no messages, and messages sent from one linked
+//! profile do not reach the others); contacts other than the LID mapping are not stored; a
+//! restored chat brings back only its last message (the real page may preload a few more); the
 //! server drives the QR rotation (the real server sends the batch and the page rotates it);
 //! transport is HTTPS requests plus server-sent events instead of a noise-encrypted WebSocket.
 
 mod http;
+mod media;
 mod tls;
 mod world;
 
@@ -121,6 +170,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use media::ReceivedMedia;
 use world::World;
 
 /// What the page reports as `WAWebCompanionRegClientUtils.DEVICE_PLATFORM`, the QR string's
@@ -286,6 +336,9 @@ pub struct Received {
     pub at_ms: u64,
     /// 1 server, 2 delivered, 3 read.
     pub ack: i32,
+    /// A media message's file, as the recipient opened it (`body` is then its caption).
+    #[serde(default)]
+    pub media: Option<ReceivedMedia>,
 }
 
 pub(crate) struct Shared {
@@ -441,7 +494,57 @@ impl Simulator {
 
     /// WhatsApp user `from` sends `body` to the linked account `to`; returns the message id.
     pub fn send_from_phone(&self, from: &str, to: &str, body: &str) -> Result<String, String> {
-        self.shared.world().send_from_phone(&self.shared.config, from, to, body)
+        self.shared.world().send_from_phone(&self.shared.config, from, to, body, world::Kind::Text)
+    }
+
+    /// [`Simulator::send_from_phone`] as a reply quoting the message `quoted_id` (one the account
+    /// sent to `from`, or one `from` sent to it).
+    pub fn send_reply(&self, from: &str, to: &str, body: &str, quoted_id: &str) -> Result<String, String> {
+        self.shared.world().send_from_phone(
+            &self.shared.config,
+            from,
+            to,
+            body,
+            world::Kind::Reply(quoted_id),
+        )
+    }
+
+    /// [`Simulator::send_from_phone`], but the first copy reaches the linked pages undecryptable
+    /// (as when the sender has no Signal session with a device yet): each page adds a
+    /// `ciphertext` placeholder (`isNewMsg` true) and asks for the message again; the copy that
+    /// follows turns the placeholder into the message (`change:type`).
+    pub fn send_undecryptable(&self, from: &str, to: &str, body: &str) -> Result<String, String> {
+        self.shared.world().send_from_phone(&self.shared.config, from, to, body, world::Kind::Undecryptable)
+    }
+
+    /// WhatsApp user `from` sends the linked account `to` a file (`bytes` of `mimetype`, shown
+    /// as an image, video or audio by its type, else as a document named `filename`) with a
+    /// caption, maybe empty: the phone encrypts and uploads it, the message carries its media key
+    /// and hashes. Returns the message id.
+    pub fn send_media_from_phone(
+        &self,
+        from: &str,
+        to: &str,
+        mimetype: &str,
+        bytes: &[u8],
+        caption: &str,
+        filename: Option<&str>,
+    ) -> Result<String, String> {
+        let mut world = self.shared.world();
+        let fields = world.mms.upload_from_phone(mimetype, bytes, filename);
+        world.send_from_phone(&self.shared.config, from, to, caption, world::Kind::Media(&fields))
+    }
+
+    /// WhatsApp user `phone` names themselves `name` in their profile: the push name their
+    /// messages carry (a linked account's is the one it linked with).
+    pub fn set_push_name(&self, phone: &str, name: &str) {
+        self.shared.world().set_push_name(phone, name)
+    }
+
+    /// Messages WhatsApp holds for the pages linked to `phone` because they have not acknowledged
+    /// them yet (stored): sent again each time a page connects.
+    pub fn unacknowledged(&self, phone: &str) -> usize {
+        self.shared.world().unacknowledged(phone)
     }
 
     /// The recipient reads a message a session sent: ack 3 (refused while their phone is off).
@@ -457,6 +560,28 @@ impl Simulator {
     /// The account is opened in another WhatsApp Web: its connected pages go `CONFLICT`.
     pub fn conflict(&self, phone: &str) -> Result<(), String> {
         self.shared.world().conflict(phone)
+    }
+
+    /// The user of the linked account `phone` saves `contacts` (number, name) as the address book
+    /// on their phone, replacing what was there: the phone syncs it to its linked pages (at once
+    /// to a connected one, else when it connects), where each WhatsApp user in it becomes a
+    /// Contact with the saved `name` (`shortName` its first word) and `isAddressBookContact`.
+    pub fn set_address_book(&self, phone: &str, contacts: &[(&str, &str)]) {
+        let entries = contacts.iter().map(|(n, name)| (n.to_string(), name.to_string())).collect();
+        self.shared.world().set_address_book(&self.shared.config, phone, entries)
+    }
+
+    /// WhatsApp user `phone` is a business account with the verified name `name`: existence
+    /// queries say `biz`, and its contact is `isBusiness` with that `verifiedName`. Set before the
+    /// address books that list it are synced.
+    pub fn set_business(&self, phone: &str, name: &str) {
+        self.shared.world().set_business(phone, name)
+    }
+
+    /// How many existence queries (`queryWidExists`, `queryPhoneExists`) WhatsApp answered for
+    /// linked pages: what a test of caching and pacing counts.
+    pub fn exists_queries(&self) -> usize {
+        self.shared.world().exists_queries
     }
 
     /// The LID (digits) WhatsApp assigns a phone number, the same every time.

@@ -74,6 +74,9 @@ struct Device {
     link: Option<Link>,
     /// Server events for a linked device that is offline, delivered when it connects again.
     pending: Vec<Value>,
+    /// Messages for this device it has not acknowledged (its delivery receipt): WhatsApp keeps
+    /// them and sends them again each time the device connects, until it does.
+    inbox: Vec<Value>,
 }
 
 pub(crate) struct Conn {
@@ -83,6 +86,8 @@ pub(crate) struct Conn {
     rx: Option<mpsc::UnboundedReceiver<Value>>,
     /// Connected with a valid login and not replaced (conflict) since.
     active: bool,
+    /// The offline delivery is done: new messages go to it as they come.
+    synced: bool,
 }
 
 #[derive(Default)]
@@ -105,7 +110,17 @@ pub(crate) struct World {
     punished_until: HashMap<String, u64>,
     /// WhatsApp users whose phone is off: no delivery acks.
     phones_off: HashSet<String>,
+    /// What WhatsApp users sent to linked accounts (id -> sender, body), for replies quoting them.
+    from_phones: HashMap<String, (String, String)>,
     next_id: u64,
+    /// Each linked account's address book, on its phone: (number, name), as the user saved them.
+    address_books: HashMap<String, Vec<(String, String)>>,
+    /// WhatsApp users that are business accounts, with their verified name.
+    businesses: HashMap<String, String>,
+    /// Existence queries WhatsApp answered.
+    pub(crate) exists_queries: usize,
+    /// WhatsApp's media servers.
+    pub(crate) mms: super::media::Mms,
 }
 
 /// What WhatsApp made of a message a page sent.
@@ -185,6 +200,36 @@ impl World {
         }
     }
 
+    /// Hands a message to every device linked to `phone`: kept for each until that device
+    /// acknowledges it ([`World::receipt`]), sent at once to a connected, synced one.
+    fn deliver_message(&mut self, phone: &str, event: Value) {
+        for device in self.linked_devices(phone) {
+            let live = self.active_conn(&device).filter(|c| self.conns.get(c).is_some_and(|c| c.synced));
+            if let Some(d) = self.devices.get_mut(&device) {
+                d.inbox.push(event.clone());
+            }
+            if let Some(conn) = live {
+                self.push(conn, event.clone());
+            }
+        }
+    }
+
+    /// The device of `conn` acknowledges the message `id` (it has stored it): WhatsApp forgets
+    /// it for that device.
+    pub(crate) fn receipt(&mut self, conn: u64, id: &str) -> Result<(), Refusal> {
+        let (_, device, _) = self.linked(conn)?;
+        let device = device.to_string();
+        if let Some(d) = self.devices.get_mut(&device) {
+            d.inbox.retain(|e| e["id"] != id);
+        }
+        Ok(())
+    }
+
+    /// Messages WhatsApp holds for the devices linked to `phone` that they have not acknowledged.
+    pub(crate) fn unacknowledged(&self, phone: &str) -> usize {
+        self.linked_devices(phone).iter().filter_map(|d| self.devices.get(d)).map(|d| d.inbox.len()).sum()
+    }
+
     /// The linked connection `conn`, with its device and phone, or why not.
     fn linked(&self, conn: u64) -> Result<(&Conn, &str, &str), Refusal> {
         let c =
@@ -207,7 +252,14 @@ impl World {
         let (tx, rx) = mpsc::unbounded_channel();
         self.conns.insert(
             id,
-            Conn { device: req.device.clone(), build: req.build, tx, rx: Some(rx), active: false },
+            Conn {
+                device: req.device.clone(),
+                build: req.build,
+                tx,
+                rx: Some(rx),
+                active: false,
+                synced: false,
+            },
         );
         let device = self.devices.entry(req.device.clone()).or_insert_with(|| Device {
             keys: req.keys.clone(),
@@ -216,6 +268,7 @@ impl World {
             code: None,
             link: None,
             pending: Vec::new(),
+            inbox: Vec::new(),
         });
         let same_keys = device.keys == req.keys;
         if device.link.is_none() {
@@ -266,17 +319,23 @@ impl World {
         );
     }
 
-    /// After the sync delay: what arrived while the device was offline, then synced.
+    /// After the sync delay: the messages the device has not acknowledged, what else arrived
+    /// while it was offline, then synced.
     pub(crate) fn finish_sync(&mut self, conn: u64) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else { return };
         if !c.active {
             return;
         }
+        c.synced = true;
         let device = c.device.clone();
-        let pending =
-            self.devices.get_mut(&device).map(|d| std::mem::take(&mut d.pending)).unwrap_or_default();
-        let total = pending.len().max(1);
-        for (i, event) in pending.into_iter().enumerate() {
+        let (inbox, pending) = self
+            .devices
+            .get_mut(&device)
+            .map(|d| (d.inbox.clone(), std::mem::take(&mut d.pending)))
+            .unwrap_or_default();
+        let offline: Vec<Value> = inbox.into_iter().chain(pending).collect();
+        let total = offline.len().max(1);
+        for (i, event) in offline.into_iter().enumerate() {
             self.push(conn, event);
             self.push(conn, json!({"type": "offline-progress", "progress": (i + 1) * 100 / total}));
         }
@@ -352,6 +411,7 @@ impl World {
         d.qr = None;
         d.code = None;
         d.pending.clear();
+        d.inbox.clear();
         d.link = Some(Link { phone: phone.to_string(), token: token.clone() });
         self.push_names.insert(phone.to_string(), push_name.to_string());
         let lid = config.lid_migrated.then(|| self.lid(phone));
@@ -482,12 +542,63 @@ impl World {
     /// Whether a wid is on WhatsApp: `{exists, phone, lid}`.
     pub(crate) fn exists(&mut self, config: &SimConfig, conn: u64, wid: &str) -> Result<Value, Refusal> {
         self.linked(conn)?;
-        let Some(phone) = self.phone_of_wid(wid)? else { return Ok(json!({"exists": false})) };
+        let phone = self.phone_of_wid(wid)?;
+        self.exists_queries += 1;
+        let Some(phone) = phone else { return Ok(json!({"exists": false})) };
         if !is_on_whatsapp(&phone) {
             return Ok(json!({"exists": false}));
         }
         let lid = config.lid_migrated.then(|| self.lid(&phone));
-        Ok(json!({"exists": true, "phone": phone, "lid": lid}))
+        Ok(json!({"exists": true, "phone": phone, "lid": lid, "biz": self.businesses.contains_key(&phone)}))
+    }
+
+    /// The address book of the account `phone`, as its phone syncs it to linked devices (the
+    /// WhatsApp users in it: numbers not on WhatsApp never reach WhatsApp Web).
+    fn address_book_event(&mut self, config: &SimConfig, phone: &str) -> Option<Value> {
+        let entries = self.address_books.get(phone)?.clone();
+        let contacts: Vec<Value> = entries
+            .iter()
+            .filter(|(number, _)| is_on_whatsapp(number))
+            .map(|(number, name)| {
+                let lid = config.lid_migrated.then(|| self.lid(number));
+                let first = name.split_whitespace().next().unwrap_or(name);
+                let verified = self.businesses.get(number);
+                json!({"phone": number, "lid": lid, "name": name, "shortName": first,
+                       "business": verified.is_some(), "verifiedName": verified})
+            })
+            .collect();
+        Some(json!({"type": "contacts", "contacts": contacts}))
+    }
+
+    /// The user of the account `phone` saves `entries` (number, name) as their address book: the
+    /// phone syncs it to the connected linked devices now, and to the others when they connect.
+    pub(crate) fn set_address_book(
+        &mut self,
+        config: &SimConfig,
+        phone: &str,
+        entries: Vec<(String, String)>,
+    ) {
+        self.address_books.insert(phone.to_string(), entries);
+        let Some(event) = self.address_book_event(config, phone) else { return };
+        for device in self.linked_devices(phone) {
+            if let Some(conn) = self.active_conn(&device) {
+                self.push(conn, event.clone());
+            }
+        }
+    }
+
+    /// The contacts part of a linked device's sync when it connects: its account's address book.
+    pub(crate) fn sync_address_book(&mut self, config: &SimConfig, conn: u64) {
+        let Ok((_, _, phone)) = self.linked(conn) else { return };
+        let phone = phone.to_string();
+        if let Some(event) = self.address_book_event(config, &phone) {
+            self.push(conn, event);
+        }
+    }
+
+    /// WhatsApp user `phone` is a business account named `verified_name`.
+    pub(crate) fn set_business(&mut self, phone: &str, verified_name: &str) {
+        self.businesses.insert(phone.to_string(), verified_name.to_string());
     }
 
     /// The phone number behind `<digits>@c.us` or a LID handed out; None for an unknown LID.
@@ -545,18 +656,27 @@ impl World {
         if !is_on_whatsapp(&to_phone) {
             return Err((404, "NOT_ON_WHATSAPP", format!("{to_phone} is not a WhatsApp account")));
         }
-        if msg.kind != "chat" || msg.body.is_empty() {
-            return Err((
-                400,
-                "UNSUPPORTED",
-                "only text messages (type chat, non-empty body) are modelled".into(),
-            ));
-        }
+        // A media message's text is its caption; its file must open as the recipient opens it.
+        let (body, media) = match &msg.media {
+            None if msg.kind == "chat" && !msg.body.is_empty() => (msg.body.clone(), None),
+            Some(media)
+                if media.kind == msg.kind && super::media::MEDIA_KINDS.contains(&media.kind.as_str()) =>
+            {
+                (media.caption.clone().unwrap_or_default(), Some(self.mms.open(media)?))
+            }
+            _ => {
+                return Err((
+                    400,
+                    "UNSUPPORTED",
+                    "only text (type chat, non-empty body) and media messages (image, video, audio, ptt, document, sticker with their media) are modelled".into(),
+                ));
+            }
+        };
         check_message_id(&msg.id).map_err(|e| (400, "BAD_ID", e))?;
         if let Some(known) = self.sent.iter().find(|m| m.id == msg.id && m.from == sender) {
             // The page resending a message it had sent when it went away (WhatsApp Web resends
             // its pending messages after a restart): WhatsApp has it, nothing new happens.
-            let same = known.to == to_phone && known.body == msg.body;
+            let same = known.to == to_phone && known.body == body;
             if msg.resend && same {
                 return Ok(Accepted { id: msg.id.clone(), ack: known.ack, new: false });
             }
@@ -576,9 +696,10 @@ impl World {
             id: msg.id.clone(),
             from: sender.clone(),
             to: to_phone,
-            body: msg.body.clone(),
+            body,
             at_ms: now,
             ack: 1,
+            media,
         });
         self.chats.insert((sender, msg.id.clone()), msg.to.clone());
         Ok(Accepted { id: msg.id.clone(), ack: 1, new: true })
@@ -632,31 +753,81 @@ impl World {
         }
     }
 
+    /// WhatsApp user `from` sends `body` to the linked account `to` (see [`Kind`]).
     pub(crate) fn send_from_phone(
         &mut self,
         config: &SimConfig,
         from: &str,
         to: &str,
         body: &str,
+        kind: Kind<'_>,
     ) -> Result<String, String> {
+        let quoted = match kind {
+            Kind::Reply(id) => Some(self.quoted(id, from, to)?),
+            _ => None,
+        };
         if !is_on_whatsapp(from) {
             return Err(format!("{from} is not a WhatsApp account (8 to 15 digits, not starting with 000)"));
         }
         if self.linked_devices(to).is_empty() {
             return Err(format!("{to} has no linked page to receive the message"));
         }
-        if body.is_empty() {
+        if body.is_empty() && !matches!(kind, Kind::Media(_)) {
             return Err("the message body is empty".into());
         }
         let id = random_hex(16).to_uppercase();
         let lid = config.lid_migrated.then(|| self.lid(from));
         let push_name = self.push_names.get(from).cloned();
         let t = now_ms() / 1000;
-        self.deliver(
+        self.from_phones.insert(id.clone(), (from.to_string(), body.to_string()));
+        let undecryptable = kind == Kind::Undecryptable;
+        let media = match kind {
+            Kind::Media(fields) => Some(fields.clone()),
+            _ => None,
+        };
+        self.deliver_message(
             to,
-            json!({"type": "msg", "id": id, "phone": from, "lid": lid, "pushName": push_name, "body": body, "t": t}),
+            json!({"type": "msg", "id": id, "phone": from, "lid": lid, "pushName": push_name, "body": body, "t": t, "quoted": quoted, "undecryptable": undecryptable, "media": media}),
         );
         Ok(id)
+    }
+
+    /// The device of `conn` could not decrypt message `id` and asks for it again (a retry
+    /// receipt): the sender's phone encrypts it again, for a session the device has now, and
+    /// WhatsApp hands it over again.
+    pub(crate) fn retry(&mut self, conn: u64, id: &str) -> Result<(), Refusal> {
+        let (_, device, _) = self.linked(conn)?;
+        let device = device.to_string();
+        let resent = self.devices.get_mut(&device).and_then(|d| {
+            let event = d.inbox.iter_mut().find(|e| e["id"] == id)?;
+            event["undecryptable"] = json!(false);
+            Some(event.clone())
+        });
+        match resent {
+            Some(event) => {
+                self.push(conn, event);
+                Ok(())
+            }
+            None => Err((404, "NO_SUCH_MESSAGE", format!("no message {id} waits for this device"))),
+        }
+    }
+
+    /// What a reply carries of the message it quotes: its id, whether the account (`to`) sent it,
+    /// and its text.
+    fn quoted(&self, id: &str, from: &str, to: &str) -> Result<Value, String> {
+        if let Some(m) = self.sent.iter().find(|m| m.id == id && m.from == to && m.to == from) {
+            return Ok(json!({"id": id, "fromMe": true, "body": m.body}));
+        }
+        match self.from_phones.get(id) {
+            Some((sender, body)) if sender == from => Ok(json!({"id": id, "fromMe": false, "body": body})),
+            _ => Err(format!("{from} cannot quote message {id}: it is not in their chat with {to}")),
+        }
+    }
+
+    /// WhatsApp user `phone` names themselves `name` (their profile name: the push name their
+    /// messages carry).
+    pub(crate) fn set_push_name(&mut self, phone: &str, name: &str) {
+        self.push_names.insert(phone.to_string(), name.to_string());
     }
 
     pub(crate) fn logout_from_phone(&mut self, phone: &str) -> Result<(), String> {
@@ -674,6 +845,7 @@ impl World {
         if let Some(d) = self.devices.get_mut(device) {
             d.link = None;
             d.pending.clear();
+            d.inbox.clear();
         }
         let conns: Vec<u64> =
             self.conns.iter().filter(|(_, c)| c.device == device).map(|(id, _)| *id).collect();
@@ -695,6 +867,7 @@ impl World {
         if let Some(d) = self.devices.get_mut(&device) {
             d.link = None;
             d.pending.clear();
+            d.inbox.clear();
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.active = false;
@@ -747,6 +920,21 @@ fn check_phone(phone: &str) -> Result<(), String> {
     }
 }
 
+/// What a WhatsApp user's message is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind<'a> {
+    Text,
+    /// A reply to the message with this id (one the account sent to the user, or one the user
+    /// sent to the account).
+    Reply(&'a str),
+    /// The first copy reaches the device undecryptable (no Signal session with it yet, as after
+    /// a new link): the page shows a `ciphertext` placeholder and asks for it again.
+    Undecryptable,
+    /// A file (its media fields: the phone uploaded it, [`super::media::Mms::upload_from_phone`]);
+    /// the body is its caption, maybe empty.
+    Media(&'a Value),
+}
+
 /// A message as the page hands it to the server.
 pub(crate) struct OutgoingMessage {
     pub id: String,
@@ -756,6 +944,8 @@ pub(crate) struct OutgoingMessage {
     pub body: String,
     /// The page sends again a message it had stored as pending (ack 0) before a restart.
     pub resend: bool,
+    /// A media message's file and caption.
+    pub media: Option<super::media::OutgoingMedia>,
 }
 
 /// The ids WhatsApp clients make: WhatsApp Web `3EB0` and 16 (`newId_DEPRECATED`) or 18
@@ -866,6 +1056,7 @@ mod tests {
             kind: "chat".into(),
             body: "hi".into(),
             resend: false,
+            media: None,
         };
         assert!(world.send(&config, conn, &wrong).unwrap_err().2.contains("unknown user"));
         let right = OutgoingMessage { from: format!("{}@lid", lid_of(PHONE)), ..wrong };
@@ -880,12 +1071,13 @@ mod tests {
         assert_eq!(acks, [2, 3]);
         assert_eq!(world.sent[0].to, FRIEND);
 
-        // Incoming while connected; logout from the phone ends the login.
-        world.send_from_phone(&config, FRIEND, PHONE, "hello").expect("sent to the account");
+        // Incoming once synced; logout from the phone ends the login.
+        world.finish_sync(conn);
+        world.send_from_phone(&config, FRIEND, PHONE, "hello", Kind::Text).expect("sent to the account");
         assert_eq!(of_type(&events(&mut rx), "msg").expect("msg")["lid"], lid);
         world.logout_from_phone(PHONE).expect("logged out");
         assert!(of_type(&events(&mut rx), "logged-out").is_some());
-        assert!(world.send_from_phone(&config, FRIEND, PHONE, "again").is_err());
+        assert!(world.send_from_phone(&config, FRIEND, PHONE, "again", Kind::Text).is_err());
     }
 
     #[test]
@@ -975,6 +1167,7 @@ mod tests {
             kind: "chat".into(),
             body: body.into(),
             resend: false,
+            media: None,
         }
     }
 
@@ -1052,5 +1245,129 @@ mod tests {
         assert_eq!(of_type(&events(&mut rx), "ack").expect("delivered")["ack"], 2);
         world.read("3EB0AB").expect("read");
         assert_eq!(world.sent[0].ack, 3);
+    }
+
+    /// The page connected again with its login (the previous connection gone): its events.
+    fn reconnect(world: &mut World, previous: u64) -> (u64, mpsc::UnboundedReceiver<Value>) {
+        world.close(previous);
+        let token = world.devices["d1"].link.as_ref().unwrap().token.clone();
+        let request = ConnectRequest {
+            device: "d1".into(),
+            keys: keys(1).0,
+            login: Some(token),
+            replaces: None,
+            build: Build::Current,
+        };
+        let (conn, _) = world.connect(request);
+        let rx = world.take_events(conn).unwrap();
+        (conn, rx)
+    }
+
+    fn message_ids(events: &[Value]) -> Vec<String> {
+        events.iter().filter(|e| e["type"] == "msg").map(|e| e["id"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn a_message_is_sent_again_until_the_device_acknowledges_it() {
+        let config = SimConfig::default();
+        let mut world = World::default();
+        let (conn, mut rx) = linked_page(&mut world, &config);
+        // Before the offline delivery is done nothing goes live; then the held messages come first.
+        let first = world.send_from_phone(&config, FRIEND, PHONE, "one", Kind::Text).unwrap();
+        assert!(message_ids(&events(&mut rx)).is_empty());
+        world.finish_sync(conn);
+        let second = world.send_from_phone(&config, FRIEND, PHONE, "two", Kind::Text).unwrap();
+        assert_eq!(message_ids(&events(&mut rx)), [first.clone(), second.clone()]);
+        // The page stored and acknowledged the first only, then died: the second comes again.
+        world.receipt(conn, &first).unwrap();
+        assert_eq!(world.unacknowledged(PHONE), 1);
+        let (conn, mut rx) = reconnect(&mut world, conn);
+        world.finish_sync(conn);
+        assert_eq!(message_ids(&events(&mut rx)), std::slice::from_ref(&second));
+        world.receipt(conn, &second).unwrap();
+        assert_eq!(world.unacknowledged(PHONE), 0);
+        let (conn, mut rx) = reconnect(&mut world, conn);
+        world.finish_sync(conn);
+        assert!(message_ids(&events(&mut rx)).is_empty(), "nothing once acknowledged");
+    }
+
+    #[test]
+    fn a_reply_carries_the_message_it_quotes() {
+        let config = SimConfig::default();
+        let mut world = World::default();
+        let (conn, mut rx) = linked_page(&mut world, &config);
+        world.finish_sync(conn);
+        world.send(&config, conn, &text("3EB0C0FFEE", "our offer")).unwrap();
+        let asked = world.send_from_phone(&config, FRIEND, PHONE, "how much?", Kind::Text).unwrap();
+        world.send_from_phone(&config, FRIEND, PHONE, "yes please", Kind::Reply("3EB0C0FFEE")).unwrap();
+        world.send_from_phone(&config, FRIEND, PHONE, "I meant", Kind::Reply(&asked)).unwrap();
+        let replies: Vec<Value> =
+            events(&mut rx).into_iter().filter(|e| e["type"] == "msg").map(|e| e["quoted"].clone()).collect();
+        assert_eq!(
+            replies,
+            [
+                Value::Null,
+                json!({"id": "3EB0C0FFEE", "fromMe": true, "body": "our offer"}),
+                json!({"id": asked, "fromMe": false, "body": "how much?"}),
+            ]
+        );
+        let err = world
+            .send_from_phone(&config, "5511977776666", PHONE, "hm", Kind::Reply("3EB0C0FFEE"))
+            .unwrap_err();
+        assert!(err.contains("cannot quote"), "{err}");
+    }
+
+    #[test]
+    fn the_phone_syncs_its_address_book_and_existence_queries_are_counted() {
+        let config = SimConfig::default();
+        let mut world = World::default();
+        let (conn, mut rx) = linked_page(&mut world, &config);
+        world.set_business("5511977776666", "Acme Ltda");
+        let book = [(FRIEND, "Ana Pérez"), ("5511977776666", "Acme"), ("0001234567", "Nobody")];
+        world.set_address_book(
+            &config,
+            PHONE,
+            book.iter().map(|(n, m)| (n.to_string(), m.to_string())).collect(),
+        );
+        let synced = events(&mut rx);
+        let contacts = of_type(&synced, "contacts").expect("synced at once")["contacts"].clone();
+        assert_eq!(contacts.as_array().map(Vec::len), Some(2), "only WhatsApp users: {contacts}");
+        assert_eq!(
+            (contacts[0]["name"].as_str(), contacts[0]["shortName"].as_str()),
+            (Some("Ana Pérez"), Some("Ana"))
+        );
+        assert_eq!(contacts[0]["lid"].as_str(), Some(lid_of(FRIEND).as_str()));
+        assert_eq!(
+            (contacts[1]["business"].as_bool(), contacts[1]["verifiedName"].as_str()),
+            (Some(true), Some("Acme Ltda"))
+        );
+        // Again with every sync of a connection.
+        world.sync_address_book(&config, conn);
+        assert!(of_type(&events(&mut rx), "contacts").is_some());
+
+        assert_eq!(world.exists_queries, 0);
+        assert_eq!(world.exists(&config, conn, "5511977776666@c.us").unwrap()["biz"], true);
+        assert_eq!(world.exists(&config, conn, "0001234567@c.us").unwrap()["exists"], false);
+        assert!(world.exists(&config, conn, "nonsense").is_err(), "refused, not answered");
+        assert_eq!(world.exists_queries, 2);
+    }
+
+    #[test]
+    fn an_undecryptable_message_comes_again_after_a_retry_receipt() {
+        let config = SimConfig::default();
+        let mut world = World::default();
+        let (conn, mut rx) = linked_page(&mut world, &config);
+        world.finish_sync(conn);
+        let id = world.send_from_phone(&config, FRIEND, PHONE, "secret", Kind::Undecryptable).unwrap();
+        let first = events(&mut rx).into_iter().find(|e| e["type"] == "msg").unwrap();
+        assert_eq!(first["undecryptable"], true);
+        world.retry(conn, &id).unwrap();
+        let again = events(&mut rx).into_iter().find(|e| e["type"] == "msg").unwrap();
+        assert_eq!(
+            (&again["id"], &again["undecryptable"], &again["body"]),
+            (&json!(id), &json!(false), &json!("secret"))
+        );
+        assert_eq!(world.unacknowledged(PHONE), 1, "held until the page acknowledges it");
+        assert_eq!(world.retry(conn, "NOPE").unwrap_err().0, 404);
     }
 }

@@ -36,10 +36,18 @@ async function post(path, body) {
   return data;
 }
 
-function remember(pn, lid) {
-  if (!pn || !lid) return;
+// The LID <-> phone number mapping (WAWebApiContact's lidPnCache), kept in the contact table
+// as WhatsApp Web keeps it (the LID contact's `phoneNumber`), so a reloaded page knows it again.
+// Resolves once a new mapping is stored.
+function remember(pn, lid, stored) {
+  if (!pn || !lid) return Promise.resolve();
+  const known = pnByLid.get(String(lid)) === String(pn);
   lidByPn.set(String(pn), String(lid));
   pnByLid.set(String(lid), String(pn));
+  if (known || stored) return Promise.resolve();
+  return contactDb
+    .merge({ id: lid + '@lid', phoneNumber: pn + '@c.us', phoneNumberCreatedAt: Math.floor(Date.now() / 1000) })
+    .catch((e) => console.error('storing the LID mapping failed', e));
 }
 
 // ---- the models drivers read -------------------------------------------------------------
@@ -62,7 +70,11 @@ Conn.canSetMyPushname = () => true;
 Stream.markAvailable = () => Stream.set('available', true);
 Stream.markUnavailable = () => Stream.set('available', false);
 
-const MSG_FIELDS = ['id', 'type', 'body', 't', 'from', 'to', 'author', 'ack', 'self', 'isNewMsg', 'local', 'notifyName'];
+// A reply carries the quoted message's id, chat, author and data, as WhatsApp Web's Msg model does.
+const MSG_FIELDS = ['id', 'rowId', 'type', 'body', 't', 'from', 'to', 'author', 'ack', 'self', 'isNewMsg', 'local', 'notifyName',
+  'quotedStanzaID', 'quotedRemoteJid', 'quotedParticipant', 'quotedMsg'];
+// The order of messages in a chat: the message table's rowId, growing with each stored message.
+let nextRowId = 1;
 class MsgModel extends Model {
   constructor(attrs) {
     super(
@@ -91,6 +103,10 @@ class MsgModel extends Model {
   }
   msgContextInfo() {
     return { quotedMsg: this.serialize(), quotedStanzaID: this.id.id, quotedRemoteJid: this.id.remote };
+  }
+  // A media message's file, fetched and decrypted (see media.js).
+  downloadMedia(opts) {
+    return downloadMsgMedia(this, opts);
   }
 }
 
@@ -139,7 +155,7 @@ class ChatModel extends Model {
           ephemeralDuration: 0,
           ephemeralSettingTimestamp: 0,
           lastReceivedKey: undefined,
-          msgs: new Collection(MsgModel),
+          msgs: chatMsgs(),
         },
         attrs,
       ),
@@ -150,6 +166,15 @@ class ChatModel extends Model {
     const contact = Contact.get(this.id);
     return (contact && contact.formattedName) || this.name || formattedPhone(this.id);
   }
+}
+
+// A chat's messages, oldest first, and how far back they are loaded (msgLoadState; the rowId
+// the loaded stretch starts at: messages looked up one by one do not extend it).
+function chatMsgs() {
+  const msgs = new Collection(MsgModel);
+  msgs.msgLoadState = { noEarlierMsgs: false, isLoadingEarlierMsgs: false };
+  Object.defineProperty(msgs, '_loadedFrom', { value: Infinity, writable: true, enumerable: false });
+  return msgs;
 }
 
 function formattedPhone(wid) {
@@ -214,8 +239,9 @@ const storedMsgs = new WeakSet(); // models whose changes are stored
 const inFlight = new Set(); // keys of messages being sent now
 
 function msgRow(msg) {
-  return {
+  const row = {
     id: msg.id._serialized,
+    rowId: msg.rowId,
     type: msg.type,
     body: msg.body,
     t: msg.t,
@@ -226,11 +252,26 @@ function msgRow(msg) {
     notifyName: msg.notifyName,
     ephemeralDuration: msg.ephemeralDuration || 0,
   };
+  if (msg.quotedStanzaID) {
+    row.quotedStanzaID = msg.quotedStanzaID;
+    row.quotedRemoteJid = msg.quotedRemoteJid ? msg.quotedRemoteJid._serialized : undefined;
+    row.quotedParticipant = msg.quotedParticipant ? msg.quotedParticipant._serialized : undefined;
+    row.quotedMsg = msg.quotedMsg;
+  }
+  return Object.assign(row, mediaRow(msg));
 }
 
 function msgFromRow(row) {
-  return new MsgModel({
+  const quoted = {};
+  if (row.quotedStanzaID) {
+    quoted.quotedStanzaID = row.quotedStanzaID;
+    quoted.quotedRemoteJid = row.quotedRemoteJid ? WidFactory.createWid(row.quotedRemoteJid) : undefined;
+    quoted.quotedParticipant = row.quotedParticipant ? WidFactory.createWid(row.quotedParticipant) : undefined;
+    quoted.quotedMsg = row.quotedMsg;
+  }
+  return new MsgModel(withMedia(Object.assign(quoted, pickMediaFields(row), {
     id: MsgKey.fromString(row.id),
+    rowId: row.rowId || 0,
     type: row.type,
     body: row.body,
     t: row.t,
@@ -243,6 +284,30 @@ function msgFromRow(row) {
     ephemeralDuration: row.ephemeralDuration || 0,
     isNewMsg: false,
     local: false,
+  }), false));
+}
+
+function chatRow(chat) {
+  return {
+    id: chat.id._serialized,
+    t: chat.t,
+    unreadCount: chat.unreadCount || 0,
+    archive: !!chat.archive,
+    ephemeralDuration: chat.ephemeralDuration || 0,
+    ephemeralSettingTimestamp: chat.ephemeralSettingTimestamp || 0,
+    lastReceivedKey: chat.lastReceivedKey ? chat.lastReceivedKey._serialized : undefined,
+  };
+}
+
+function chatFromRow(row) {
+  return new ChatModel({
+    id: WidFactory.createWid(row.id),
+    t: row.t || 0,
+    unreadCount: row.unreadCount || 0,
+    archive: !!row.archive,
+    ephemeralDuration: row.ephemeralDuration || 0,
+    ephemeralSettingTimestamp: row.ephemeralSettingTimestamp || 0,
+    lastReceivedKey: row.lastReceivedKey ? MsgKey.fromString(row.lastReceivedKey) : undefined,
   });
 }
 
@@ -252,9 +317,91 @@ function persist(msg) {
   return msgDb.put(msgRow(msg));
 }
 
+// A new message of `chat` and the chat's row, in one transaction.
+function persistWithChat(msg, chat) {
+  storedMsgs.add(msg);
+  storedAck.set(msg.id._serialized, msg.ack);
+  return storeMsgAndChat(msgRow(msg), chatRow(chat));
+}
+
+// The chat a stored message belongs to (its key's remote).
+function chatOfRow(row) {
+  return MsgKey.fromString(row.id).remote._serialized;
+}
+
 Msg.on('change:ack', (msg) => {
   if (storedMsgs.has(msg)) persist(msg).catch((e) => console.error('storing the message failed', e));
 });
+
+// ---- the chat list, restored when the page loads ---------------------------------------
+//
+// WhatsApp Web restores its chat list from the chat table when it loads, each chat with its
+// most recent message (what the chat list shows; isNewMsg false: nothing new for drivers);
+// earlier messages come from the message table, a page at a time, with
+// WAWebChatLoadMessages.loadEarlierMsgs({chat}) (older builds: loadEarlierMsgs(chat)).
+
+const PAGE_SIZE = 50; // WAWebCollectionConstants.PAGE_SIZE
+const RESTORED_PER_CHAT = 1;
+
+// A stored message as a model of the collections (the one already there, if any).
+function loadedMsg(row) {
+  const existing = Msg.get(row.id);
+  if (existing) return existing;
+  const msg = Msg.add(msgFromRow(row));
+  storedMsgs.add(msg);
+  return msg;
+}
+
+// Adds earlier stored messages to their chat, keeping the chat's messages in stored order.
+function addEarlier(chat, msgs) {
+  chat.msgs.add(msgs);
+  chat.msgs.models.sort((a, b) => (a.rowId || 0) - (b.rowId || 0));
+  for (const m of msgs) chat.msgs._loadedFrom = Math.min(chat.msgs._loadedFrom, m.rowId || 0);
+}
+
+async function restoreChats() {
+  const [chats, rows, contacts] = await Promise.all([chatDb.all(), msgDb.all(), contactDb.all()]);
+  for (const c of contacts) {
+    const lid = WidFactory.createWid(c.id);
+    if (lid.isLid() && c.phoneNumber) remember(WidFactory.createWid(c.phoneNumber).user, lid.user, true);
+  }
+  const byChat = new Map();
+  for (const row of rows) {
+    nextRowId = Math.max(nextRowId, (row.rowId || 0) + 1);
+    const chat = chatOfRow(row);
+    if (!byChat.has(chat)) byChat.set(chat, []);
+    byChat.get(chat).push(row);
+  }
+  for (const row of chats) {
+    if (Chat.get(row.id)) continue;
+    const chat = Chat.add(chatFromRow(row));
+    const recent = (byChat.get(row.id) || []).sort((a, b) => (a.rowId || 0) - (b.rowId || 0)).slice(-RESTORED_PER_CHAT);
+    addEarlier(chat, recent.map(loadedMsg));
+  }
+}
+
+async function loadEarlierMsgs(arg) {
+  const chat = CURRENT ? arg && arg.chat : arg;
+  if (!(chat instanceof ChatModel)) {
+    throw new Error('loadEarlierMsgs: expected ' + (CURRENT ? '{chat}' : 'a chat') + ', got ' + String(arg));
+  }
+  const state = chat.msgs.msgLoadState;
+  if (state.noEarlierMsgs) return [];
+  state.isLoadingEarlierMsgs = true;
+  try {
+    const chatId = chat.id._serialized;
+    const rows = (await msgDb.all())
+      .filter((row) => chatOfRow(row) === chatId && (row.rowId || 0) < chat.msgs._loadedFrom && !chat.msgs.get(row.id))
+      .sort((a, b) => (a.rowId || 0) - (b.rowId || 0));
+    const page = rows.slice(-PAGE_SIZE);
+    if (rows.length <= PAGE_SIZE) state.noEarlierMsgs = true;
+    const msgs = page.map(loadedMsg);
+    addEarlier(chat, msgs);
+    return msgs;
+  } finally {
+    state.isLoadingEarlierMsgs = false;
+  }
+}
 
 // WAWebDBMessageFindLocal: the message table itself. getMsgByMsgKey/getMsgsByMsgKey give message
 // data (not collection models); getMsgsByMsgIdsAndChatId gives the rows whose key starts with
@@ -363,7 +510,7 @@ async function queryExists(wid) {
   return {
     wid: wid.isLid() ? lidWid : pnWid,
     lid: lidWid,
-    biz: false,
+    biz: Boolean(r.biz),
     bizInfo: undefined,
     disappearingMode: { duration: 0, settingTimestamp: 0 },
   };
@@ -467,8 +614,13 @@ function validateOutgoing(chat, m) {
         ' chat needs ' + (expected && expected._serialized) + ': the recipient would see the message from an unknown user',
     );
   }
-  if (m.type !== 'chat') refuse('type ' + JSON.stringify(m.type) + ' is not modelled (the simulator sends text: type "chat")');
-  if (typeof m.body !== 'string' || m.body.length === 0) refuse('a text message needs a non-empty string body');
+  if (m.type === 'chat') {
+    if (typeof m.body !== 'string' || m.body.length === 0) refuse('a text message needs a non-empty string body');
+  } else if (MEDIA_MSG_TYPES.has(m.type)) {
+    checkOutgoingMedia(m, refuse);
+  } else {
+    refuse('type ' + JSON.stringify(m.type) + ' is not modelled (the simulator sends text, type "chat", and media)');
+  }
   if (m.self !== 'out') refuse('self must be "out"');
   if (m.ack !== 0) refuse('a new message starts with ack 0');
   const now = Date.now() / 1000;
@@ -485,7 +637,7 @@ function addAndSendMsgToChat(chat, m) {
     chat.msgs.remove(failed);
     Msg.remove(failed);
   }
-  const msg = new MsgModel(Object.assign({}, m, { isNewMsg: true, local: true }));
+  const msg = new MsgModel(withMedia(Object.assign({}, m, { rowId: nextRowId++, isNewMsg: true, local: true }), true));
   Msg.add(msg);
   chat.msgs.add(msg);
   chat.t = msg.t;
@@ -494,7 +646,7 @@ function addAndSendMsgToChat(chat, m) {
   const added = Promise.resolve([msg]);
   const sent = (async () => {
     try {
-      await persist(msg).catch((e) => console.error('storing the message failed', e));
+      await persistWithChat(msg, chat).catch((e) => console.error('storing the message failed', e));
       await whenConnected();
       return await transmit(msg, false);
     } finally {
@@ -512,6 +664,7 @@ async function transmit(msg, resend) {
       from: msg.from._serialized,
       type: msg.type,
       body: msg.body,
+      media: mediaOfMsg(msg),
       t: msg.t,
       resend,
     });
@@ -558,33 +711,117 @@ async function sendSeen({ chat }) {
 
 // ---- incoming from the server ------------------------------------------------------------
 
+// The phone's address book, as WhatsApp's app-state sync brings it (its contact mutations: the
+// saved full and first name of each WhatsApp user in it, with the phone number and the LID):
+// each becomes a Contact with `name`, `shortName` and `isAddressBookContact` (what
+// WAWebFrontendContactGetters.getIsMyContact reads); on a LID-migrated account its LID contact
+// too, with its `phoneNumber`. A business account is `isBusiness` with its `verifiedName`. An
+// entry deleted from the address book leaves a plain WhatsApp user: no saved name any more.
+function onAddressBook(ev) {
+  const listed = new Set();
+  for (const entry of ev.contacts || []) {
+    remember(entry.phone, entry.lid);
+    const attrs = {
+      name: entry.name,
+      shortName: entry.shortName,
+      isAddressBookContact: true,
+      isBusiness: Boolean(entry.business),
+      verifiedName: entry.verifiedName || undefined,
+    };
+    const wids = [new Wid(entry.phone + '@c.us')];
+    if (lidMigrated() && entry.lid) wids.push(new Wid(entry.lid + '@lid'));
+    for (const wid of wids) {
+      listed.add(wid._serialized);
+      const existing = Contact.get(wid);
+      if (existing) existing.set(attrs);
+      else Contact.add(newContact(wid, attrs));
+    }
+  }
+  for (const contact of Contact.getModelsArray()) {
+    if (contact.isAddressBookContact && !listed.has(contact.id._serialized)) {
+      contact.set({ isAddressBookContact: false, name: undefined, shortName: undefined });
+    }
+  }
+}
+
+// Incoming messages are taken one at a time, in the order the server sends them: each is stored
+// (the message and its chat's row) before it joins the collections, and only then does the page
+// send the server its delivery receipt. The server keeps a message until that receipt, and
+// sends it again when the page connects again (WhatsApp's offline delivery), so a message the
+// page had not stored when it died is not lost; one it has stored is receipted again, not added.
+let receiving = Promise.resolve();
 function onIncoming(ev) {
-  remember(ev.phone, ev.lid);
+  receiving = receiving.then(() => receive(ev)).catch((e) => console.error('receiving a message failed', e));
+}
+
+async function receive(ev) {
+  await remember(ev.phone, ev.lid);
   const sender = lidMigrated() && ev.lid ? new Wid(ev.lid + '@lid') : new Wid(ev.phone + '@c.us');
-  const mine = sender.isLid() ? me.lid : me.pn;
   upsertContact(sender, ev.pushName);
-  const chat = Chat.get(sender) || Chat.add(new ChatModel({ id: sender }));
   const key = new MsgKey({ fromMe: false, remote: sender, id: ev.id });
-  if (Msg.get(key._serialized) || storedAck.has(key._serialized)) return;
-  const msg = new MsgModel({
-    id: key,
-    type: 'chat',
-    body: ev.body,
-    t: ev.t,
-    from: sender,
-    to: mine,
-    author: undefined,
-    notifyName: ev.pushName || '',
-    ack: 1,
-    self: 'in',
-    isNewMsg: true,
-    local: false,
-  });
-  persist(msg).catch((e) => console.error('storing the message failed', e));
+  const known = Msg.get(key._serialized);
+  if (known && known.type === 'ciphertext') return ev.undecryptable ? undefined : decrypted(known, ev);
+  if (known || storedAck.has(key._serialized)) return receipt(ev);
+  const chat = Chat.get(sender) || Chat.add(new ChatModel({ id: sender }));
+  const msg = new MsgModel(withMedia(
+    Object.assign(quotedFields(ev.quoted, sender), receivedMedia(ev), {
+      id: key,
+      rowId: nextRowId++,
+      type: ev.undecryptable ? 'ciphertext' : ev.media ? ev.media.type : 'chat',
+      body: ev.undecryptable || ev.media ? undefined : ev.body,
+      t: ev.t,
+      from: sender,
+      to: sender.isLid() ? me.lid : me.pn,
+      author: undefined,
+      notifyName: ev.pushName || '',
+      ack: 1,
+      self: 'in',
+      isNewMsg: true,
+      local: false,
+    }), false),
+  );
+  chat.set({ t: ev.t, lastReceivedKey: key, unreadCount: (chat.unreadCount || 0) + 1 });
+  if (ev.undecryptable) {
+    // "Waiting for this message": a placeholder, not stored; the page asks for the message again.
+    Msg.add(msg);
+    chat.msgs.add(msg);
+    return post('/sim/retry', { id: ev.id }).catch(() => {});
+  }
+  await persistWithChat(msg, chat);
   Msg.add(msg);
   chat.msgs.add(msg);
-  chat.set({ t: ev.t, lastReceivedKey: key });
-  chat.unreadCount = (chat.unreadCount || 0) + 1;
+  return receipt(ev);
+}
+
+// The copy that follows a retry receipt: the placeholder becomes the message (stored first; its
+// body and then its type change, firing change:type).
+async function decrypted(msg, ev) {
+  const chat = Chat.get(msg.id.remote) || Chat.add(new ChatModel({ id: msg.id.remote }));
+  await storeMsgAndChat(Object.assign(msgRow(msg), { type: 'chat', body: ev.body }), chatRow(chat));
+  storedMsgs.add(msg);
+  storedAck.set(msg.id._serialized, msg.ack);
+  msg.set({ body: ev.body, type: 'chat' });
+  return receipt(ev);
+}
+
+// The fields of a reply: the quoted message's id, chat and author in the chat's addressing, and
+// its data (the reply carries the quoted message, so the page has it even when it does not).
+function quotedFields(quoted, chatId) {
+  if (!quoted) return {};
+  let author = chatId;
+  if (quoted.fromMe) author = chatId.isLid() ? me.lid : me.pn;
+  return {
+    quotedStanzaID: quoted.id,
+    quotedRemoteJid: chatId,
+    quotedParticipant: author,
+    quotedMsg: { type: 'chat', body: quoted.body },
+  };
+}
+
+function receipt(ev) {
+  return post('/sim/receipt', { id: ev.id, phone: ev.phone }).catch(() => {
+    // The connection is gone: the server sends the message again when the page is back.
+  });
 }
 
 // An ack names the message's id and chat; a message not in memory is updated where it is stored.
@@ -768,6 +1005,9 @@ async function onServerEvent(ev) {
     case 'msg':
       onIncoming(ev);
       break;
+    case 'contacts':
+      onAddressBook(ev);
+      break;
     case 'ack':
       onAck(ev);
       break;
@@ -790,7 +1030,7 @@ async function loggedOut(cmdEvent) {
   events = null;
   try {
     await idb.clear();
-    await msgDb.clear();
+    await Promise.all([msgDb.clear(), chatDb.clear(), contactDb.clear()]);
     storedAck.clear();
   } catch (e) {
     console.error('clearing the profile failed', e);
@@ -898,6 +1138,7 @@ function buildModules() {
     WAWebMsgKey: MsgKey,
     WAWebMsgKeyNewId: MsgKeyNewId,
     WAWebDBMessageFindLocal: DBMessageFindLocal,
+    WAWebChatLoadMessages: { loadEarlierMsgs },
     WAWebFindChatAction: { findOrCreateLatestChat },
     WAWebSendMsgChatAction: { addAndSendMsgToChat },
     WAWebGetEphemeralFieldsMsgActionsUtils: { getEphemeralFields },
@@ -925,6 +1166,7 @@ function buildModules() {
       isLidMigrated: () => lidMigrated(),
     };
   }
+  Object.assign(m, MEDIA_MODULES);
   for (const name of SIM.without || []) delete m[name];
   return m;
 }
@@ -934,6 +1176,7 @@ async function boot() {
   ({ device, login } = await loadDevice());
   try {
     for (const row of await msgDb.all()) storedAck.set(row.id, row.ack);
+    if (login) await restoreChats();
   } catch (e) {
     console.error('reading the stored messages failed', e);
   }

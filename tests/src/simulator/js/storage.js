@@ -1,18 +1,24 @@
 // The browser profile's part of the login, in IndexedDB as on the real page (a committed
 // transaction survives the browser being killed): this companion device's id, its key pairs
 // (noise static key, Signal identity key: X25519 from WebCrypto), its ADV secret and, once
-// linked, the login the server handed out (database `wawc`). Messages live in the
-// `model-storage` database's `message` table, keyed by the message key (`true_<chat>_<id>`),
-// as WhatsApp Web keeps them.
+// linked, the login the server handed out (database `wawc`). WhatsApp Web's own data lives in
+// the `model-storage` database, as on the real page: the `message` table keyed by the message
+// key (`true_<chat>_<id>`), the `chat` table keyed by the chat id (the chat list, restored when
+// the page loads), and the `contact` table keyed by the contact id (among others, a LID's
+// `phoneNumber`: WAWebApiContact's LID <-> phone number mapping is warmed up from it at start).
 
-function idbStore(dbName, storeName, options) {
+function idbDatabase(dbName, version, stores) {
   return {
     _db: null,
     open() {
       if (this._db) return Promise.resolve(this._db);
       return new Promise((resolve, reject) => {
-        const req = indexedDB.open(dbName, 1);
-        req.onupgradeneeded = () => req.result.createObjectStore(storeName, options);
+        const req = indexedDB.open(dbName, version);
+        req.onupgradeneeded = () => {
+          for (const [name, options] of Object.entries(stores)) {
+            if (!req.result.objectStoreNames.contains(name)) req.result.createObjectStore(name, options);
+          }
+        };
         req.onsuccess = () => {
           this._db = req.result;
           resolve(this._db);
@@ -20,39 +26,57 @@ function idbStore(dbName, storeName, options) {
         req.onerror = () => reject(req.error);
       });
     },
-    async run(mode, fn) {
+    // One transaction over `names`: `fn` gets their object stores; resolves once committed.
+    async run(names, mode, fn) {
       const db = await this.open();
       return new Promise((resolve, reject) => {
-        const tx = db.transaction(storeName, mode);
-        const req = fn(tx.objectStore(storeName));
+        const tx = db.transaction(names, mode);
+        const req = fn(...names.map((n) => tx.objectStore(n)));
         tx.oncomplete = () => resolve(req && req.result);
         tx.onerror = () => reject(tx.error);
         tx.onabort = () => reject(tx.error || new Error('IndexedDB transaction aborted'));
       });
     },
-    get(key) {
-      return this.run('readonly', (s) => s.get(key));
-    },
-    all() {
-      return this.run('readonly', (s) => s.getAll());
-    },
-    set(key, value) {
-      return this.run('readwrite', (s) => s.put(value, key));
-    },
-    put(value) {
-      return this.run('readwrite', (s) => s.put(value));
-    },
-    remove(key) {
-      return this.run('readwrite', (s) => s.delete(key));
-    },
-    clear() {
-      return this.run('readwrite', (s) => s.clear());
+  };
+}
+
+function idbStore(database, storeName) {
+  const run = (mode, fn) => database.run([storeName], mode, fn);
+  return {
+    get: (key) => run('readonly', (s) => s.get(key)),
+    all: () => run('readonly', (s) => s.getAll()),
+    set: (key, value) => run('readwrite', (s) => s.put(value, key)),
+    put: (value) => run('readwrite', (s) => s.put(value)),
+    remove: (key) => run('readwrite', (s) => s.delete(key)),
+    clear: () => run('readwrite', (s) => s.clear()),
+    // Puts `row` merged over the stored row of its key, in one transaction.
+    merge(row) {
+      return run('readwrite', (s) => {
+        const req = s.get(row.id);
+        req.onsuccess = () => s.put(Object.assign({}, req.result || {}, row));
+      });
     },
   };
 }
 
-const idb = idbStore('wawc', 'user');
-const msgDb = idbStore('model-storage', 'message', { keyPath: 'id' });
+const idb = idbStore(idbDatabase('wawc', 1, { user: undefined }), 'user');
+const modelStorage = idbDatabase('model-storage', 2, {
+  message: { keyPath: 'id' },
+  chat: { keyPath: 'id' },
+  contact: { keyPath: 'id' },
+});
+const msgDb = idbStore(modelStorage, 'message');
+const chatDb = idbStore(modelStorage, 'chat');
+const contactDb = idbStore(modelStorage, 'contact');
+
+// A message and its chat's row in one transaction: the chat list never points at a message
+// that was not stored, and a stored message is never in a chat the page forgets.
+function storeMsgAndChat(msgRow, chatRow) {
+  return modelStorage.run(['message', 'chat'], 'readwrite', (messages, chats) => {
+    messages.put(msgRow);
+    chats.put(chatRow);
+  });
+}
 
 async function newKeyPair() {
   const pair = await crypto.subtle.generateKey({ name: 'X25519' }, true, ['deriveBits']);
