@@ -94,6 +94,12 @@ struct Config {
     #[arg(long, env = "WAO_OUTBOX_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     outbox_retention_days: u64,
 
+    /// Media URLs may point at private, loopback and link-local addresses (files on an
+    /// internal server). Off by default: a caller could otherwise make the pod fetch from inside
+    /// the cluster and send the answer as a message.
+    #[arg(long, env = "WAO_MEDIA_FROM_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set)]
+    media_from_private_networks: bool,
+
     /// Log format.
     #[arg(long, env = "WAO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -214,6 +220,7 @@ async fn run(config: Config) -> Result<()> {
         shutdown: shutdown_rx.clone(),
         directory,
         webhooks,
+        media_from_private_networks: config.media_from_private_networks,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -31,7 +31,10 @@ fn simulator() -> SimConfig {
 
 async fn linked(ns: &TestNamespace, sim: &Simulator, name: &str) -> SessionProcess {
     ns.create_session(name, json!({"clienteId": 1})).await;
-    let process = SessionProcess::start(ns, name, &ns.profile_dir(name), sim);
+    // The test's file server is on loopback: this session may fetch from private networks
+    // (a product setting, off by default; its refusal is unit-tested in the session pod).
+    let env = [("WAO_MEDIA_FROM_PRIVATE_NETWORKS", "true")];
+    let process = SessionProcess::start_with(ns, name, &ns.profile_dir(name), sim, &env);
     ns.link(sim, name, PHONE).await;
     process
 }

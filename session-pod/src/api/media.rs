@@ -133,6 +133,9 @@ impl IntakeError {
             IntakeError::Refused(r @ Refused::Unsupported(_)) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", r.to_string())
             }
+            IntakeError::Refused(r @ Refused::Forbidden(_)) => {
+                (StatusCode::BAD_REQUEST, "MEDIA_URL_FORBIDDEN", r.to_string())
+            }
             IntakeError::Storage(e) => match crate::outbox::internal(e) {
                 crate::outbox::StoreError::StorageFull(why) => (
                     StatusCode::INSUFFICIENT_STORAGE,
@@ -162,7 +165,7 @@ pub async fn store(state: &ApiState, source: Source) -> Result<Media, IntakeErro
             source.filename
         }
         Origin::Url(url) => {
-            fetch(url, &mut upload).await?;
+            fetch(url, state.media_from_private_networks, &mut upload).await?;
             source.filename.or_else(|| url_filename(url))
         }
     };
@@ -229,10 +232,77 @@ fn client() -> &'static reqwest::Client {
     })
 }
 
+/// Whether an address is on the internet: not loopback, private, link-local, shared (CGNAT),
+/// documentation, multicast, broadcast, reserved or unspecified (nor an IPv4 one of those
+/// mapped into IPv6).
+fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || a == 0
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80)
+            }
+        },
+    }
+}
+
+/// The client for one fetch of `url`. Unless private networks are allowed, the host must
+/// resolve to public addresses only, the connection goes to the address checked (no second
+/// lookup a DNS answer could change in between) and redirects are not followed: a caller must
+/// never make the pod reach into the cluster or its node.
+async fn client_for(url: &reqwest::Url, private_networks: bool) -> Result<reqwest::Client, Refused> {
+    if private_networks {
+        return Ok(client().clone());
+    }
+    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| Refused::Invalid(format!("media.url: {host} does not resolve: {e}")))?
+        .collect();
+    let Some(addr) = addrs.first().copied() else {
+        return Err(Refused::Invalid(format!("media.url: {host} does not resolve")));
+    };
+    if let Some(private) = addrs.iter().find(|a| !is_public(a.ip())) {
+        return Err(Refused::Forbidden(format!(
+            "media.url: {host} is {}, not a public address: the session fetches media from the internet only",
+            private.ip()
+        )));
+    }
+    reqwest::Client::builder()
+        .timeout(FETCH_TIMEOUT)
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("whatsapp-session/", env!("CARGO_PKG_VERSION"), " (media fetch)"))
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(&host, addr)
+        .build()
+        .map_err(|e| Refused::Invalid(format!("media.url: {e}")))
+}
+
 /// Fetches the URL into the upload, refusing it past the kind's limit as soon as it is known.
-async fn fetch(url: &reqwest::Url, upload: &mut Upload) -> Result<(), IntakeError> {
+async fn fetch(url: &reqwest::Url, private_networks: bool, upload: &mut Upload) -> Result<(), IntakeError> {
     let unreachable = |e: reqwest::Error| Refused::Invalid(format!("fetching media.url {url} failed: {e}"));
-    let response = client().get(url.clone()).send().await.map_err(unreachable)?;
+    let client = client_for(url, private_networks).await?;
+    let response = client.get(url.clone()).send().await.map_err(unreachable)?;
     if !response.status().is_success() {
         return Err(
             Refused::Invalid(format!("fetching media.url {url} answered {}", response.status())).into()
@@ -328,6 +398,45 @@ fn media_response(bytes: Vec<u8>, mimetype: &str, filename: Option<&str>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_public_addresses_count_as_the_internet() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["8.8.8.8", "157.240.1.1", "2a03:2880::1"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_url_into_the_cluster_or_the_node_is_refused_unless_allowed() {
+        for url in [
+            "http://127.0.0.1:9/x.png",
+            "http://localhost/x.png",
+            "http://[::1]/x.png",
+            "http://169.254.169.254/latest",
+        ] {
+            let url = reqwest::Url::parse(url).unwrap();
+            assert!(matches!(client_for(&url, false).await, Err(Refused::Forbidden(_))), "{url}");
+            assert!(client_for(&url, true).await.is_ok(), "{url} with private networks allowed");
+        }
+        let code = IntakeError::from(Refused::Forbidden("x".into())).parts().1;
+        assert_eq!(code, "MEDIA_URL_FORBIDDEN");
+    }
 
     fn input(url: Option<&str>, data: Option<&str>, mimetype: &str) -> MediaInput {
         MediaInput {

@@ -46,6 +46,8 @@ pub struct ApiState {
     pub directory: crate::directory::Directory,
     /// Webhook deliveries: listed and redelivered.
     pub webhooks: crate::webhooks::Webhooks,
+    /// Media URLs may point at private addresses (see `--media-from-private-networks`).
+    pub media_from_private_networks: bool,
 }
 
 pub fn router(state: ApiState) -> Router {

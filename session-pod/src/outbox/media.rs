@@ -97,6 +97,9 @@ pub enum Refused {
     TooLarge(MediaKind),
     #[error("{0}")]
     Unsupported(String),
+    /// A URL the pod may not fetch (an address that is not public).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// The declared type in the form it is checked and sent in: lowercase, parameters dropped, except
