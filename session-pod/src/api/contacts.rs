@@ -25,21 +25,6 @@ pub struct PageQuery {
     limit: Option<String>,
 }
 
-/// The cursor and limit of a page, or why the query is invalid.
-fn paging(q: &PageQuery) -> Result<(Option<u64>, usize), &'static str> {
-    let cursor = match q.cursor.as_deref().map(str::parse::<u64>) {
-        None => None,
-        Some(Ok(c)) if c > 0 => Some(c),
-        Some(_) => return Err("cursor is not one this API gave"),
-    };
-    let limit = match q.limit.as_deref().map(str::parse::<usize>) {
-        None => 100,
-        Some(Ok(l)) if (1..=1000).contains(&l) => l,
-        Some(_) => return Err("limit must be 1 to 1000"),
-    };
-    Ok((cursor, limit))
-}
-
 /// 503 `SESSION_NOT_READY` unless the session is READY: only a linked page knows contacts and
 /// may ask WhatsApp about numbers.
 pub(super) fn not_ready(state: &ApiState) -> Option<Response> {
@@ -70,7 +55,7 @@ pub async fn list(
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "INVALID_QUERY", "this route takes cursor and limit");
     };
-    let (cursor, limit) = match paging(&query) {
+    let (cursor, limit) = match super::page(query.cursor.as_deref(), query.limit.as_deref()) {
         Ok(paging) => paging,
         Err(why) => return error(StatusCode::BAD_REQUEST, "INVALID_QUERY", why),
     };
@@ -118,24 +103,5 @@ pub async fn check(
     match state.directory.check(&request.numbers, MAX_WAIT).await {
         Ok(results) => Json(json!({"results": results})).into_response(),
         Err(e) => store_error(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pages_take_a_cursor_this_api_gave_and_1_to_1000() {
-        let query = |cursor: Option<&str>, limit: Option<&str>| PageQuery {
-            cursor: cursor.map(String::from),
-            limit: limit.map(String::from),
-        };
-        assert_eq!(paging(&query(None, None)).ok(), Some((None, 100)));
-        assert_eq!(paging(&query(Some("7"), Some("1000"))).ok(), Some((Some(7), 1000)));
-        for (cursor, limit) in [(Some("0"), None), (Some("x"), None), (None, Some("0")), (None, Some("1001"))]
-        {
-            assert!(paging(&query(cursor, limit)).is_err(), "{cursor:?} {limit:?}");
-        }
     }
 }

@@ -80,6 +80,23 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// The cursor and size of a page of a listing (`?cursor=&limit=`), or why they are not ones
+/// this API takes: a cursor is one a previous page gave (a positive number; empty means the
+/// first page), a limit 1 to 1000 (default 100).
+fn page(cursor: Option<&str>, limit: Option<&str>) -> Result<(Option<u64>, usize), &'static str> {
+    let cursor = match cursor.filter(|c| !c.is_empty()).map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(c)) if c > 0 => Some(c),
+        Some(_) => return Err("cursor is not one this API gave"),
+    };
+    let limit = match limit.map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(l)) if (1..=1000).contains(&l) => l,
+        Some(_) => return Err("limit must be 1 to 1000"),
+    };
+    Ok((cursor, limit))
+}
+
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": code, "message": message.into()}))).into_response()
 }
@@ -257,6 +274,22 @@ async fn logout(State(state): State<ApiState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_take_a_cursor_this_api_gave_and_1_to_1000() {
+        assert_eq!(page(None, None), Ok((None, 100)));
+        assert_eq!(page(Some(""), None), Ok((None, 100)));
+        assert_eq!(page(Some("42"), Some("1000")), Ok((Some(42), 1000)));
+        for (cursor, limit) in [
+            (Some("0"), None),
+            (Some("abc"), None),
+            (None, Some("0")),
+            (None, Some("1001")),
+            (None, Some("-1")),
+        ] {
+            assert!(page(cursor, limit).is_err(), "{cursor:?} {limit:?}");
+        }
+    }
 
     #[test]
     fn numbers_are_normalized_or_refused() {

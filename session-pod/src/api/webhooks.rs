@@ -80,16 +80,7 @@ fn filters(q: ListQuery) -> Result<Filters, String> {
                 .ok_or_else(|| format!("unknown status {s}: one of pending, delivered, dead"))?,
         ),
     };
-    let cursor = match q.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(c.parse::<u64>().map_err(|_| "cursor is not one this API gave")?),
-    };
-    let limit = match q.limit.as_deref() {
-        None => 100,
-        Some(l) => {
-            l.parse::<usize>().ok().filter(|l| (1..=1000).contains(l)).ok_or("limit must be 1 to 1000")?
-        }
-    };
+    let (cursor, limit) = super::page(q.cursor.as_deref(), q.limit.as_deref())?;
     Ok(Filters { status, endpoint: q.endpoint, cursor, limit })
 }
 
