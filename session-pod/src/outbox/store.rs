@@ -204,21 +204,31 @@ impl Store {
         self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// The database, opened again first if a call failed on it.
+    /// The database, opened again first if a call failed on it or an earlier opening failed.
+    /// A caller that finds no database opens it itself, so it fails, if it does, with the
+    /// opening's own error (a full volume's), never with "not open".
     fn db(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Database>>, StoreError> {
-        if self.failed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            let mut slot = self.db.write().map_err(internal)?;
-            // The old handle goes first: a file is opened by one handle at a time.
-            slot.take();
-            match Self::create(&self.path) {
-                Ok(db) => *slot = Some(db),
-                Err(e) => {
-                    self.failed();
-                    return Err(e);
+        let mut reopen = self.failed.swap(false, std::sync::atomic::Ordering::SeqCst);
+        // Another caller may close the file between the opening and the read below: look again.
+        for _ in 0..3 {
+            if !reopen {
+                let guard = self.db.read().map_err(internal)?;
+                if guard.is_some() {
+                    return Ok(guard);
                 }
             }
+            let mut slot = self.db.write().map_err(internal)?;
+            if reopen || slot.is_none() {
+                // The old handle goes first: a file is opened by one handle at a time.
+                slot.take();
+                match Self::create(&self.path) {
+                    Ok(db) => *slot = Some(db),
+                    Err(e) => return Err(e),
+                }
+            }
+            reopen = false;
         }
-        self.db.read().map_err(internal)
+        Err(closed())
     }
 
     pub fn accept(

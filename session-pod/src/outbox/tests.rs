@@ -223,3 +223,31 @@ async fn receipts_and_own_events_are_logged_in_order() {
     assert_eq!(o.prune_events(std::time::Duration::ZERO, events[0].seq).unwrap(), 1);
     assert_eq!(o.events_after(0, 10).unwrap(), events[1..].to_vec());
 }
+
+/// A store whose file could not be opened again answers every caller with the opening's own
+/// error (a full volume's, say), never with "not open", and works again once it can open.
+#[test]
+fn a_failed_reopening_is_retried_by_every_caller_and_reported_as_itself() {
+    let d = dir();
+    let home = d.path().join("volume");
+    std::fs::create_dir(&home).unwrap();
+    let store = store::Store::open(&home.join("outbox.redb"), 10).unwrap();
+    assert!(store.get("3EB0000000000000000000").unwrap().is_none());
+    // The volume goes away under the store, and a call fails on the file.
+    let away = d.path().join("away");
+    std::fs::rename(&home, &away).unwrap();
+    store.failed();
+    // Callers at once, as the driver, the API and the webhooks are.
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    let e = store.get("3EB0000000000000000000").unwrap_err().to_string();
+                    assert!(e.contains("No such file"), "{e}");
+                }
+            });
+        }
+    });
+    std::fs::rename(&away, &home).unwrap();
+    assert!(store.get("3EB0000000000000000000").unwrap().is_none());
+}
