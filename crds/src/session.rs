@@ -369,8 +369,11 @@ pub struct WhatsAppSessionStatus {
     pub observed_generation: Option<i64>,
 
     /// Conditions, keyed by type. The operator owns `Reconciled` and `PodReady`; the session
-    /// pod owns `Ready` (linked and able to send) and `BridgeCompatible` (the WhatsApp Web
-    /// build has every module the bridge uses; reason `ModuleMissing` names what it lacks).
+    /// pod owns `Ready` (linked and able to send), `BridgeCompatible` (the WhatsApp Web
+    /// build has every module the bridge uses; reason `ModuleMissing` names what it lacks) and
+    /// `StorageFull` (the session's volume: `True`, reason `VolumeFull`, while under 16 MiB is
+    /// available or since a write failed for lack of space, new messages being refused with 507
+    /// until space is freed; `False`, reason `SpaceAvailable`, otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

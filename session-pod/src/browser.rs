@@ -87,6 +87,8 @@ pub struct Session {
 
 impl Session {
     pub async fn launch(options: &LaunchOptions) -> Result<Session, BrowserError> {
+        // A write a full volume cut short must not cost the login at this launch.
+        crate::leveldb::repair_profile(&options.profile_dir);
         let launch_err = |e: String| BrowserError::Launch(options.chromium.display().to_string(), e);
         let config = BrowserConfig::builder()
             .chrome_executable(&options.chromium)

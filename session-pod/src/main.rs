@@ -6,11 +6,13 @@ mod api;
 mod browser;
 mod directory;
 mod driver;
+mod leveldb;
 mod metrics;
 mod outbox;
 mod profile;
 mod status;
 mod tracker;
+mod volume;
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -156,12 +158,16 @@ async fn run(config: Config) -> Result<()> {
     let (commands_tx, commands_rx) = mpsc::channel(16);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    // The volume's space: the StorageFull condition and the volume metrics.
+    let (volume_rx, volume_watch) =
+        volume::start(config.profile_dir.clone(), outbox.storage_full.clone(), metrics.clone());
     let endpoint = config.pod_ip.as_ref().map(|ip| format!("http://{ip}:{}", config.listen.port()));
     let reporter = tokio::spawn(status::report_forever(
         api.clone(),
         config.session_name.clone(),
         endpoint,
         reports_rx.clone(),
+        volume_rx.clone(),
         session.status.clone(),
     ));
 
@@ -244,19 +250,26 @@ async fn run(config: Config) -> Result<()> {
     summary.abort();
     checks.abort();
     deliveries.abort();
+    volume_watch.abort();
     // The last word in the status: this pod is gone.
     let missing = reports_rx.borrow().missing.clone();
-    let _ =
-        tokio::time::timeout(Duration::from_secs(3), final_report(&api, &config.session_name, missing)).await;
+    let storage = *volume_rx.borrow();
+    let last = final_report(&api, &config.session_name, missing, storage);
+    let _ = tokio::time::timeout(Duration::from_secs(3), last).await;
     Ok(())
 }
 
-async fn final_report(api: &Api<WhatsAppSession>, name: &str, missing: Option<Vec<String>>) {
+async fn final_report(
+    api: &Api<WhatsAppSession>,
+    name: &str,
+    missing: Option<Vec<String>>,
+    storage: Option<volume::Storage>,
+) {
     let mut report = Report::new(SessionState::Disconnected, "PodStopped", "the session pod stopped");
     report.missing = missing;
     let written = api.get(name).await.ok().and_then(|s| s.status);
-    let since = status::Written::of(written.as_ref()).since_for(&report);
-    let body = status::patch(&report, None, since);
+    let since = status::Written::of(written.as_ref()).since_for(&report, storage.as_ref());
+    let body = status::patch(&report, None, since, storage.as_ref());
     let params = kube::api::PatchParams::apply(status::FIELD_MANAGER).force();
     let _ = api.patch_status(name, &params, &kube::api::Patch::Apply(&body)).await;
 }

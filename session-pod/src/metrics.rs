@@ -26,6 +26,7 @@ pub struct Metrics {
     pub webhooks: WebhookMetrics,
     pub incoming: IntCounterVec,
     pub number_checks: IntCounterVec,
+    volume_space: VolumeMetrics,
 }
 
 impl Default for Metrics {
@@ -156,6 +157,7 @@ impl Metrics {
                 &["result"],
             ),
         )?;
+        let volume_space = VolumeMetrics::register(&registry)?;
         for s in SessionState::ALL {
             state.with_label_values(&[s.as_str()]).set(0);
         }
@@ -176,6 +178,7 @@ impl Metrics {
             webhooks,
             incoming,
             number_checks,
+            volume_space,
         })
     }
 }
@@ -216,6 +219,14 @@ impl Metrics {
         for (status, n) in counts {
             self.outbox_messages.with_label_values(&[status.as_str()]).set(*n as i64);
         }
+    }
+
+    /// The session's volume as last measured ([`crate::volume`]).
+    pub fn volume(&self, available: u64, size: u64, full: bool) {
+        let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.volume_space.available.set(bytes(available));
+        self.volume_space.size.set(bytes(size));
+        self.volume_space.full.set(i64::from(full));
     }
 
     pub fn render(&self) -> String {
@@ -285,5 +296,37 @@ impl WebhookMetrics {
             };
             gauge.with_label_values(&[endpoint.as_str()]).set(*n as i64);
         }
+    }
+}
+
+/// The session's volume: its space and whether it counts as full.
+#[derive(Clone)]
+struct VolumeMetrics {
+    available: IntGauge,
+    size: IntGauge,
+    full: IntGauge,
+}
+
+impl VolumeMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<VolumeMetrics> {
+        let available = registered(
+            registry,
+            IntGauge::new(
+                "whatsapp_session_volume_available_bytes",
+                "Bytes the session pod may still write on its volume (the profile's filesystem: the login and the outbox).",
+            ),
+        )?;
+        let size = registered(
+            registry,
+            IntGauge::new("whatsapp_session_volume_size_bytes", "Size of the session's volume, in bytes."),
+        )?;
+        let full = registered(
+            registry,
+            IntGauge::new(
+                "whatsapp_session_storage_full",
+                "1 while the session's volume is full (under 16 MiB available, or a write failed for lack of space and nothing was freed since): new messages are refused with 507 STORAGE_FULL.",
+            ),
+        )?;
+        Ok(VolumeMetrics { available, size, full })
     }
 }

@@ -15,6 +15,7 @@ use whatsapp_crds::{SessionState, WhatsAppSession, WhatsAppSessionStatus};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Status};
 use crate::tracker::Report;
+use crate::volume::{Cause, LOW_SPACE_BYTES, Storage};
 
 /// Field manager of the session pod's status writes.
 pub const FIELD_MANAGER: &str = "whatsapp-session";
@@ -26,11 +27,12 @@ fn time(t: SystemTime) -> Time {
     Time(Timestamp::from_second(ts.as_secs() as i64).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-/// When the state and the bridge's compatibility last changed.
+/// When the state, the bridge's compatibility and the volume's fullness last changed.
 #[derive(Clone, Copy, Debug)]
 pub struct Since {
     pub state: SystemTime,
     pub compatible: SystemTime,
+    pub storage: SystemTime,
 }
 
 /// What the status already said when this process started: transition times move only when
@@ -38,6 +40,7 @@ pub struct Since {
 pub struct Written {
     pub state: Option<SessionState>,
     pub compatible: Option<bool>,
+    pub storage_full: Option<bool>,
     pub since: Since,
 }
 
@@ -45,28 +48,58 @@ impl Written {
     pub fn of(status: Option<&WhatsAppSessionStatus>) -> Written {
         let now = SystemTime::now();
         let at = |t: &Time| SystemTime::from(t.0);
-        let bridge = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == "BridgeCompatible"));
+        let condition = |type_: &str| status.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
+        let bridge = condition("BridgeCompatible");
+        let storage = condition(STORAGE_FULL);
         Written {
             state: status.and_then(|s| s.state),
             compatible: bridge.map(|c| c.status == "True"),
+            storage_full: storage.map(|c| c.status == "True"),
             since: Since {
                 state: status.and_then(|s| s.last_state_change.as_ref()).map_or(now, at),
                 compatible: bridge.map_or(now, |c| at(&c.last_transition_time)),
+                storage: storage.map_or(now, |c| at(&c.last_transition_time)),
             },
         }
     }
 
-    /// The times to stamp `report` with.
-    pub fn since_for(&self, report: &Report) -> Since {
+    /// The times to stamp `report` and `storage` with: what is unknown keeps its time.
+    pub fn since_for(&self, report: &Report, storage: Option<&Storage>) -> Since {
         let now = SystemTime::now();
+        let compatible = report.missing.as_ref().map(|m| m.is_empty());
+        let storage_full = storage.map(|s| s.full.is_some());
+        let keep = |known: Option<bool>, now_: Option<bool>| now_.is_none() || known == now_;
         Since {
             state: if self.state == Some(report.state) { self.since.state } else { now },
-            compatible: if self.compatible == report.missing.as_ref().map(|m| m.is_empty()) {
-                self.since.compatible
-            } else {
-                now
-            },
+            compatible: if keep(self.compatible, compatible) { self.since.compatible } else { now },
+            storage: if keep(self.storage_full, storage_full) { self.since.storage } else { now },
         }
+    }
+
+    /// Takes in what is about to be written and returns its times, saying what changed.
+    pub fn observe(&mut self, report: &Report, storage: Option<&Storage>) -> Since {
+        let since = self.since_for(report, storage);
+        if self.state != Some(report.state) {
+            info!(state = %report.state, reason = %report.reason, "state changed");
+            self.state = Some(report.state);
+        }
+        let compatible = report.missing.as_ref().map(|m| m.is_empty());
+        if compatible.is_some() && compatible != self.compatible {
+            if let Some(gaps) = report.missing.as_ref().filter(|m| !m.is_empty()) {
+                warn!(missing = %gaps.join(", "), "this WhatsApp Web build lacks what the bridge uses");
+            }
+            self.compatible = compatible;
+        }
+        if let Some(storage) = storage.filter(|s| Some(s.full.is_some()) != self.storage_full) {
+            let (available, size) = (storage.space.available, storage.space.size);
+            match storage.full {
+                Some(cause) => warn!(available, size, ?cause, "the session's volume is full"),
+                None => info!(available, size, "the session's volume has space"),
+            }
+            self.storage_full = Some(storage.full.is_some());
+        }
+        self.since = since;
+        since
     }
 }
 
@@ -98,9 +131,54 @@ fn bridge_condition(missing: Option<&[String]>, since: SystemTime) -> Option<Con
     })
 }
 
+/// The `StorageFull` condition type.
+const STORAGE_FULL: &str = "StorageFull";
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The `StorageFull` condition: is the session's volume full? `None` if it could not be
+/// measured.
+fn storage_condition(storage: Option<&Storage>, since: SystemTime) -> Option<Condition> {
+    let Storage { full, space } = storage?;
+    let (available, size) = (mib(space.available), mib(space.size));
+    let low = mib(LOW_SPACE_BYTES);
+    let (status, reason, message) = match full {
+        Some(cause) => {
+            let why = match cause {
+                Cause::LowSpace => format!("under {low} available"),
+                Cause::WriteFailed => "a write failed for lack of space".to_string(),
+            };
+            let message = format!(
+                "the session's volume is full ({why}; {available} of {size} available): new messages are refused with 507 STORAGE_FULL until space is freed; the login and the messages already accepted are kept"
+            );
+            ("True", "VolumeFull", message)
+        }
+        None => (
+            "False",
+            "SpaceAvailable",
+            format!("the session's volume has space ({available} of {size} available; full under {low})"),
+        ),
+    };
+    Some(Condition {
+        type_: STORAGE_FULL.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: None,
+        last_transition_time: time(since),
+    })
+}
+
 /// The status patch for a report. Fields the report does not have are left out, so this
 /// field manager releases them (a QR disappears once linked).
-pub fn patch(report: &Report, endpoint: Option<&str>, since: Since) -> serde_json::Value {
+pub fn patch(
+    report: &Report,
+    endpoint: Option<&str>,
+    since: Since,
+    storage: Option<&Storage>,
+) -> serde_json::Value {
     let ready = report.state == SessionState::Ready;
     let condition = Condition {
         type_: "Ready".into(),
@@ -112,6 +190,7 @@ pub fn patch(report: &Report, endpoint: Option<&str>, since: Since) -> serde_jso
     };
     let conditions: Vec<Condition> = std::iter::once(condition)
         .chain(bridge_condition(report.missing.as_deref(), since.compatible))
+        .chain(storage_condition(storage, since.storage))
         .collect();
     let qr = report.qr.as_ref().map(|q| {
         json!({"code": q.code, "attempts": q.attempts, "updatedAt": time(q.shown_at), "expiresAt": time(q.expires_at)})
@@ -138,33 +217,23 @@ pub fn patch(report: &Report, endpoint: Option<&str>, since: Since) -> serde_jso
     body
 }
 
-/// Patches the status each time the report changes, until the channel closes.
+/// Patches the status each time the report or the volume's fullness changes, until the
+/// reports' channel closes.
 pub async fn report_forever(
     api: Api<WhatsAppSession>,
     name: String,
     endpoint: Option<String>,
     mut reports: watch::Receiver<Report>,
+    mut volume: watch::Receiver<Option<Storage>>,
     written: Option<WhatsAppSessionStatus>,
 ) {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let Written { state: mut last_state, compatible: mut last_compatible, mut since } =
-        Written::of(written.as_ref());
+    let mut written = Written::of(written.as_ref());
     loop {
         let report = reports.borrow_and_update().clone();
-        if last_state != Some(report.state) {
-            since.state = SystemTime::now();
-            info!(state = %report.state, reason = %report.reason, "state changed");
-            last_state = Some(report.state);
-        }
-        let compatible = report.missing.as_ref().map(|m| m.is_empty());
-        if compatible.is_some() && compatible != last_compatible {
-            since.compatible = SystemTime::now();
-            if let Some(gaps) = report.missing.as_ref().filter(|m| !m.is_empty()) {
-                warn!(missing = %gaps.join(", "), "this WhatsApp Web build lacks what the bridge uses");
-            }
-            last_compatible = compatible;
-        }
-        let body = patch(&report, endpoint.as_deref(), since);
+        let storage = *volume.borrow_and_update();
+        let since = written.observe(&report, storage.as_ref());
+        let body = patch(&report, endpoint.as_deref(), since, storage.as_ref());
         let mut delay = Duration::from_millis(500);
         while let Err(error) = api.patch_status(&name, &params, &Patch::Apply(&body)).await {
             warn!(%error, "writing the session status failed; retrying");
@@ -172,7 +241,12 @@ pub async fn report_forever(
             delay = (delay * 2).min(Duration::from_secs(10));
         }
         tokio::time::sleep(MIN_INTERVAL).await;
-        if reports.changed().await.is_err() {
+        let more = tokio::select! {
+            changed = reports.changed() => changed.is_ok(),
+            // A closed volume channel (its watcher gone) leaves only the reports to wait for.
+            changed = volume.changed() => changed.is_ok() || reports.changed().await.is_ok(),
+        };
+        if !more {
             return;
         }
     }
@@ -292,14 +366,64 @@ mod tests {
         let written = Written::of(Some(&status));
         let mut stopped = Report::new(SessionState::Disconnected, "PodStopped", "stopped");
         stopped.missing = Some(vec![]);
-        let since = written.since_for(&stopped);
+        let since = written.since_for(&stopped, None);
         assert_eq!(
             (since.state, since.compatible),
             (SystemTime::from(earlier.0), SystemTime::from(earlier.0))
         );
         stopped.state = SessionState::Ready;
         stopped.missing = Some(vec!["WAWebMsgKey".into()]);
-        let since = written.since_for(&stopped);
+        let since = written.since_for(&stopped, None);
         assert!(since.state > SystemTime::from(earlier.0) && since.compatible > SystemTime::from(earlier.0));
+    }
+
+    fn storage(full: Option<Cause>, available_mib: u64) -> Storage {
+        let space = crate::volume::Space { available: available_mib << 20, size: 96 << 20 };
+        Storage { full, space }
+    }
+
+    #[test]
+    fn the_storage_condition_says_full_with_the_space_and_what_is_refused() {
+        let at = SystemTime::UNIX_EPOCH;
+        assert!(storage_condition(None, at).is_none());
+        let full = storage_condition(Some(&storage(Some(Cause::LowSpace), 2)), at).unwrap();
+        assert_eq!((full.status.as_str(), full.reason.as_str()), ("True", "VolumeFull"));
+        for part in ["2.0 MiB of 96.0 MiB available", "under 16.0 MiB", "507 STORAGE_FULL"] {
+            assert!(full.message.contains(part), "{part}: {}", full.message);
+        }
+        let failed = storage_condition(Some(&storage(Some(Cause::WriteFailed), 40)), at).unwrap();
+        assert!(failed.message.contains("a write failed for lack of space"), "{}", failed.message);
+        let fine = storage_condition(Some(&storage(None, 80)), at).unwrap();
+        assert_eq!((fine.status.as_str(), fine.reason.as_str()), ("False", "SpaceAvailable"));
+        let report = Report::new(SessionState::Ready, "Linked", "linked");
+        let body = patch(&report, None, Written::of(None).since, Some(&storage(None, 80)));
+        let types: Vec<&str> = body["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["type"].as_str())
+            .collect();
+        assert_eq!(types, ["Ready", "StorageFull"]);
+    }
+
+    #[test]
+    fn the_storage_transition_time_moves_only_when_fullness_flips() {
+        let earlier = Time(k8s_openapi::jiff::Timestamp::from_second(1_000_000).unwrap());
+        let status: WhatsAppSessionStatus = serde_json::from_value(json!({
+            "state": "READY",
+            "lastStateChange": earlier,
+            "conditions": [{"type": "StorageFull", "status": "False", "reason": "SpaceAvailable", "message": "", "lastTransitionTime": earlier}],
+        }))
+        .unwrap();
+        let mut written = Written::of(Some(&status));
+        let report = Report::new(SessionState::Ready, "Linked", "linked");
+        let then = SystemTime::from(earlier.0);
+        assert_eq!(written.observe(&report, Some(&storage(None, 50))).storage, then);
+        assert_eq!(written.observe(&report, None).storage, then, "not measured: unchanged");
+        let filled = written.observe(&report, Some(&storage(Some(Cause::LowSpace), 1))).storage;
+        assert!(filled > then);
+        assert_eq!(written.observe(&report, Some(&storage(Some(Cause::WriteFailed), 20))).storage, filled);
+        assert!(written.observe(&report, Some(&storage(None, 90))).storage >= filled);
+        assert_eq!(written.storage_full, Some(false));
     }
 }

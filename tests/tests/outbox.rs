@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use rand::Rng;
 use serde_json::{Value, json};
 use whatsapp_crds::SessionState;
@@ -271,30 +272,89 @@ async fn receipts_reach_read_cancel_holds_and_the_window_and_cap_hold_messages_b
     assert!(!bodies.contains(&"never".to_string()));
 }
 
+/// A small filesystem of its own at `dir` (the tests run as root), unmounted when dropped.
+struct SmallVolume(std::path::PathBuf);
+
+impl SmallVolume {
+    fn mount(dir: std::path::PathBuf) -> SmallVolume {
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("running mount");
+        assert!(mounted.success(), "mounting a small volume (the tests run as root)");
+        SmallVolume(dir)
+    }
+}
+
+impl Drop for SmallVolume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Waits until the session's `StorageFull` condition, read through the API as a user
+/// would, has `status` and `reason`; returns its message.
+async fn storage_full_is(ns: &TestNamespace, name: &str, status: &str, reason: &str) -> String {
+    let what = format!("StorageFull={status} ({reason})");
+    let s = ns
+        .wait_status(name, &what, |s| {
+            s.conditions.iter().any(|c| c.type_ == "StorageFull" && c.status == status && c.reason == reason)
+        })
+        .await;
+    s.conditions.into_iter().find(|c| c.type_ == "StorageFull").map(|c| c.message).unwrap_or_default()
+}
+
+/// Stops the session process with `signal` (SIGTERM: as Kubernetes does, Chromium closes and
+/// flushes; SIGKILL: a crash, its Chromium killed too).
+async fn stop(mut p: SessionProcess, signal: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid() as i32), signal).unwrap();
+    let _ = p.exited(Duration::from_secs(60)).await;
+    if let Some(pid) = chromium_pid(&p.profile) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// [`stop`], then a new process on the same profile.
+async fn restart(ns: &TestNamespace, sim: &Simulator, p: SessionProcess, signal: Signal) -> SessionProcess {
+    let profile = p.profile.clone();
+    stop(p, signal).await;
+    SessionProcess::start(ns, "acme", &profile, sim)
+}
+
+/// Waits until `process` (a new one) reports READY: nobody scans, so READY means the login
+/// survived on the profile.
+async fn ready_without_a_qr(ns: &TestNamespace, process: &SessionProcess) {
+    let url = process.url();
+    let back = ns
+        .wait_status("acme", "READY from the new process, without a QR scanned", |s| {
+            s.endpoint.as_deref() == Some(url.as_str())
+                && matches!(s.state, Some(SessionState::Ready | SessionState::QrRequired))
+        })
+        .await;
+    assert_eq!(
+        back.state,
+        Some(SessionState::Ready),
+        "the login was lost: {:?} {:?}",
+        back.reason,
+        back.message
+    );
+    assert!(back.qr.is_none(), "no QR after the restart: {:?}", back.qr);
+    assert_eq!(back.me.map(|m| m.phone), Some(PHONE.to_string()), "the same login");
+}
+
 #[tokio::test]
 async fn a_full_volume_refuses_new_messages_clearly_and_loses_none() {
     let ns = cluster().namespace("outbox-full").await;
     let sim = Simulator::start(simulator(None)).await.unwrap();
-    // The session's volume: a small filesystem of its own.
     let volume = ns.profile_dir("volume");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"])
-        .arg(&volume)
-        .status()
-        .expect("running mount");
-    assert!(mounted.success(), "mounting a small volume (the tests run as root)");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(volume.clone());
+    let _unmount = SmallVolume::mount(volume.clone());
     let profile = volume.join("profile");
     std::fs::create_dir_all(&profile).unwrap();
     ns.create_session("acme", json!({"clienteId": 1, "send": {"ratePerMinute": 1}})).await;
     let process = SessionProcess::start(&ns, "acme", &profile, &sim);
     ns.link(&sim, "acme", PHONE).await;
+    storage_full_is(&ns, "acme", "False", "SpaceAvailable").await;
 
     // Accepted before the disk fills: kept. (ratePerMinute 1: they stay queued meanwhile.)
     let first: Vec<Value> =
@@ -313,13 +373,43 @@ async fn a_full_volume_refuses_new_messages_clearly_and_loses_none() {
         .collect();
     let (code, refused) = post(&process, "/v1/outbox", json!({"messages": batch.clone()})).await;
     assert_eq!((code, refused["error"].as_str()), (507, Some("STORAGE_FULL")), "{refused}");
-    // Space returns: the same batch is taken, and the first three are all still there.
+    // The status says so, with the space and what is refused.
+    let full = storage_full_is(&ns, "acme", "True", "VolumeFull").await;
+    assert!(full.contains("507 STORAGE_FULL") && full.contains("of 96.0 MiB available"), "{full}");
+    // Chromium writes to the full profile meanwhile (incoming messages go to IndexedDB), and
+    // the pod is stopped before space returns (Chromium closes on the full volume).
+    for i in 0..3 {
+        sim.send_from_phone("5491166660000", PHONE, &format!("while full {i}")).unwrap();
+    }
+    stop(process, Signal::SIGTERM).await;
+
+    // Space returns: the pod comes back linked, the condition clears, the same batch is taken,
+    // the first three are there.
     std::fs::remove_file(&filler).unwrap();
-    let (code, _) = post(&process, "/v1/outbox", json!({"messages": batch})).await;
-    assert_eq!(code, 202);
-    for accepted in kept["messages"].as_array().unwrap() {
-        let id = accepted["id"].as_str().unwrap();
-        let (code, m) = get(&process, &format!("/v1/outbox/{id}")).await;
+    let process = SessionProcess::start(&ns, "acme", &profile, &sim);
+    ready_without_a_qr(&ns, &process).await;
+    storage_full_is(&ns, "acme", "False", "SpaceAvailable").await;
+    let (code, taken) = post(&process, "/v1/outbox", json!({"messages": batch})).await;
+    assert_eq!(code, 202, "{taken}");
+    let mut ids: Vec<String> =
+        kept["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    ids.push(taken["messages"][9_999]["id"].as_str().unwrap().to_string());
+    assert_kept(&process, &ids).await;
+
+    // The login survived the full volume: a crash and a later restart on the same profile come
+    // back READY without a QR (Chromium's databases are not lost to a write the full volume
+    // cut short), and every accepted message is still there.
+    let process = restart(&ns, &sim, process, Signal::SIGKILL).await;
+    ready_without_a_qr(&ns, &process).await;
+    let process = restart(&ns, &sim, process, Signal::SIGTERM).await;
+    ready_without_a_qr(&ns, &process).await;
+    assert_kept(&process, &ids).await;
+}
+
+/// Every message in `ids` is in the outbox, not failed.
+async fn assert_kept(process: &SessionProcess, ids: &[String]) {
+    for id in ids {
+        let (code, m) = get(process, &format!("/v1/outbox/{id}")).await;
         assert_eq!(code, 200, "{id} lost: {m}");
         assert_ne!(m["status"], "failed", "{m}");
     }

@@ -102,7 +102,7 @@ fn promtool_finds_the_alerting_rules_valid() {
         Command::new(prometheus_tool("promtool")).args(["check", "rules"]).arg(&rules).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && said.contains("SUCCESS: 8 rules found"),
+        out.status.success() && said.contains("SUCCESS: 10 rules found"),
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );

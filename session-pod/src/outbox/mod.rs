@@ -207,12 +207,22 @@ pub struct Outbox {
     incoming: broadcast::Sender<Incoming>,
     /// The bytes of outgoing media, beside the outbox file.
     media: Arc<media::MediaStore>,
+    /// Rung when a store call met a full volume, so the volume is measured at once.
+    pub storage_full: Arc<Notify>,
 }
 
 impl Outbox {
     /// A store call; see [`call`].
     fn call<T>(&self, op: impl Fn(&store::Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        call(&self.store, op)
+        self.noticed(call(&self.store, op))
+    }
+
+    /// Rings [`Outbox::storage_full`] if `result` met a full volume.
+    fn noticed<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if matches!(result, Err(StoreError::StorageFull(_))) {
+            self.storage_full.notify_one();
+        }
+        result
     }
 
     /// Opens (or creates) the outbox file; `max_queued` bounds the messages waiting.
@@ -225,6 +235,7 @@ impl Outbox {
             updates: broadcast::channel(1024).0,
             incoming: broadcast::channel(1024).0,
             media: Arc::new(media::MediaStore::new(path.with_file_name("outbox-media"))),
+            storage_full: Arc::new(Notify::new()),
         })
     }
 
@@ -272,11 +283,12 @@ impl Outbox {
         batch: Option<String>,
     ) -> Result<Vec<Accepted>, StoreError> {
         let store = self.store.clone();
-        let accepted = tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             call(&store, |s| s.accept(&messages, batch.as_deref(), Timestamp::now()))
         })
         .await
-        .map_err(|e| StoreError::Internal(e.to_string()))??;
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let accepted = self.noticed(result)?;
         for a in accepted.iter().filter(|a| !a.duplicate) {
             self.publish(&a.message);
         }

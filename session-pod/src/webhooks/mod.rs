@@ -229,6 +229,32 @@ pub struct Webhooks {
     kick: Arc<watch::Sender<()>>,
 }
 
+/// Runs the task `make` makes, and makes it again if it panics (a store that panics on a
+/// full volume, say): a panic must not stop the webhooks for the rest of the process.
+async fn supervised<F>(what: &'static str, make: impl Fn() -> F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    // Aborting this (the endpoint left the spec) aborts the task it runs.
+    struct AbortOnDrop(AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    loop {
+        let task = tokio::spawn(make());
+        let _abort = AbortOnDrop(task.abort_handle());
+        match task.await {
+            Err(e) if e.is_panic() => {
+                tracing::error!(task = what, "panicked; starting it again");
+                tokio::time::sleep(MIN_WAIT).await;
+            }
+            _ => return,
+        }
+    }
+}
+
 impl Webhooks {
     /// The deliveries kept in `outbox`'s file, on `clock`.
     pub fn open(outbox: Outbox, clock: Arc<dyn Clock>) -> Result<Webhooks, StoreError> {
@@ -278,7 +304,11 @@ impl Webhooks {
             .expect("an HTTP client with static settings");
         // Dropping the set (this future) stops every task.
         let mut tasks = JoinSet::new();
-        tasks.spawn(self.clone().ingest_forever(spec.clone(), metrics.clone()));
+        let ingester = self.clone();
+        let (ingest_spec, ingest_metrics) = (spec.clone(), metrics.clone());
+        tasks.spawn(supervised("webhook ingester", move || {
+            ingester.clone().ingest_forever(ingest_spec.clone(), ingest_metrics.clone())
+        }));
         let mut running: HashMap<String, (WebhookSpec, AbortHandle)> = HashMap::new();
         loop {
             let wanted = spec.borrow_and_update().webhooks.clone();
@@ -294,12 +324,11 @@ impl Webhooks {
                     continue;
                 }
                 let span = info_span!("webhook", endpoint = %endpoint.name);
-                let task = self.clone().deliver_forever(
-                    endpoint.clone(),
-                    keys.clone(),
-                    http.clone(),
-                    metrics.clone(),
-                );
+                let (this, keys, http, metrics) = (self.clone(), keys.clone(), http.clone(), metrics.clone());
+                let target = endpoint.clone();
+                let task = supervised("webhook deliveries", move || {
+                    this.clone().deliver_forever(target.clone(), keys.clone(), http.clone(), metrics.clone())
+                });
                 running.insert(endpoint.name.clone(), (endpoint, tasks.spawn(task.instrument(span))));
             }
             while tasks.try_join_next().is_some() {}

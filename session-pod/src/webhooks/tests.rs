@@ -444,3 +444,34 @@ async fn without_its_signing_key_nothing_is_sent_and_the_delivery_says_why() {
     assert_eq!(head.last_error.as_deref(), Some("no Secret secret-c"));
     assert!(c.seen().is_empty(), "an unsigned request never goes out");
 }
+
+/// A webhook task that panics is started again; aborting the supervisor stops the task it runs.
+#[tokio::test]
+async fn a_panicked_task_runs_again_and_aborting_stops_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    supervised("test", move || {
+        let runs = counted.clone();
+        async move {
+            if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("the first run panics");
+            }
+        }
+    })
+    .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    let (alive, gone) = tokio::sync::oneshot::channel::<()>();
+    let alive = Arc::new(std::sync::Mutex::new(Some(alive)));
+    let supervisor = tokio::spawn(supervised("test", move || {
+        let alive = alive.lock().unwrap().take();
+        async move {
+            let _alive = alive;
+            std::future::pending::<()>().await
+        }
+    }));
+    tokio::task::yield_now().await;
+    supervisor.abort();
+    assert!(gone.await.is_err(), "the task outlived its supervisor");
+}
