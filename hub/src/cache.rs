@@ -141,7 +141,7 @@ impl SessionCache {
     pub async fn run(self: Arc<Self>, api: Api<WhatsAppSession>, writer: Writer<WhatsAppSession>) {
         let events =
             reflector::reflector(writer, watcher::watcher(api, watcher::Config::default().any_semantic()))
-                .default_backoff();
+                .backoff(WatchBackoff::default());
         let mut events = std::pin::pin!(events);
         // A relist is staged and swapped in at its end, so reads never see half a list.
         let mut staging: Option<Index> = None;
@@ -277,3 +277,55 @@ impl SessionCache {
 
 #[cfg(test)]
 mod tests;
+
+/// Retries of the sessions' watch: 250 ms doubling to at most 5 s, with jitter, back to the
+/// start once the watch works again. kube's default goes to 30 s and resets only after two
+/// minutes, so a hub outlived an API server outage by up to two minutes of stale answers; one
+/// watch per hub replica retrying every few seconds costs the API server nothing.
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (delay * 2).min(Self::MAX);
+        // Full jitter over the upper half: replicas that lost the watch together retry apart.
+        Some(delay / 2 + delay.mul_f64(rand::random::<f64>() / 2.0))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+    use kube::runtime::utils::Backoff;
+
+    #[test]
+    fn the_watch_is_retried_within_seconds_and_from_the_start_once_it_works() {
+        let mut backoff = WatchBackoff::default();
+        let delays: Vec<Duration> = backoff.by_ref().take(12).collect();
+        assert!(delays.iter().all(|d| *d <= WatchBackoff::MAX), "{delays:?}");
+        assert!(delays[11] >= WatchBackoff::MAX / 2, "{delays:?}");
+        backoff.reset();
+        assert!(backoff.next().unwrap() <= WatchBackoff::FIRST);
+    }
+}
