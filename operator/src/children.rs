@@ -4,12 +4,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use kube::api::ObjectMeta;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use whatsapp_crds::{GROUP, VolumePolicy, WhatsAppSession, hub_token};
 
@@ -126,10 +136,6 @@ fn meta(session: &WhatsAppSession, name: &str) -> Result<ObjectMeta> {
     })
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
-    serde_json::from_value(value).expect("child objects are well-formed")
-}
-
 /// Builds every child of `session`.
 pub fn desired(session: &WhatsAppSession, settings: &Settings) -> Result<Children> {
     let name = session.metadata.name.as_deref().ok_or(Error::MissingField("metadata.name"))?;
@@ -151,24 +157,48 @@ pub fn desired(session: &WhatsAppSession, settings: &Settings) -> Result<Childre
     };
 
     let role = role(session, name, &names)?;
-
-    let mut role_binding: RoleBinding = from_json(json!({
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.role},
-        "subjects": [{"kind": "ServiceAccount", "name": names.service_account, "namespace": namespace}],
-    }));
-    role_binding.metadata = meta(session, &names.role)?;
-
-    let mut service: Service = from_json(json!({
-        "spec": {
-            "clusterIP": "None",
-            "selector": selector(name),
-            "ports": [{"name": "http", "port": SESSION_PORT, "targetPort": "http", "protocol": "TCP"}],
-        }
-    }));
-    service.metadata = meta(session, &names.service)?;
-
+    let role_binding = role_binding(session, namespace, &names)?;
+    let service = service(session, name, &names)?;
     let statefulset = statefulset(session, settings, &names, &token)?;
     Ok(Children { secret, service_account, role, role_binding, service, statefulset })
+}
+
+/// Binds the session's Role to the session pod's ServiceAccount.
+fn role_binding(session: &WhatsAppSession, namespace: &str, names: &Names) -> Result<RoleBinding> {
+    Ok(RoleBinding {
+        metadata: meta(session, &names.role)?,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: names.role.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: names.service_account.clone(),
+            namespace: Some(namespace.to_string()),
+            ..Subject::default()
+        }]),
+    })
+}
+
+/// The headless Service that gives the session pod its stable DNS name.
+fn service(session: &WhatsAppSession, name: &str, names: &Names) -> Result<Service> {
+    Ok(Service {
+        metadata: meta(session, &names.service)?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector(name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SESSION_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
 }
 
 /// The session pod may read its own WhatsAppSession, write its status, and get the Secrets
@@ -200,119 +230,227 @@ fn statefulset(
 ) -> Result<StatefulSet> {
     let name = session.metadata.name.as_deref().unwrap_or_default();
     let spec = &session.spec;
-    let image = spec.browser.image.clone().unwrap_or_else(|| settings.session_image.clone());
     let when_deleted = match spec.storage.when_deleted {
         VolumePolicy::Retain => "Retain",
         VolumePolicy::Delete => "Delete",
     };
-    let resources = match &spec.browser.resources {
-        Some(r) => serde_json::to_value(r).expect("resources serialize"),
-        // Chromium with WhatsApp Web settles around 400-500 MiB.
-        None => json!({"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}),
-    };
-    let mut claim_spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": spec.storage.size.0}},
-    });
-    if let Some(class) = &spec.storage.storage_class_name {
-        claim_spec["storageClassName"] = json!(class);
-    }
-    let token_digest = hex(&Sha256::digest(token.as_bytes())[..8]);
-    let browser = serde_json::to_vec(&spec.browser)?;
-    let browser_digest = hex(&Sha256::digest(browser)[..8]);
-    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
-    let mut container = json!({
-        "name": "session",
-        "image": image,
-        "env": [
-            {"name": "POD_NAME", "valueFrom": field("metadata.name")},
-            {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
-            {"name": "POD_IP", "valueFrom": field("status.podIP")},
-            {"name": "WAO_SESSION_NAME", "value": name},
-            {"name": "WAO_PROFILE_DIR", "value": format!("{PROFILE_MOUNT}/profile")},
-            {"name": "WAO_LISTEN", "value": format!("0.0.0.0:{SESSION_PORT}")},
-            {"name": "WAO_HUB_TOKEN", "valueFrom": {"secretKeyRef": {"name": names.secret, "key": TOKEN_KEY}}},
-            // Chromium's crash reporter writes under $HOME: keep it on the writable /tmp.
-            {"name": "HOME", "value": "/tmp"},
-        ],
-        "ports": [{"name": "http", "containerPort": SESSION_PORT, "protocol": "TCP"}],
-        "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 60},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3},
-        "resources": resources,
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "runAsNonRoot": true,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": [
-            {"name": PROFILE_VOLUME, "mountPath": PROFILE_MOUNT},
-            {"name": "shm", "mountPath": "/dev/shm"},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-    });
-    if let Some(policy) = &settings.image_pull_policy {
-        container["imagePullPolicy"] = json!(policy);
-    }
-    let mut volumes = vec![
-        json!({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}}),
-        json!({"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "128Mi"}}),
-    ];
-    if let Some(configmap) = &settings.bridge_script_configmap {
-        volumes.push(json!({"name": "bridge", "configMap": {"name": configmap, "optional": true}}));
-        container["volumeMounts"]
-            .as_array_mut()
-            .expect("mounts")
-            .push(json!({"name": "bridge", "mountPath": BRIDGE_MOUNT, "readOnly": true}));
-        container["env"]
-            .as_array_mut()
-            .expect("env")
-            .push(json!({"name": "WAO_BRIDGE_SCRIPT", "value": format!("{BRIDGE_MOUNT}/wa-bridge.js")}));
-    }
-
-    let mut sts: StatefulSet = from_json(json!({
-        "spec": {
-            "replicas": if spec.suspended { 0 } else { 1 },
-            "serviceName": names.service,
-            "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": selector(name)},
+    Ok(StatefulSet {
+        metadata: meta(session, &names.statefulset)?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(if spec.suspended { 0 } else { 1 }),
+            service_name: Some(names.service.clone()),
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector { match_labels: Some(selector(name)), ..LabelSelector::default() },
             // Suspending scales to zero: the claim (the WhatsApp login) must survive that.
-            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": when_deleted, "whenScaled": "Retain"},
-            "template": {
-                "metadata": {
-                    "labels": labels(session),
-                    "annotations": {
-                        TOKEN_DIGEST_ANNOTATION: token_digest,
-                        BROWSER_DIGEST_ANNOTATION: browser_digest,
-                    },
-                },
-                "spec": {
-                    "serviceAccountName": names.service_account,
-                    // Only the session pod's own token, for its own status.
-                    "automountServiceAccountToken": true,
-                    "enableServiceLinks": false,
-                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": 10001,
-                        "runAsGroup": 10001,
-                        "fsGroup": 10001,
-                        "fsGroupChangePolicy": "OnRootMismatch",
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": volumes,
-                }
-            },
-            "volumeClaimTemplates": [{
-                "metadata": {"name": PROFILE_VOLUME, "labels": labels(session)},
-                "spec": claim_spec,
-            }],
-        }
-    }));
-    sts.metadata = meta(session, &names.statefulset)?;
-    Ok(sts)
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some(when_deleted.into()),
+                when_scaled: Some("Retain".into()),
+            }),
+            template: pod_template(session, settings, names, token)?,
+            volume_claim_templates: Some(vec![claim_template(session)]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    })
+}
+
+/// The session pod: one restricted container, the profile volume, in-memory scratch space.
+fn pod_template(
+    session: &WhatsAppSession,
+    settings: &Settings,
+    names: &Names,
+    token: &str,
+) -> Result<PodTemplateSpec> {
+    let token_digest = hex(&Sha256::digest(token.as_bytes())[..8]);
+    let browser = serde_json::to_vec(&session.spec.browser)?;
+    let browser_digest = hex(&Sha256::digest(browser)[..8]);
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(session)),
+            annotations: Some(BTreeMap::from([
+                (TOKEN_DIGEST_ANNOTATION.to_string(), token_digest),
+                (BROWSER_DIGEST_ANNOTATION.to_string(), browser_digest),
+            ])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(names.service_account.clone()),
+            // Only the session pod's own token, for its own status.
+            automount_service_account_token: Some(true),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            security_context: Some(pod_security_context()),
+            containers: vec![container(session, settings, names)],
+            volumes: Some(volumes(settings)),
+            ..PodSpec::default()
+        }),
+    })
+}
+
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(10001),
+        run_as_group: Some(10001),
+        fs_group: Some(10001),
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The session container.
+fn container(session: &WhatsAppSession, settings: &Settings, names: &Names) -> Container {
+    let name = session.metadata.name.as_deref().unwrap_or_default();
+    let image = session.spec.browser.image.clone().unwrap_or_else(|| settings.session_image.clone());
+    Container {
+        name: "session".into(),
+        image: Some(image),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        env: Some(env(name, names, settings)),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: SESSION_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        startup_probe: Some(probe("/healthz", 2, 60)),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        resources: Some(resources(session)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(volume_mounts(settings)),
+        ..Container::default()
+    }
+}
+
+/// An HTTP probe on the container's `http` port.
+fn probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
+
+/// The spec's resources, or what Chromium with WhatsApp Web needs (it settles around
+/// 400-500 MiB).
+fn resources(session: &WhatsAppSession) -> ResourceRequirements {
+    let quantities = |pairs: &[(&str, &str)]| {
+        pairs.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect::<BTreeMap<_, _>>()
+    };
+    session.spec.browser.resources.clone().unwrap_or_else(|| ResourceRequirements {
+        requests: Some(quantities(&[("cpu", "100m"), ("memory", "512Mi")])),
+        limits: Some(quantities(&[("memory", "1Gi")])),
+        ..ResourceRequirements::default()
+    })
+}
+
+/// The session pod's environment.
+fn env(name: &str, names: &Names, settings: &Settings) -> Vec<EnvVar> {
+    let value = |key: &str, value: String| EnvVar { name: key.into(), value: Some(value), value_from: None };
+    let from =
+        |key: &str, source: EnvVarSource| EnvVar { name: key.into(), value: None, value_from: Some(source) };
+    let field = |path: &str| EnvVarSource {
+        field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..ObjectFieldSelector::default() }),
+        ..EnvVarSource::default()
+    };
+    let token = EnvVarSource {
+        secret_key_ref: Some(SecretKeySelector {
+            name: names.secret.clone(),
+            key: TOKEN_KEY.into(),
+            ..SecretKeySelector::default()
+        }),
+        ..EnvVarSource::default()
+    };
+    let mut env = vec![
+        from("POD_NAME", field("metadata.name")),
+        from("POD_NAMESPACE", field("metadata.namespace")),
+        from("POD_IP", field("status.podIP")),
+        value("WAO_SESSION_NAME", name.to_string()),
+        value("WAO_PROFILE_DIR", format!("{PROFILE_MOUNT}/profile")),
+        value("WAO_LISTEN", format!("0.0.0.0:{SESSION_PORT}")),
+        from("WAO_HUB_TOKEN", token),
+        // Chromium's crash reporter writes under $HOME: keep it on the writable /tmp.
+        value("HOME", "/tmp".into()),
+    ];
+    if settings.bridge_script_configmap.is_some() {
+        env.push(value("WAO_BRIDGE_SCRIPT", format!("{BRIDGE_MOUNT}/wa-bridge.js")));
+    }
+    env
+}
+
+fn volume_mounts(settings: &Settings) -> Vec<VolumeMount> {
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        ..VolumeMount::default()
+    };
+    let mut mounts =
+        vec![mount(PROFILE_VOLUME, PROFILE_MOUNT), mount("shm", "/dev/shm"), mount("tmp", "/tmp")];
+    if settings.bridge_script_configmap.is_some() {
+        mounts.push(VolumeMount { read_only: Some(true), ..mount("bridge", BRIDGE_MOUNT) });
+    }
+    mounts
+}
+
+/// The pod's volumes (the profile volume comes from the claim template): /dev/shm and /tmp
+/// in memory, and the optional bridge-script ConfigMap.
+fn volumes(settings: &Settings) -> Vec<Volume> {
+    let memory = |name: &str, size: &str| Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: Some(Quantity(size.into())),
+        }),
+        ..Volume::default()
+    };
+    let mut volumes = vec![memory("shm", "256Mi"), memory("tmp", "128Mi")];
+    if let Some(configmap) = &settings.bridge_script_configmap {
+        volumes.push(Volume {
+            name: "bridge".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: configmap.clone(),
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    volumes
+}
+
+/// The profile volume: the claim of pod `<name>-0`, which holds the WhatsApp login.
+fn claim_template(session: &WhatsAppSession) -> PersistentVolumeClaim {
+    let storage = &session.spec.storage;
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(PROFILE_VOLUME.into()),
+            labels: Some(labels(session)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), storage.size.clone())])),
+                ..VolumeResourceRequirements::default()
+            }),
+            storage_class_name: storage.storage_class_name.clone(),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
 }
 
 /// The parts of a StatefulSet the API server refuses to change.

@@ -29,7 +29,8 @@ use crate::children::{self, Children, MANAGED_BY, Names, SESSION_LABEL, Settings
 use crate::compare::{is_subset, quantity_value};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::status::{self, Observation, POD_READY, RECONCILED};
+use crate::rollout::{self, Budget, Cause, Decision, StsView};
+use crate::status::{self, Observation, POD_READY, RECONCILED, ROLL_PENDING};
 
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "whatsapp-operator";
@@ -37,6 +38,10 @@ pub const FIELD_MANAGER: &str = "whatsapp-operator";
 const RESYNC: Duration = Duration::from_secs(600);
 /// Retry delay after an error or an invalid spec: soon, but never a hot loop.
 const RETRY: Duration = Duration::from_secs(15);
+/// How soon a session first in line for a restart slot asks again; one further back asks
+/// less often (a round of restarts later), up to [`ROLL_WAIT_MAX`].
+const ROLL_WAIT: Duration = Duration::from_secs(2);
+const ROLL_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// Caches of everything the reconciler reads.
 #[derive(Clone)]
@@ -60,6 +65,8 @@ pub struct Context {
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub caches: Caches,
+    /// How many sessions may restart their pod at a time (see [`crate::rollout`]).
+    pub budget: Budget,
     /// The operator status last written per session UID, with the resourceVersion the session
     /// had when we wrote it. The session cache can lag behind our own write: while it still
     /// shows that version, a stale read must not write (and announce) the same thing twice;
@@ -98,6 +105,7 @@ pub async fn run(
     settings: Settings,
     metrics: Metrics,
     reporter: Reporter,
+    budget: Budget,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
@@ -163,13 +171,13 @@ pub async fn run(
         claims,
         storage_classes,
     };
-    let metrics_for_gauge = metrics.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         settings,
         metrics,
         caches: caches.clone(),
+        budget,
         written: Default::default(),
     });
 
@@ -181,14 +189,18 @@ pub async fn run(
     // A new or removed storage class may fix a session waiting for it.
     let class_sessions = sessions.clone();
 
-    // Sessions by state, counted off the reconcile path: every few seconds from the cache.
+    // Sessions by state and pod restarts, counted off the reconcile path: every few seconds
+    // from the caches.
     let _gauge = {
-        let (store, metrics) = (sessions.clone(), metrics_for_gauge);
+        let (store, ctx) = (sessions.clone(), ctx.clone());
         AbortOnDrop(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
-                metrics.set_sessions(store.state().iter().map(|s| s.status.as_ref().and_then(|st| st.state)));
+                let states = store.state();
+                ctx.metrics.set_sessions(states.iter().map(|s| s.status.as_ref().and_then(|st| st.state)));
+                let fleet = fleet(&ctx.caches.statefulsets);
+                ctx.metrics.set_rollout(ctx.budget.observe(&fleet, Instant::now()));
             }
         }))
     };
@@ -244,7 +256,10 @@ async fn reconcile(session: Arc<WhatsAppSession>, ctx: Arc<Context>) -> Result<A
     }
     let started = Instant::now();
     ctx.metrics.reconciliations.inc();
-    let result = Reconciler { ctx: &ctx, session: &session, writes: 0 }.run().instrument(span).await;
+    let result = Reconciler { ctx: &ctx, session: &session, writes: 0, requeue: None, rolled: None }
+        .run()
+        .instrument(span)
+        .await;
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     result
 }
@@ -260,6 +275,11 @@ struct Reconciler<'a> {
     ctx: &'a Context,
     session: &'a WhatsAppSession,
     writes: u32,
+    /// When to look again, if sooner than the default (a session waiting for a restart slot).
+    requeue: Option<Duration>,
+    /// The StatefulSet as this reconcile wrote it with a new pod template: fresher than the
+    /// cache, which may not show that write yet when the pod is already being replaced.
+    rolled: Option<StatefulSet>,
 }
 
 impl Reconciler<'_> {
@@ -276,19 +296,22 @@ impl Reconciler<'_> {
 
         let reconciled = match self.spec_problem(&namespace, &names) {
             Some(problem) => problem,
-            None => {
-                self.apply_children(desired, &namespace).await?;
-                Observation::new(true, "Applied", "every child matches the spec")
-            }
+            None => match self.apply_children(desired, &namespace).await? {
+                Some(pending) => pending,
+                None => Observation::new(true, "Applied", "every child matches the spec"),
+            },
         };
         let pod = self.ctx.caches.pods.get(&ObjectRef::new(&names.pod).within(&namespace));
-        let pod_ready = status::pod_ready(self.session, pod.as_deref());
+        let cached = self.ctx.caches.statefulsets.get(&ObjectRef::new(&names.statefulset).within(&namespace));
+        let sts = self.rolled.as_ref().or(cached.as_deref());
+        let pod_ready = status::pod_ready(self.session, pod.as_deref(), sts);
         self.update_status(&reconciled, &pod_ready).await?;
         tracing::Span::current().record("writes", self.writes);
         if self.writes > 0 {
             info!(writes = self.writes, reconciled = reconciled.status, pod = %pod_ready.reason, "reconciled");
         }
-        Ok(Action::requeue(if reconciled.status { RESYNC } else { RETRY }))
+        let default = if reconciled.status { RESYNC } else { RETRY };
+        Ok(Action::requeue(self.requeue.unwrap_or(default)))
     }
 
     /// A spec the API server accepted but the cluster cannot honour: a missing storage
@@ -331,7 +354,9 @@ impl Reconciler<'_> {
         None
     }
 
-    async fn apply_children(&mut self, desired: Children, namespace: &str) -> Result<()> {
+    /// Applies every child. A pod restart the rollout budget holds back keeps the running pod
+    /// template and is told back (`Reconciled=False`, `RollPending`).
+    async fn apply_children(&mut self, desired: Children, namespace: &str) -> Result<Option<Observation>> {
         let caches = self.ctx.caches.clone();
         let Children { secret, service_account, role, role_binding, service, statefulset } = desired;
         self.apply(&caches.secrets, secret, namespace).await?;
@@ -341,15 +366,77 @@ impl Reconciler<'_> {
         self.apply(&caches.services, service, namespace).await?;
 
         let existing = caches.statefulsets.get(&ObjectRef::from_obj(&statefulset));
-        if let Some(existing) = existing.filter(|e| children::frozen_fields_differ(e, &statefulset)) {
-            self.replace_statefulset(&existing, namespace).await?;
+        if let Some(existing) = existing.as_ref().filter(|e| children::frozen_fields_differ(e, &statefulset))
+        {
+            self.replace_statefulset(existing, namespace).await?;
             self.resize_claim(namespace).await?;
+            self.apply(&caches.statefulsets, statefulset, namespace).await?;
+            return Ok(None);
         }
-        self.apply(&caches.statefulsets, statefulset, namespace).await
+        self.apply_statefulset(existing.as_deref(), statefulset, namespace).await
     }
 
-    /// Server-side applies `desired` unless the cached object already matches it.
-    async fn apply<K>(&mut self, cache: &Store<K>, desired: K, namespace: &str) -> Result<()>
+    /// Applies the StatefulSet; a new pod template goes through the rollout budget.
+    async fn apply_statefulset(
+        &mut self,
+        existing: Option<&StatefulSet>,
+        mut desired: StatefulSet,
+        namespace: &str,
+    ) -> Result<Option<Observation>> {
+        let statefulsets = self.ctx.caches.statefulsets.clone();
+        let Some(existing) = existing.filter(|e| template_differs(e, &desired)) else {
+            self.apply(&statefulsets, desired, namespace).await?;
+            return Ok(None);
+        };
+        let key = format!("{namespace}/{}", existing.name_any());
+        let cause = self.roll_cause(existing, &desired, namespace);
+        let decision = self.request_roll(&key, cause);
+        if let Decision::Wait { rolling, ahead, limit } = decision {
+            info!(?cause, rolling, ahead, limit, "pod restart waits for a slot");
+            if let (Some(spec), Some(running)) = (desired.spec.as_mut(), existing.spec.as_ref()) {
+                spec.template = running.template.clone();
+            }
+            self.apply(&statefulsets, desired, namespace).await?;
+            let rounds = u32::try_from(ahead / limit.max(1)).unwrap_or(u32::MAX);
+            self.requeue = Some(ROLL_WAIT.saturating_mul(rounds.saturating_add(1)).min(ROLL_WAIT_MAX));
+            return Ok(Some(roll_pending(limit)));
+        }
+        info!(?cause, "restarting the pod on a new template");
+        match self.apply(&statefulsets, desired, namespace).await {
+            Ok(applied) => {
+                let generation = applied.as_ref().unwrap_or(existing).metadata.generation;
+                self.ctx.budget.applied(&key, generation.unwrap_or_default());
+                self.rolled = applied;
+                Ok(None)
+            }
+            Err(e) => {
+                self.ctx.budget.abandon(&key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Why the pod template changes (see [`rollout::cause`]).
+    fn roll_cause(&self, existing: &StatefulSet, desired: &StatefulSet, namespace: &str) -> Cause {
+        let names = Names::of(&self.session.name_any());
+        let pod = self.ctx.caches.pods.get(&ObjectRef::new(&names.pod).within(namespace));
+        let serving = status::pod_ready(self.session, pod.as_deref(), Some(existing)).status;
+        rollout::cause(existing, desired, serving)
+    }
+
+    /// Asks the budget, with the fleet as the StatefulSet cache shows it.
+    fn request_roll(&self, key: &str, cause: Cause) -> Decision {
+        let fleet = fleet(&self.ctx.caches.statefulsets);
+        let created = self.session.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
+        let now = Instant::now();
+        let decision = self.ctx.budget.request(key, (created, key.to_string()), cause, &fleet, now);
+        self.ctx.metrics.set_rollout(self.ctx.budget.observe(&fleet, now));
+        decision
+    }
+
+    /// Server-side applies `desired` unless the cached object already matches it; returns the
+    /// object as written, if it was.
+    async fn apply<K>(&mut self, cache: &Store<K>, desired: K, namespace: &str) -> Result<Option<K>>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -361,7 +448,7 @@ impl Reconciler<'_> {
         if let Some(actual) = &cached
             && is_subset(&serde_json::to_value(&desired)?, &serde_json::to_value(actual.as_ref())?)
         {
-            return Ok(());
+            return Ok(None);
         }
         let name = desired.name_any();
         let kind = K::kind(&());
@@ -370,7 +457,8 @@ impl Reconciler<'_> {
         let mut body = serde_json::to_value(&desired)?;
         body["apiVersion"] = json!(K::api_version(&()));
         body["kind"] = json!(kind);
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+        let applied =
+            api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
         self.wrote(&kind);
         // A child that differs while the spec it was built from is unchanged was changed by
         // someone else; after a spec edit it differs because the spec does.
@@ -380,7 +468,7 @@ impl Reconciler<'_> {
             self.publish("Repaired", format!("{kind} {name} had drifted from the spec and was restored"))
                 .await;
         }
-        Ok(())
+        Ok(Some(applied))
     }
 
     /// Deletes a StatefulSet whose frozen fields must change, leaving its pod running and its
@@ -543,6 +631,33 @@ fn another_tenants(claim: &PersistentVolumeClaim, session: &WhatsAppSession) -> 
             children::CLIENTE_LABEL
         ),
     ))
+}
+
+/// Every StatefulSet in the cache, by `namespace/name`, as the rollout budget sees it.
+fn fleet(statefulsets: &Store<StatefulSet>) -> Vec<(String, StsView)> {
+    let key = |s: &StatefulSet| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any());
+    statefulsets.state().iter().map(|s| (key(s), StsView::of(s))).collect()
+}
+
+/// Whether applying `desired` would change the pod template (and so restart the pod).
+fn template_differs(existing: &StatefulSet, desired: &StatefulSet) -> bool {
+    let template = |sts: &StatefulSet| sts.spec.as_ref().map(|s| serde_json::to_value(&s.template));
+    match (template(desired), template(existing)) {
+        (Some(Ok(desired)), Some(Ok(existing))) => !is_subset(&desired, &existing),
+        _ => false,
+    }
+}
+
+/// The `Reconciled` observation of a session whose pod restart waits for a slot.
+fn roll_pending(limit: usize) -> Observation {
+    Observation::new(
+        false,
+        ROLL_PENDING,
+        format!(
+            "a new pod template (operator settings or version) waits for a restart slot: at most {limit} \
+             sessions restart at a time (--max-rolling-sessions); the pod keeps running meanwhile"
+        ),
+    )
 }
 
 fn claim_size(claim: Option<&PersistentVolumeClaim>) -> Option<String> {

@@ -7,6 +7,7 @@ mod controller;
 mod error;
 mod leadership;
 mod metrics;
+mod rollout;
 mod server;
 mod status;
 
@@ -28,6 +29,7 @@ use whatsapp_crds::WhatsAppSession;
 use crate::children::Settings;
 use crate::controller::Scope;
 use crate::metrics::Metrics;
+use crate::rollout::Budget;
 use crate::server::Health;
 
 /// Every setting, from flags or environment variables.
@@ -79,6 +81,14 @@ struct Config {
     /// Seconds a leader keeps the Lease without renewing it; a standby takes over after that.
     #[arg(long, env = "WAO_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     lease_duration_seconds: u64,
+
+    /// Session pods that may restart at a time when a fleet-wide input changes their template
+    /// (hub-token key, session image, other settings, an operator upgrade): a number, or a
+    /// percentage of the sessions running a pod (rounded up). The others keep their running pod
+    /// and wait their turn, oldest first (Reconciled=False, reason RollPending). A change of a
+    /// session's own spec.browser, and a session with no pod serving, never wait.
+    #[arg(long, env = "WAO_MAX_ROLLING_SESSIONS", default_value = "10%")]
+    max_rolling_sessions: rollout::MaxRolling,
 
     /// Log format.
     #[arg(long, env = "WAO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -142,13 +152,24 @@ async fn run(config: Config) -> Result<()> {
                 settings.clone(),
                 metrics.clone(),
                 reporter.clone(),
+                Budget::new(config.max_rolling_sessions, rollout::DEADLINE),
                 graceful,
             )
         };
         lead(&config, &identity, &client, &shutdown_rx, controller, &metrics).await?;
     } else {
         metrics.leader.set(1);
-        controller::run(client, scope, settings, metrics.clone(), reporter, until(shutdown_rx.clone())).await;
+        let budget = Budget::new(config.max_rolling_sessions, rollout::DEADLINE);
+        controller::run(
+            client,
+            scope,
+            settings,
+            metrics.clone(),
+            reporter,
+            budget,
+            until(shutdown_rx.clone()),
+        )
+        .await;
     }
     let _ = server.await;
     info!("stopped");

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub writes: IntCounterVec,
     pub sessions: IntGaugeVec,
     pub leader: IntGauge,
+    pub rollout: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -78,6 +79,17 @@ impl Metrics {
             &registry,
             IntGauge::new("whatsapp_operator_leader", "1 while this replica holds the leader lease."),
         )?;
+        let rollout = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "whatsapp_operator_pod_restarts",
+                    "Session pod restarts for a new template: holding a slot of the rollout budget \
+                     (rolling), or waiting for one (waiting).",
+                ),
+                &["phase"],
+            ),
+        )?;
         Ok(Metrics {
             registry,
             reconciliations,
@@ -86,6 +98,7 @@ impl Metrics {
             writes,
             sessions,
             leader,
+            rollout,
         })
     }
 }
@@ -107,6 +120,12 @@ impl Metrics {
         for (state, n) in counts {
             self.sessions.with_label_values(&[state]).set(n);
         }
+    }
+
+    /// Sets the pod-restart gauges from the rollout budget's counts.
+    pub fn set_rollout(&self, counts: crate::rollout::Counts) {
+        self.rollout.with_label_values(&["rolling"]).set(counts.rolling as i64);
+        self.rollout.with_label_values(&["waiting"]).set(counts.waiting as i64);
     }
 
     /// The text exposition format.

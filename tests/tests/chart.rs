@@ -91,7 +91,7 @@ fn the_chart_lints_clean_and_renders_what_it_promises() {
         "Service/rel-whatsapp-operator-operator-metrics",
         "PodDisruptionBudget/rel-whatsapp-operator-hub",
         "NetworkPolicy/rel-whatsapp-operator-sessions",
-        "ClusterRoleBinding/rel-whatsapp-operator-operator",
+        "RoleBinding/rel-whatsapp-operator-operator",
         "RoleBinding/rel-whatsapp-operator-hub",
         "Role/rel-whatsapp-operator-operator-leader-election",
         "Secret/rel-whatsapp-operator-hub-token-key",
@@ -100,6 +100,19 @@ fn the_chart_lints_clean_and_renders_what_it_promises() {
     ] {
         assert!(names.contains(&expected.to_string()), "{expected} missing from {names:?}");
     }
+    // By default the operator reconciles the hub's session namespace, and its rights (the
+    // sessions' Secrets among them) are bound there only; every namespace is an explicit choice.
+    let operator_scope = |objects: &[Value]| {
+        let operator = find(objects, "Deployment", "rel-whatsapp-operator-operator");
+        let env = operator["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+        let watched = env.iter().find(|v| v["name"] == "WAO_WATCH_NAMESPACE").map(|v| v["value"].clone());
+        let names = kinds(objects);
+        let cluster_wide = names.iter().any(|n| n == "ClusterRoleBinding/rel-whatsapp-operator-operator");
+        (watched, cluster_wide)
+    };
+    assert_eq!(operator_scope(&plain), (Some(json!("wao")), false));
+    assert_eq!(find(&plain, "RoleBinding", "rel-whatsapp-operator-operator")["metadata"]["namespace"], "wao");
+    assert_eq!(operator_scope(&render(&["--set", "operator.watchNamespace=*"])), (None, true));
     let hub = find(&plain, "Deployment", "rel-whatsapp-operator-hub");
     assert_eq!(hub["spec"]["replicas"], 2);
     // Stopping: out of rotation first, then every request in flight gets its full timeout.
@@ -142,7 +155,7 @@ fn the_chart_lints_clean_and_renders_what_it_promises() {
     find(&monitored, "ServiceMonitor", "rel-whatsapp-operator-operator");
     find(&monitored, "ServiceMonitor", "rel-whatsapp-operator-hub");
     let pod_monitor = find(&monitored, "PodMonitor", "rel-whatsapp-operator-sessions");
-    assert_eq!(pod_monitor["spec"]["namespaceSelector"]["any"], true);
+    assert_eq!(pod_monitor["spec"]["namespaceSelector"]["matchNames"], json!(["wao"]));
     let rule = find(&monitored, "PrometheusRule", "rel-whatsapp-operator");
     let alerts: Value =
         serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("files/alerts.yaml")).unwrap())

@@ -182,6 +182,8 @@ async fn lost_pods_and_tampered_children_are_repaired() {
         }))
     })
     .await;
+    // Nothing rolled that pod: it was lost.
+    wait_event(&ns, "acme", "PodLost").await;
 
     // Someone deletes the Service: restored.
     let services: Api<Service> = ns.api();
@@ -583,4 +585,155 @@ async fn a_frozen_statefulset_field_change_replaces_it_and_keeps_pod_and_volume(
         .persistent_volume_claim_retention_policy
         .unwrap();
     assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+}
+
+/// Watches the namespace's StatefulSets and remembers the most sessions seen restarting at
+/// once: a StatefulSet counts from the moment its template is the new one (`is_new`) until it
+/// runs it on a ready pod. Also which sessions were ever seen restarting.
+#[derive(Default)]
+struct Rolls {
+    most: usize,
+    rolled: std::collections::BTreeSet<String>,
+}
+
+fn sts_settled(sts: &StatefulSet) -> bool {
+    let Some(status) = sts.status.as_ref() else { return false };
+    let wanted = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    status.observed_generation >= sts.metadata.generation
+        && status.current_revision == status.update_revision
+        && status.updated_replicas.unwrap_or_default() >= wanted
+        && status.ready_replicas.unwrap_or_default() >= wanted
+}
+
+/// The bridge-script volume the restarted operator adds to every session pod.
+fn has_bridge_volume(sts: &StatefulSet) -> bool {
+    let volumes = sts.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|p| p.volumes.as_ref());
+    volumes.is_some_and(|v| v.iter().any(|v| v.name == "bridge"))
+}
+
+async fn watch_rolls(
+    api: Api<StatefulSet>,
+    rolls: std::sync::Arc<std::sync::Mutex<Rolls>>,
+    listed: tokio::sync::oneshot::Sender<()>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (store, writer) = reflector::store::<StatefulSet>();
+    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    let mut listed = Some(listed);
+    while let Some(event) = stream.next().await {
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            listed.take().map(|tx| tx.send(()));
+        }
+        let rolling: Vec<String> = store
+            .state()
+            .iter()
+            .filter(|s| has_bridge_volume(s) && !sts_settled(s))
+            .map(|s| s.metadata.name.clone().unwrap_or_default())
+            .collect();
+        let mut rolls = rolls.lock().unwrap();
+        rolls.most = rolls.most.max(rolling.len());
+        rolls.rolled.extend(rolling);
+    }
+}
+
+/// Sessions ever seen with `Reconciled=False/RollPending`.
+async fn watch_pending(api: Api<WhatsAppSession>, seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let stream = watcher(api, watcher::Config::default()).default_backoff().applied_objects();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(Ok(session)) = stream.next().await {
+        let conditions = session.status.map(|s| s.conditions).unwrap_or_default();
+        if conditions.iter().any(|c| c.type_ == "Reconciled" && c.reason == "RollPending") {
+            seen.lock().unwrap().push(session.metadata.name.unwrap_or_default());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_fleet_wide_template_change_restarts_at_most_the_budget_of_pods_at_a_time() {
+    const SESSIONS: usize = 20;
+    const BUDGET: usize = 3;
+    let ns = cluster().namespace("op-stagger").await;
+    let mut before = Operator::start(&ns, "op-a", "op-a", &["--max-rolling-sessions", "3"]);
+    before.wait_leading().await;
+    let yaml: Vec<String> =
+        (1..=SESSIONS).map(|i| session_yaml(&format!("s{i}"), &format!("  clienteId: {i}\n"))).collect();
+    assert!(ns.apply(&yaml.join("---\n")).success);
+    for condition in ["Reconciled", "PodReady"] {
+        run(ns.kubectl().args([
+            "wait",
+            &format!("--for=condition={condition}"),
+            "--timeout=120s",
+            "was",
+            "--all",
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let rolls = std::sync::Arc::new(std::sync::Mutex::new(Rolls::default()));
+    let (listed_tx, listed_rx) = tokio::sync::oneshot::channel();
+    let observer = tokio::spawn(watch_rolls(ns.api(), rolls.clone(), listed_tx));
+    let pending = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let pending_observer = tokio::spawn(watch_pending(ns.api(), pending.clone()));
+    listed_rx.await.expect("the StatefulSet watch listed");
+
+    // An operator upgrade that changes every session's pod template (here: a bridge-script
+    // ConfigMap mounted into every pod), as a new session image or hub-token key would.
+    before.kill();
+    let started = Instant::now();
+    let after = Operator::start(
+        &ns,
+        "op-b",
+        "op-b",
+        &["--max-rolling-sessions", "3", "--bridge-script-configmap", "wa-bridge"],
+    );
+    let statefulsets: Api<StatefulSet> = ns.api();
+    eventually("every session restarted on the new template", Duration::from_secs(240), || async {
+        let list = statefulsets.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let done = list.items.iter().filter(|s| has_bridge_volume(s) && sts_settled(s)).count();
+        Ok((done == SESSIONS).then_some(()))
+    })
+    .await;
+    let took = started.elapsed();
+    for condition in ["Reconciled", "PodReady"] {
+        run(ns.kubectl().args([
+            "wait",
+            &format!("--for=condition={condition}"),
+            "--timeout=60s",
+            "was",
+            "--all",
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    observer.abort();
+    pending_observer.abort();
+    let waiting = after.metric("whatsapp_operator_pod_restarts{phase=\"waiting\"}").await;
+    let rolls = std::mem::take(&mut *rolls.lock().unwrap());
+    let mut waited = pending.lock().unwrap().clone();
+    waited.sort();
+    waited.dedup();
+    println!(
+        "{SESSIONS} sessions, budget {BUDGET}: at most {} restarting at once; {} waited (RollPending); \
+         all on the new template in {:.1} s",
+        rolls.most,
+        waited.len(),
+        took.as_secs_f64()
+    );
+    assert_eq!(rolls.rolled.len(), SESSIONS, "every session was seen restarting: {:?}", rolls.rolled);
+    assert!(rolls.most <= BUDGET, "{} sessions restarted at once, with a budget of {BUDGET}", rolls.most);
+    assert!(waited.len() >= SESSIONS / 2, "sessions told RollPending: {waited:?}");
+    assert_eq!(waiting, 0.0, "no session waits any more");
+    // Planned restarts are told as such (Normal `Restarting`), never as lost pods.
+    let lost: Vec<String> = warnings(&ns).await.into_iter().filter(|w| w.starts_with("PodLost")).collect();
+    assert!(lost.is_empty(), "PodLost warnings for planned restarts: {lost:?}");
+    println!("{} Restarting events", normal_events(&ns, "Restarting").await);
+}
+
+/// How many Normal events with `reason` the namespace holds.
+async fn normal_events(ns: &TestNamespace, reason: &str) -> usize {
+    let events: Api<Event> = ns.api();
+    let fields = format!("type=Normal,reason={reason}");
+    events.list(&ListParams::default().fields(&fields)).await.unwrap().items.len()
 }

@@ -46,6 +46,12 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- define "wao.sessionNamespace" -}}
 {{- .Values.hub.sessionNamespace | default .Release.Namespace -}}
 {{- end -}}
+{{- /* The namespace the operator reconciles: operator.watchNamespace, by default the hub's session
+namespace; empty for every namespace ("*", an explicit choice: its RBAC is then cluster-wide). */ -}}
+{{- define "wao.operatorNamespace" -}}
+{{- $ns := .Values.operator.watchNamespace | default (include "wao.sessionNamespace" .) -}}
+{{- if ne $ns "*" }}{{ $ns }}{{ end -}}
+{{- end -}}
 {{- define "wao.hubTokenKeySecret" -}}
 {{- .Values.hubTokenKey.existingSecret | default (printf "%s-hub-token-key" (include "wao.fullname" .)) -}}
 {{- end -}}

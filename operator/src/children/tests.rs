@@ -1,5 +1,5 @@
 use super::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn settings() -> Settings {
     Settings {
@@ -249,4 +249,53 @@ fn a_bridge_script_configmap_is_mounted_optionally() {
             .iter()
             .any(|v| v["name"] == "bridge")
     );
+}
+
+/// A session with every optional spec field set, and settings with every option set.
+fn everything() -> (WhatsAppSession, Settings) {
+    let spec = json!({
+        "clienteId": 7,
+        "suspended": true,
+        "webhooks": [{"name": "crm", "url": "https://crm.example/", "secretRef": {"name": "signing"}}],
+        "storage": {"size": "3Gi", "storageClassName": "fast", "whenDeleted": "Delete"},
+        "browser": {
+            "image": "mine:3",
+            "resources": {"requests": {"cpu": "250m", "memory": "700Mi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
+            "extraArgs": ["--lang=es"],
+            "webVersion": "2.3000.1029560484",
+        },
+    });
+    let settings = Settings {
+        image_pull_policy: Some("IfNotPresent".into()),
+        bridge_script_configmap: Some("wa-bridge".into()),
+        ..settings()
+    };
+    (session(spec), settings)
+}
+
+fn all_children_json(c: &Children) -> Value {
+    json!({
+        "secret": serde_json::to_value(&c.secret).unwrap(),
+        "serviceAccount": serde_json::to_value(&c.service_account).unwrap(),
+        "role": serde_json::to_value(&c.role).unwrap(),
+        "roleBinding": serde_json::to_value(&c.role_binding).unwrap(),
+        "service": serde_json::to_value(&c.service).unwrap(),
+        "statefulset": serde_json::to_value(&c.statefulset).unwrap(),
+    })
+}
+
+/// The children as the json!-literal version of this module built them (captured before the
+/// move to typed structs): the typed version must emit exactly the same objects, since omitted,
+/// null and empty fields all mean different things to server-side apply.
+#[test]
+fn the_children_are_exactly_what_the_json_version_emitted() {
+    let fixtures = [
+        (everything(), include_str!("fixture_everything.json")),
+        ((session(json!({"clienteId": 1})), settings()), include_str!("fixture_defaults.json")),
+    ];
+    for ((session, settings), expected) in fixtures {
+        let actual = all_children_json(&desired(&session, &settings).unwrap());
+        let expected: Value = serde_json::from_str(expected).unwrap();
+        assert_eq!(actual, expected, "{}", serde_json::to_string_pretty(&actual).unwrap());
+    }
 }
