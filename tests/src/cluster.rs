@@ -256,6 +256,34 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Stops one component (SIGTERM, then SIGKILL after 10 s), as an outage of it, and returns
+    /// the arguments it ran with, for [`ControlPlane::start_component`] to start it again.
+    pub async fn stop_component(&mut self, name: &str) -> Result<Vec<String>> {
+        let index = self
+            .processes
+            .iter()
+            .position(|(n, _)| *n == name)
+            .with_context(|| format!("no running {name}"))?;
+        let (name, mut child) = self.processes.remove(index);
+        let pid = child.id().with_context(|| format!("{name} has exited"))?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+        let args = cmdline
+            .split(|b| *b == 0)
+            .skip(1)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        crate::processes::stop_gracefully(name, &mut child, Duration::from_secs(10)).await?;
+        Ok(args)
+    }
+
+    /// Starts a component stopped by [`ControlPlane::stop_component`] again, with `args` (its
+    /// log is started afresh).
+    pub fn start_component(&mut self, name: &'static str, args: &[String]) -> Result<()> {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn(name, &args)
+    }
+
     /// Stops every component, newest first, with SIGTERM and then SIGKILL after a grace period.
     pub async fn stop(mut self) {
         while let Some((name, mut child)) = self.processes.pop() {

@@ -67,6 +67,12 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 }
 
 impl TestCluster {
+    /// A control plane running from the state directory `dir` (one a test started itself,
+    /// apart from the shared one).
+    pub fn at(dir: PathBuf) -> TestCluster {
+        Self::existing(dir)
+    }
+
     fn existing(dir: PathBuf) -> TestCluster {
         let dir = dir.canonicalize().unwrap_or_else(|e| panic!("{CLUSTER_ENV}={}: {e}", dir.display()));
         let bin = dir.join("bin").canonicalize().expect("the cluster state dir has bin/");
@@ -230,6 +236,19 @@ impl TestNamespace {
             Ok(session.status.filter(|s| check(s)))
         })
         .await
+    }
+
+    /// Writes a session's status the way its pod does (server-side apply of `status`, a JSON
+    /// object, as the field manager `test-pod`): the CR's status is the interface.
+    pub async fn report_status(&self, name: &str, status: serde_json::Value) -> Result<(), kube::Error> {
+        use kube::api::{Patch, PatchParams};
+        let body = serde_json::json!({
+            "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession", "status": status,
+        });
+        self.api::<whatsapp_crds::WhatsAppSession>()
+            .patch_status(name, &PatchParams::apply("test-pod").force(), &Patch::Apply(body))
+            .await
+            .map(|_| ())
     }
 
     /// The phone `phone` scans whichever QR the session `name` shows (the next one if it

@@ -40,13 +40,18 @@ pub struct HubOptions<'a> {
 
 impl Hub {
     pub fn start(ns: &TestNamespace, options: HubOptions) -> Hub {
+        Self::start_at(ns, options, free_port().unwrap(), free_port().unwrap())
+    }
+
+    /// [`Hub::start`] listening on `port` and `metrics_port` (those of a hub that died, say, as
+    /// its restarted container keeps them).
+    pub fn start_at(ns: &TestNamespace, options: HubOptions, port: u16, metrics_port: u16) -> Hub {
         let dir = ns.cluster.dir.join("processes");
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("hub-token.key");
         write_shared_file(&key, TEST_HUB_TOKEN_KEY);
         let secret = dir.join("jwt.secret");
         write_shared_file(&secret, TEST_JWT_SECRET);
-        let (port, metrics_port) = (free_port().unwrap(), free_port().unwrap());
         let log = dir.join(format!("{}-hub-{port}.log", ns.name));
         let mut command = Command::new(workspace_binary("whatsapp-hub"));
         command
@@ -217,8 +222,14 @@ pub struct Events {
 impl Events {
     /// Opens the stream at `url` (a hub's `/api/whatsapp/{clienteId}/events`).
     pub async fn open(url: &str, token: &str) -> Events {
+        Self::try_open(url, token).await.expect("opening the stream")
+    }
+
+    /// [`Events::open`], with the transport error if the hub cannot be reached (a client
+    /// reconnecting tries again).
+    pub async fn try_open(url: &str, token: &str) -> Result<Events, String> {
         let response =
-            reqwest::Client::new().get(url).bearer_auth(token).send().await.expect("opening the stream");
+            reqwest::Client::new().get(url).bearer_auth(token).send().await.map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -249,7 +260,7 @@ impl Events {
                 }
             }
         });
-        Events { rx, task, status, content_type }
+        Ok(Events { rx, task, status, content_type })
     }
 
     /// The next event, or None once the stream ended.

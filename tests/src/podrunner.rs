@@ -434,7 +434,7 @@ pub async fn service_account_kubeconfig(
 }
 
 /// The host directory of a claim's bound host-path volume.
-async fn claim_dir(client: &Client, ns: &str, claim: &str) -> Result<PathBuf> {
+pub async fn claim_dir(client: &Client, ns: &str, claim: &str) -> Result<PathBuf> {
     let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns).get(claim).await?;
     let volume =
         pvc.spec.and_then(|s| s.volume_name).with_context(|| format!("claim {claim} is not bound"))?;

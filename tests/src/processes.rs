@@ -76,6 +76,15 @@ impl Operator {
         sample_value(&text, sample).unwrap_or(0.0)
     }
 
+    /// The operator's own count of its API writes (Lease renewals are not counted there).
+    pub async fn writes(&self) -> f64 {
+        let text = self.metrics().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with("whatsapp_operator_kube_writes_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Waits until this operator holds the lease.
     pub async fn wait_leading(&self) {
         eventually(&format!("operator {} to lead", self.name), Duration::from_secs(30), || async {
@@ -110,6 +119,22 @@ pub fn print_log_tail(title: &str, path: &std::path::Path, lines: usize) {
     for line in tail.into_iter().rev() {
         eprintln!("{line}");
     }
+}
+
+/// When a process logged each line containing `needle` (the RFC 3339 timestamp the line
+/// starts with, colour codes aside), in order.
+pub fn logged_times(log: &std::path::Path, needle: &str) -> Vec<k8s_openapi::jiff::Timestamp> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|line| {
+            // Without the colour codes: each `ESC[…m` ends at its `m`.
+            let mut parts = line.split('\u{1b}');
+            let mut plain = parts.next().unwrap_or_default().to_string();
+            plain.extend(parts.map(|part| part.split_once('m').map_or(part, |(_, rest)| rest)));
+            plain.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
 }
 
 /// Resident memory of a process, in KiB, 0 if it is gone.
