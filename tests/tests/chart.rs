@@ -638,7 +638,8 @@ fn the_images_are_what_the_chart_expects() {
         );
     }
     // The chart runs the operator and hub images as the user the images declare, and the
-    // operator starts session pods from the session image, as 10001 (operator/src/children.rs).
+    // operator starts session pods from the session image, as 10001 (operator/src/children.rs;
+    // its unit tests prove its output equal to this fixture).
     for (deployment, image) in [("operator", "whatsapp-operator"), ("hub", "whatsapp-hub")] {
         let d = find(&plain, "Deployment", &format!("rel-whatsapp-operator-{deployment}"));
         let pod = &d["spec"]["template"]["spec"];
@@ -650,8 +651,19 @@ fn the_images_are_what_the_chart_expects() {
     assert!(env.iter().any(
         |e| e["name"] == "WAO_SESSION_IMAGE" && e["value"] == "ghcr.io/leadmaster/whatsapp-session:0.1.0"
     ));
-    let children = std::fs::read_to_string(source_path("operator/src/children.rs")).unwrap();
-    assert!(children.contains("\"runAsUser\": 10001"));
+    let children: Value = serde_json::from_str(
+        &std::fs::read_to_string(source_path("operator/src/children/fixture_defaults.json")).unwrap(),
+    )
+    .unwrap();
+    let users: Vec<&Value> = children
+        .pointer("/statefulset/spec/template/spec")
+        .into_iter()
+        .flat_map(|pod| {
+            [&pod["securityContext"]["runAsUser"], &pod["containers"][0]["securityContext"]["runAsUser"]]
+        })
+        .filter(|u| !u.is_null())
+        .collect();
+    assert!(!users.is_empty() && users.iter().all(|u| **u == 10001), "{users:?}");
     // Every setting the chart passes is one the binary reads: `--help` lists its variables.
     for (deployment, binary, read_directly) in [
         ("operator", "whatsapp-operator", &["RUST_LOG"][..]),
