@@ -156,6 +156,12 @@ async fn prometheus_scrapes_the_running_stack_and_loads_the_alerts() {
         .unwrap();
     assert!(scan.status().is_success(), "{}", scan.text().await.unwrap());
     ns.wait_status("cliente-42", "READY", |s| s.state == Some(whatsapp_crds::SessionState::Ready)).await;
+    // The hub's cache follows the same watch a moment later: send once the hub says connected.
+    eventually("the hub shows cliente-42 connected", WAIT, || async {
+        let (_, status) = hub.get("/api/whatsapp/42/status", &admin).await;
+        Ok((status["connected"] == true).then_some(()))
+    })
+    .await;
     let (code, body) =
         hub.post("/api/whatsapp/42/send", &admin, json!({"to": "5491100001111", "message": "metrics"})).await;
     assert_eq!(code, 200, "{body}");
