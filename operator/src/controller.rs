@@ -97,6 +97,111 @@ impl Scope {
     }
 }
 
+/// A watch of one kind, feeding its cache: the objects it touches, as they change.
+type Changes<K> = futures::stream::BoxStream<'static, std::result::Result<K, watcher::Error>>;
+
+/// The watches behind [`Caches`], for the controller to be triggered by.
+struct Watches {
+    sessions: Changes<WhatsAppSession>,
+    statefulsets: Changes<StatefulSet>,
+    services: Changes<Service>,
+    service_accounts: Changes<ServiceAccount>,
+    roles: Changes<Role>,
+    role_bindings: Changes<RoleBinding>,
+    secrets: Changes<Secret>,
+    pods: Changes<Pod>,
+    claims: Changes<PersistentVolumeClaim>,
+    storage_classes: Changes<StorageClass>,
+}
+
+/// A cache of `api`'s objects and the watch that fills it. managedFields are never read here
+/// and are most of an object's size: they are dropped before caching (a third of the
+/// operator's memory at 1,000 sessions).
+fn cached<K>(api: Api<K>, config: &watcher::Config) -> (Store<K>, Changes<K>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = watcher(api, config.clone())
+        .default_backoff()
+        .modify(|obj: &mut K| obj.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects()
+        .boxed();
+    (store, stream)
+}
+
+/// Starts every watch and waits until each child cache has listed: before that a session's
+/// pod, claim or children look missing, and a reconcile would write PodReady=False, warn
+/// PodLost and apply everything again, at every start and failover. (The sessions' own watch
+/// is left to the controller: its first list is what triggers every session.)
+async fn watch(client: &Client, scope: &Scope) -> (Caches, Watches) {
+    let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    let any = watcher::Config::default();
+    let (sessions, session_changes) = cached(scope.api(client), &any);
+    let (statefulsets, mut sts) = cached(scope.api(client), &managed);
+    let (services, mut svc) = cached(scope.api(client), &managed);
+    let (service_accounts, mut sa) = cached(scope.api(client), &managed);
+    let (roles, mut role) = cached(scope.api(client), &managed);
+    let (role_bindings, mut rb) = cached(scope.api(client), &managed);
+    let (secrets, mut secret) = cached(scope.api(client), &managed);
+    let (pods, mut pod) = cached(scope.api(client), &managed);
+    let (claims, mut claim) = cached(scope.api(client), &managed);
+    let (storage_classes, mut class) = cached(Api::all(client.clone()), &any);
+    futures::join!(
+        listed(&mut sts, &statefulsets),
+        listed(&mut svc, &services),
+        listed(&mut sa, &service_accounts),
+        listed(&mut role, &roles),
+        listed(&mut rb, &role_bindings),
+        listed(&mut secret, &secrets),
+        listed(&mut pod, &pods),
+        listed(&mut claim, &claims),
+        listed(&mut class, &storage_classes),
+    );
+    let caches = Caches {
+        sessions,
+        statefulsets,
+        services,
+        service_accounts,
+        roles,
+        role_bindings,
+        secrets,
+        pods,
+        claims,
+        storage_classes,
+    };
+    let changes = Watches {
+        sessions: session_changes,
+        statefulsets: sts,
+        services: svc,
+        service_accounts: sa,
+        roles: role,
+        role_bindings: rb,
+        secrets: secret,
+        pods: pod,
+        claims: claim,
+        storage_classes: class,
+    };
+    (caches, changes)
+}
+
+/// Sessions by state and pod restarts, counted off the reconcile path: every few seconds
+/// from the caches, until dropped.
+fn gauges(ctx: Arc<Context>) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let states = ctx.caches.sessions.state();
+            ctx.metrics.set_sessions(states.iter().map(|s| s.status.as_ref().and_then(|st| st.state)));
+            let fleet = fleet(&ctx.caches.statefulsets);
+            ctx.metrics.set_rollout(ctx.budget.observe(&fleet, Instant::now()));
+        }
+    }))
+}
+
 /// Runs the controller until `shutdown` resolves. Watches start here, so a replica that is
 /// not the leader holds no caches and makes no requests.
 pub async fn run(
@@ -108,78 +213,18 @@ pub async fn run(
     budget: Budget,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-    let any = watcher::Config::default();
-
-    macro_rules! cached {
-        ($kind:ty, $api:expr, $config:expr) => {{
-            let (store, writer) = reflector::store::<$kind>();
-            // managedFields are never read here and are most of an object's size: drop them
-            // before caching (a third of the operator's memory at 1,000 sessions).
-            let stream = watcher::<$kind>($api, $config.clone())
-                .default_backoff()
-                .modify(|obj: &mut $kind| obj.managed_fields_mut().clear())
-                .reflect(writer)
-                .touched_objects();
-            (store, stream)
-        }};
-    }
-    let (sessions, session_stream) = cached!(WhatsAppSession, scope.api(&client), any);
-    let (statefulsets, sts_stream) = cached!(StatefulSet, scope.api(&client), managed);
-    let (services, svc_stream) = cached!(Service, scope.api(&client), managed);
-    let (service_accounts, sa_stream) = cached!(ServiceAccount, scope.api(&client), managed);
-    let (roles, role_stream) = cached!(Role, scope.api(&client), managed);
-    let (role_bindings, rb_stream) = cached!(RoleBinding, scope.api(&client), managed);
-    let (secrets, secret_stream) = cached!(Secret, scope.api(&client), managed);
-    let (pods, pod_stream) = cached!(Pod, scope.api(&client), managed);
-    let (claims, claim_stream) = cached!(PersistentVolumeClaim, scope.api(&client), managed);
-    let (storage_classes, class_stream) = cached!(StorageClass, Api::all(client.clone()), any);
-    // Every child cache lists before the first reconcile: before that a session's pod, claim
-    // or children look missing, and a reconcile would write PodReady=False, warn PodLost and
-    // apply everything again, at every start and failover. (The sessions' own watch is left
-    // to the controller: its first list is what triggers every session.)
-    let mut sts_stream = sts_stream.boxed();
-    let mut svc_stream = svc_stream.boxed();
-    let mut sa_stream = sa_stream.boxed();
-    let mut role_stream = role_stream.boxed();
-    let mut rb_stream = rb_stream.boxed();
-    let mut secret_stream = secret_stream.boxed();
-    let mut pod_stream = pod_stream.boxed();
-    let mut claim_stream = claim_stream.boxed();
-    let mut class_stream = class_stream.boxed();
-    futures::join!(
-        listed(&mut sts_stream, &statefulsets),
-        listed(&mut svc_stream, &services),
-        listed(&mut sa_stream, &service_accounts),
-        listed(&mut role_stream, &roles),
-        listed(&mut rb_stream, &role_bindings),
-        listed(&mut secret_stream, &secrets),
-        listed(&mut pod_stream, &pods),
-        listed(&mut claim_stream, &claims),
-        listed(&mut class_stream, &storage_classes),
-    );
-
-    let caches = Caches {
-        sessions: sessions.clone(),
-        statefulsets,
-        services,
-        service_accounts,
-        roles,
-        role_bindings,
-        secrets,
-        pods,
-        claims,
-        storage_classes,
-    };
+    let (caches, changes) = watch(&client, &scope).await;
+    let sessions = caches.sessions.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         settings,
         metrics,
-        caches: caches.clone(),
+        caches,
         budget,
         written: Default::default(),
     });
+    let _gauges = gauges(ctx.clone());
 
     // Pods and claims are not owned by the session (the StatefulSet owns them): map by label.
     let by_label = |obj: &kube::api::ObjectMeta| -> Option<ObjectRef<WhatsAppSession>> {
@@ -188,33 +233,16 @@ pub async fn run(
     };
     // A new or removed storage class may fix a session waiting for it.
     let class_sessions = sessions.clone();
-
-    // Sessions by state and pod restarts, counted off the reconcile path: every few seconds
-    // from the caches.
-    let _gauge = {
-        let (store, ctx) = (sessions.clone(), ctx.clone());
-        AbortOnDrop(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                let states = store.state();
-                ctx.metrics.set_sessions(states.iter().map(|s| s.status.as_ref().and_then(|st| st.state)));
-                let fleet = fleet(&ctx.caches.statefulsets);
-                ctx.metrics.set_rollout(ctx.budget.observe(&fleet, Instant::now()));
-            }
-        }))
-    };
-
-    Controller::for_stream(session_stream, sessions)
-        .owns_stream(sts_stream)
-        .owns_stream(svc_stream)
-        .owns_stream(sa_stream)
-        .owns_stream(role_stream)
-        .owns_stream(rb_stream)
-        .owns_stream(secret_stream)
-        .watches_stream(pod_stream, move |pod| by_label(&pod.metadata))
-        .watches_stream(claim_stream, move |claim| by_label(&claim.metadata))
-        .watches_stream(class_stream, move |_class| {
+    Controller::for_stream(changes.sessions, sessions)
+        .owns_stream(changes.statefulsets)
+        .owns_stream(changes.services)
+        .owns_stream(changes.service_accounts)
+        .owns_stream(changes.roles)
+        .owns_stream(changes.role_bindings)
+        .owns_stream(changes.secrets)
+        .watches_stream(changes.pods, move |pod| by_label(&pod.metadata))
+        .watches_stream(changes.claims, move |claim| by_label(&claim.metadata))
+        .watches_stream(changes.storage_classes, move |_class| {
             class_sessions
                 .state()
                 .into_iter()
@@ -228,7 +256,6 @@ pub async fn run(
         .await;
 }
 
-/// Drives a cache's watch until the cache has listed once (or the watch ends).
 async fn listed<K, T>(stream: &mut futures::stream::BoxStream<'static, T>, store: &Store<K>)
 where
     K: kube::Resource + Clone + 'static,
