@@ -5,13 +5,8 @@
 //! is a CEL rule in the schema, so the API server rejects bad input at admission with the
 //! messages written here.
 
-mod client;
-mod hub_token;
 mod session;
-pub mod telemetry;
 
-pub use client::{kube_client, kube_client_with_timeout};
-pub use hub_token::{MIN_HUB_TOKEN_KEY_BYTES, hub_token, read_hub_token_key};
 pub use session::*;
 
 /// API group of every resource this project defines.

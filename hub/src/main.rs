@@ -149,7 +149,7 @@ async fn main() {
         _ => {}
     }
     let config = Config::parse();
-    whatsapp_crds::telemetry::init_tracing(&config.log_format, "info");
+    whatsapp_runtime::telemetry::init_tracing(&config.log_format, "info");
     if let Err(e) = run(config).await {
         error!("{e:#}");
         std::process::exit(1);
@@ -206,7 +206,7 @@ async fn check_health_command(url: Option<String>) -> i32 {
 
 async fn run(config: Config) -> Result<()> {
     let token_key =
-        whatsapp_crds::read_hub_token_key(&config.hub_token_key_file).map_err(anyhow::Error::msg)?;
+        whatsapp_runtime::read_hub_token_key(&config.hub_token_key_file).map_err(anyhow::Error::msg)?;
     let jwt = JwtSettings {
         issuer: config.jwt_issuer.clone(),
         audience: config.jwt_audience.clone(),
@@ -229,7 +229,7 @@ async fn run(config: Config) -> Result<()> {
         None => None,
     };
 
-    let client = whatsapp_crds::kube_client("whatsapp-hub").await.context("connecting to Kubernetes")?;
+    let client = whatsapp_runtime::kube_client("whatsapp-hub").await.context("connecting to Kubernetes")?;
     let session_namespace = config
         .session_namespace
         .clone()
@@ -290,7 +290,7 @@ async fn run(config: Config) -> Result<()> {
         axum::serve(metrics_listener, ops).with_graceful_shutdown(stopped(shutdown_rx)).into_future(),
     );
 
-    wait_for_signal().await;
+    whatsapp_runtime::terminated().await;
     info!("stopping: finishing requests in flight, closing live streams");
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(config.request_timeout_seconds), api_server).await;
@@ -304,7 +304,7 @@ async fn render_metrics(
     state.metrics.cache_staleness.set(state.cache.staleness().as_secs_f64());
     state.metrics.cache_synced.set(i64::from(state.cache.synced()));
     (
-        [(axum::http::header::CONTENT_TYPE, whatsapp_crds::telemetry::METRICS_CONTENT_TYPE)],
+        [(axum::http::header::CONTENT_TYPE, whatsapp_runtime::telemetry::METRICS_CONTENT_TYPE)],
         state.metrics.render(),
     )
 }
@@ -316,13 +316,4 @@ fn trim_newline(bytes: &[u8]) -> &[u8] {
         end -= 1;
     }
     &bytes[..end]
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

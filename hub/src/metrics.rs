@@ -1,7 +1,7 @@
 //! Prometheus metrics of the hub, served at `/metrics` on the metrics port.
 
 use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
-use whatsapp_crds::telemetry::{registered, render};
+use whatsapp_runtime::telemetry::{registered, render};
 
 #[derive(Clone)]
 pub struct Metrics {

@@ -281,7 +281,7 @@ impl SessionPods {
         method: Method,
         url: reqwest::Url,
     ) -> reqwest::RequestBuilder {
-        let token = whatsapp_crds::hub_token(&self.token_key, &session.namespace, &session.name);
+        let token = whatsapp_runtime::hub_token(&self.token_key, &session.namespace, &session.name);
         client.request(method, url).bearer_auth(token).header("X-Cliente-Id", session.cliente_id.to_string())
     }
 

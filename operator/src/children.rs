@@ -21,7 +21,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
-use whatsapp_crds::{GROUP, VolumePolicy, WhatsAppSession, hub_token};
+use whatsapp_crds::{GROUP, VolumePolicy, WhatsAppSession};
+use whatsapp_runtime::hub_token;
 
 use crate::error::{Error, Result};
 

@@ -66,8 +66,11 @@ fn renewal(
 
 /// A client for the Lease alone, so a hung API connection fails its calls in time.
 pub async fn lease_client(deadline: Duration) -> Result<Client, kube::Error> {
-    whatsapp_crds::kube_client_with_timeout("whatsapp-operator", (deadline / 3).max(Duration::from_secs(1)))
-        .await
+    whatsapp_runtime::kube_client_with_timeout(
+        "whatsapp-operator",
+        (deadline / 3).max(Duration::from_secs(1)),
+    )
+    .await
 }
 
 #[cfg(test)]

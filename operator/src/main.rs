@@ -98,7 +98,7 @@ struct Config {
 #[tokio::main]
 async fn main() -> Result<()> {
     let config = Config::parse();
-    whatsapp_crds::telemetry::init_tracing(&config.log_format, "info");
+    whatsapp_runtime::telemetry::init_tracing(&config.log_format, "info");
     if let Err(e) = run(config).await {
         error!("{e:#}");
         std::process::exit(1);
@@ -107,7 +107,7 @@ async fn main() -> Result<()> {
 }
 
 async fn run(config: Config) -> Result<()> {
-    let key = whatsapp_crds::read_hub_token_key(&config.hub_token_key_file).map_err(anyhow::Error::msg)?;
+    let key = whatsapp_runtime::read_hub_token_key(&config.hub_token_key_file).map_err(anyhow::Error::msg)?;
     let settings = Settings {
         session_image: config.session_image.clone(),
         image_pull_policy: config.session_image_pull_policy.clone(),
@@ -127,7 +127,7 @@ async fn run(config: Config) -> Result<()> {
     let health = Health::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        whatsapp_runtime::terminated().await;
         info!("shutting down");
         let _ = shutdown_tx.send(true);
     });
@@ -138,7 +138,8 @@ async fn run(config: Config) -> Result<()> {
         until(shutdown_rx.clone()),
     ));
 
-    let client = whatsapp_crds::kube_client("whatsapp-operator").await.context("connecting to Kubernetes")?;
+    let client =
+        whatsapp_runtime::kube_client("whatsapp-operator").await.context("connecting to Kubernetes")?;
     check_crd(&client, &scope).await?;
     let reporter = Reporter { controller: "whatsapp-operator".into(), instance: Some(identity.clone()) };
     health.ready.store(true, Ordering::Relaxed);
@@ -254,15 +255,6 @@ async fn check_crd(client: &Client, scope: &Scope) -> Result<()> {
              install the Helm chart or run `kubectl apply -f crds/whatsappsession.yaml`"
         ),
         Err(e) => Err(e).context("checking that the WhatsAppSession CRD is installed"),
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -4,7 +4,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use whatsapp_crds::SessionState;
-use whatsapp_crds::telemetry::{registered, render};
+use whatsapp_runtime::telemetry::{registered, render};
 
 /// The operator's metrics, registered in their own registry.
 #[derive(Clone)]

@@ -54,7 +54,7 @@ async fn render_metrics(
     State(state): State<AppState>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
-        [(axum::http::header::CONTENT_TYPE, whatsapp_crds::telemetry::METRICS_CONTENT_TYPE)],
+        [(axum::http::header::CONTENT_TYPE, whatsapp_runtime::telemetry::METRICS_CONTENT_TYPE)],
         state.metrics.render(),
     )
 }

@@ -110,7 +110,7 @@ struct Config {
 #[tokio::main]
 async fn main() {
     let config = Config::parse();
-    whatsapp_crds::telemetry::init_tracing(&config.log_format, "info,chromiumoxide=error");
+    whatsapp_runtime::telemetry::init_tracing(&config.log_format, "info,chromiumoxide=error");
     if let Err(e) = run(config).await {
         error!("{e:#}");
         std::process::exit(1);
@@ -127,7 +127,8 @@ async fn run(config: Config) -> Result<()> {
     let outbox = outbox::Outbox::open(&outbox_path, config.outbox_max_queued)
         .with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
 
-    let client = whatsapp_crds::kube_client("whatsapp-session").await.context("connecting to Kubernetes")?;
+    let client =
+        whatsapp_runtime::kube_client("whatsapp-session").await.context("connecting to Kubernetes")?;
     let api: Api<WhatsAppSession> = Api::namespaced(client.clone(), &config.namespace);
     let session = api
         .get(&config.session_name)
@@ -241,7 +242,7 @@ async fn run(config: Config) -> Result<()> {
             .await
     });
 
-    wait_for_signal().await;
+    whatsapp_runtime::terminated().await;
     info!("stopping: closing the browser so the login is flushed to the profile");
     let _ = shutdown_tx.send(true);
     let _ = driver.await;
@@ -272,13 +273,4 @@ async fn final_report(
     let body = status::patch(&report, None, since, storage.as_ref());
     let params = kube::api::PatchParams::apply(status::FIELD_MANAGER).force();
     let _ = api.patch_status(name, &params, &kube::api::Patch::Apply(&body)).await;
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use reqwest::Method;
 use serde_json::{Value, json};
-use whatsapp_crds::hub_token;
+use whatsapp_runtime::hub_token;
 use whatsapp_tests::harness::{TestNamespace, cluster, eventually};
 use whatsapp_tests::hub::{
     AUDIENCE, Events, Hub, HubOptions, ISSUER, admin_token, claims, sign, tenant_token, token,

@@ -341,7 +341,7 @@ async fn files_go_out_with_their_caption_and_received_files_come_back_as_they_ar
 async fn messages_go_to_the_session_pods_outbox() {
     let hub = Hub::start().await;
     let tenant = hub.token(Some(51));
-    let pod_token = format!("Bearer {}", whatsapp_crds::hub_token(KEY, "t", "cliente-51"));
+    let pod_token = format!("Bearer {}", whatsapp_runtime::hub_token(KEY, "t", "cliente-51"));
 
     // One message: digits only, times in UTC, forwarded with the session's hub token.
     let one = json!({"to": "+54 9 11 5555-0000", "message": "hola", "idempotencyKey": "k-1", "notBefore": "2026-12-02T07:00:00-03:00"});
@@ -685,7 +685,7 @@ async fn the_streams_of_a_session_share_one_connection_to_its_pod() {
     assert!(connected >= 1, "the first stream is told when the changes start");
     let calls: Vec<_> = hub.seen().into_iter().filter(|(_, path, ..)| path == "/v1/outbox/events").collect();
     assert_eq!(calls.len(), 1, "one connection to the pod for three streams");
-    assert_eq!(calls[0].2, format!("Bearer {}", whatsapp_crds::hub_token(KEY, "t", "cliente-51")));
+    assert_eq!(calls[0].2, format!("Bearer {}", whatsapp_runtime::hub_token(KEY, "t", "cliente-51")));
     assert_eq!(gauge(&hub.metrics, "whatsapp_hub_pod_event_streams"), "whatsapp_hub_pod_event_streams 1");
 
     // A session without a pod: its status, and no connection attempt.

@@ -134,7 +134,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
-    ([(header::CONTENT_TYPE, whatsapp_crds::telemetry::METRICS_CONTENT_TYPE)], state.metrics.render())
+    ([(header::CONTENT_TYPE, whatsapp_runtime::telemetry::METRICS_CONTENT_TYPE)], state.metrics.render())
         .into_response()
 }
 

@@ -15,7 +15,6 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::json;
 use tokio::process::{Child, Command};
-use tokio::signal::unix::{SignalKind, signal};
 use whatsapp_tests::cluster::{self, ControlPlane};
 use whatsapp_tests::harness::workspace_binary;
 use whatsapp_tests::hub::{Events, sign};
@@ -54,18 +53,15 @@ const NAMESPACE: &str = "default";
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    whatsapp_crds::telemetry::init_tracing("text", "warn,whatsapp_tests=info,kube_client=off");
+    whatsapp_runtime::telemetry::init_tracing("text", "warn,whatsapp_tests=info,kube_client=off");
     let args = Args::parse();
     std::fs::create_dir_all(&args.dir)?;
     let dir = args.dir.canonicalize()?;
 
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
     let mut stack = Stack::default();
     let outcome = tokio::select! {
         r = run(&args, &dir, &mut stack) => r,
-        _ = interrupt.recv() => Ok(()),
-        _ = terminate.recv() => Ok(()),
+        _ = whatsapp_runtime::terminated() => Ok(()),
     };
     say("stopping");
     stack.stop().await;

@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Parser;
 use tokio::io::AsyncReadExt;
-use tokio::signal::unix::{SignalKind, signal};
 use whatsapp_tests::cluster::{self, ControlPlane};
 
 #[derive(Parser)]
@@ -27,7 +26,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    whatsapp_crds::telemetry::init_tracing("text", "info,kube_client=off");
+    whatsapp_runtime::telemetry::init_tracing("text", "info,kube_client=off");
     let args = Args::parse();
 
     let t0 = Instant::now();
@@ -47,8 +46,6 @@ async fn main() -> Result<()> {
     println!("PATH={}:$PATH", plane.bin.display());
     println!("ready");
 
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
     let stdin_closed = async {
         if args.exit_on_stdin_eof {
             let mut buf = [0u8; 64];
@@ -68,8 +65,7 @@ async fn main() -> Result<()> {
         }
     };
     let outcome = tokio::select! {
-        _ = interrupt.recv() => Ok(()),
-        _ = terminate.recv() => Ok(()),
+        _ = whatsapp_runtime::terminated() => Ok(()),
         _ = stdin_closed => Ok(()),
         e = failure => Err(e),
     };
