@@ -28,7 +28,7 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
-use whatsapp_crds::{SessionState, WhatsAppSession};
+use whatsapp_crds::{SessionState, WhatsAppSession, WhatsAppSessionSpec};
 
 use crate::browser::LaunchOptions;
 use crate::driver::Driver;
@@ -134,24 +134,7 @@ async fn run(config: Config) -> Result<()> {
         .get(&config.session_name)
         .await
         .with_context(|| format!("reading WhatsAppSession {}/{}", config.namespace, config.session_name))?;
-
-    let (spec_tx, spec_rx) = watch::channel(session.spec.clone());
-    let watched = watcher(
-        api.clone(),
-        watcher::Config::default().fields(&format!("metadata.name={}", config.session_name)),
-    );
-    tokio::spawn(async move {
-        let mut objects = std::pin::pin!(watched.default_backoff().applied_objects());
-        while let Some(next) = objects.next().await {
-            if let Ok(obj) = next {
-                spec_tx.send_if_modified(|spec| {
-                    let changed = *spec != obj.spec;
-                    *spec = obj.spec;
-                    changed
-                });
-            }
-        }
-    });
+    let spec_rx = follow_spec(api.clone(), &config.session_name, session.spec.clone());
 
     let metrics = Metrics::default();
     let initial = Report::new(SessionState::Disconnected, "Starting", "the session pod is starting");
@@ -171,7 +154,6 @@ async fn run(config: Config) -> Result<()> {
         volume_rx.clone(),
         session.status.clone(),
     ));
-
     let summary = tokio::spawn(status::outbox_forever(
         api.clone(),
         config.session_name.clone(),
@@ -184,18 +166,7 @@ async fn run(config: Config) -> Result<()> {
 
     // Readiness: the driver read the page recently.
     let last_poll_ms = Arc::new(AtomicU64::new(0));
-
-    let options = LaunchOptions {
-        chromium: config.chromium.clone(),
-        profile_dir: config.profile_dir.clone(),
-        extra_args: Vec::new(),
-        bridge_script,
-        pinned_page: None,
-    };
-    let timings = QrTimings {
-        first: Duration::from_secs(config.qr_lifetimes[0]),
-        next: Duration::from_secs(config.qr_lifetimes[1]),
-    };
+    let (options, timings) = launch_settings(&config, bridge_script);
     let driver = Driver {
         options,
         timings,
@@ -222,42 +193,86 @@ async fn run(config: Config) -> Result<()> {
         commands: commands_tx,
         reports: reports_rx.clone(),
         metrics,
-        last_poll_ms: last_poll_ms.clone(),
+        last_poll_ms,
         outbox,
         shutdown: shutdown_rx.clone(),
         directory,
         webhooks,
         media_from_private_networks: config.media_from_private_networks,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
+    let server = serve(config.listen, state, shutdown_rx).await?;
     info!(listen = %config.listen, session = %config.session_name, "serving");
-    let mut server_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = server_shutdown.wait_for(|s| *s).await;
-            })
-            .await
-    });
 
     whatsapp_runtime::terminated().await;
     info!("stopping: closing the browser so the login is flushed to the profile");
     let _ = shutdown_tx.send(true);
     let _ = driver.await;
     let _ = server.await;
-    reporter.abort();
-    summary.abort();
-    checks.abort();
-    deliveries.abort();
-    volume_watch.abort();
+    for task in [reporter, summary, checks, deliveries, volume_watch] {
+        task.abort();
+    }
     // The last word in the status: this pod is gone.
     let missing = reports_rx.borrow().missing.clone();
     let storage = *volume_rx.borrow();
     let last = final_report(&api, &config.session_name, missing, storage);
     let _ = tokio::time::timeout(Duration::from_secs(3), last).await;
     Ok(())
+}
+
+/// The session's spec as it changes (browser settings, webhooks, pacing), from a watch of it.
+fn follow_spec(
+    api: Api<WhatsAppSession>,
+    name: &str,
+    initial: WhatsAppSessionSpec,
+) -> watch::Receiver<WhatsAppSessionSpec> {
+    let (spec_tx, spec_rx) = watch::channel(initial);
+    let watched = watcher(api, watcher::Config::default().fields(&format!("metadata.name={name}")));
+    tokio::spawn(async move {
+        let mut objects = std::pin::pin!(watched.default_backoff().applied_objects());
+        while let Some(next) = objects.next().await {
+            if let Ok(obj) = next {
+                spec_tx.send_if_modified(|spec| {
+                    let changed = *spec != obj.spec;
+                    *spec = obj.spec;
+                    changed
+                });
+            }
+        }
+    });
+    spec_rx
+}
+
+/// How Chromium is launched and how long each QR lives.
+fn launch_settings(config: &Config, bridge_script: String) -> (LaunchOptions, QrTimings) {
+    let options = LaunchOptions {
+        chromium: config.chromium.clone(),
+        profile_dir: config.profile_dir.clone(),
+        extra_args: Vec::new(),
+        bridge_script,
+        pinned_page: None,
+    };
+    let timings = QrTimings {
+        first: Duration::from_secs(config.qr_lifetimes[0]),
+        next: Duration::from_secs(config.qr_lifetimes[1]),
+    };
+    (options, timings)
+}
+
+/// Serves the API on `listen` until shutdown, finishing the requests in flight.
+async fn serve(
+    listen: SocketAddr,
+    state: api::ApiState,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await
+    }))
 }
 
 async fn final_report(
