@@ -5,8 +5,10 @@
 //! is a CEL rule in the schema, so the API server rejects bad input at admission with the
 //! messages written here.
 
+mod phone;
 mod session;
 
+pub use phone::normalize_phone;
 pub use session::*;
 
 /// API group of every resource this project defines.

@@ -22,17 +22,9 @@ const MAX_KEY_CHARS: usize = 128;
 /// Largest body of the routes that take a batch (the others keep the hub's body limit).
 pub const BATCH_BODY_LIMIT: usize = 8 * 1024 * 1024;
 
-/// A phone number as the session pod wants it: 8 to 15 digits, country code first; a leading
-/// `+`, spaces and dashes are ignored. `None` when it is not one.
-pub fn normalize_number(to: &str) -> Option<String> {
-    let digits: String =
-        to.trim().trim_start_matches('+').chars().filter(|c| !matches!(c, ' ' | '-')).collect();
-    ((8..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit())).then_some(digits)
-}
-
 /// The number of a message to send, or 400 `INVALID_NUMBER`.
 pub fn check_number(to: &str) -> Result<String, String> {
-    normalize_number(to)
+    whatsapp_crds::normalize_phone(to)
         .ok_or_else(|| "`to` must be a phone number of 8 to 15 digits, country code first".to_owned())
 }
 

@@ -15,7 +15,6 @@ use crate::auth::Principal;
 use crate::cache::SessionView;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::{ActionResponse, CreateSession, PairingRequest, SessionStatus};
-use crate::outbox::normalize_number;
 use crate::qr;
 use crate::state::AppState;
 
@@ -180,7 +179,7 @@ pub async fn pairing_code(
 ) -> ApiResult<Response> {
     principal.authorize(id)?;
     let session = state.session(id)?;
-    let phone = normalize_number(&body.phone_number).ok_or_else(|| {
+    let phone = whatsapp_crds::normalize_phone(&body.phone_number).ok_or_else(|| {
         ApiError::validation("INVALID_NUMBER", "phoneNumber must be 8 to 15 digits with country code")
     })?;
     if session.status.connected {

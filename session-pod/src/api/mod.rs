@@ -154,13 +154,6 @@ pub struct SendResponse {
     pub duplicate: bool,
 }
 
-/// Digits only, 8 to 15 of them, after removing a leading + and spaces or dashes.
-pub(crate) fn normalize_number(to: &str) -> Option<String> {
-    let digits: String =
-        to.trim().trim_start_matches('+').chars().filter(|c| !matches!(c, ' ' | '-')).collect();
-    ((8..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit())).then_some(digits)
-}
-
 /// The synchronous send: through the outbox like every message (so it is sent exactly once,
 /// whatever happens to this request), answered once WhatsApp Web has it.
 async fn send(
@@ -289,14 +282,6 @@ mod tests {
         ] {
             assert!(page(cursor, limit).is_err(), "{cursor:?} {limit:?}");
         }
-    }
-
-    #[test]
-    fn numbers_are_normalized_or_refused() {
-        assert_eq!(normalize_number("+54 9 11 2233-4455").as_deref(), Some("5491122334455"));
-        assert_eq!(normalize_number("1234567"), None);
-        assert_eq!(normalize_number("12345678901234567"), None);
-        assert_eq!(normalize_number("54911abc"), None);
     }
 
     #[test]

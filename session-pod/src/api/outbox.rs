@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::media::{self, MediaInput};
-use super::{ApiState, error, normalize_number};
+use super::{ApiState, error};
 use crate::outbox::{Accepted, NewMessage, Status, StoreError};
 
 /// The most messages one call may hand in.
@@ -33,7 +33,7 @@ pub(crate) fn validate(to: &str, message: &str) -> Result<(String, String), (&'s
 }
 
 fn number(to: &str) -> Result<String, (&'static str, &'static str)> {
-    normalize_number(to)
+    whatsapp_crds::normalize_phone(to)
         .ok_or(("INVALID_NUMBER", "to must be a phone number of 8 to 15 digits, country code first"))
 }
 

@@ -234,7 +234,7 @@ impl Directory {
     /// Whether each of `given` is on WhatsApp: from the store, else checked through the page
     /// (first in line), waiting at most `wait`; `pending` for those not reached by then.
     pub async fn check(&self, given: &[String], wait: Duration) -> Result<Vec<NumberResult>, StoreError> {
-        let digits: Vec<Option<String>> = given.iter().map(|n| crate::api::normalize_number(n)).collect();
+        let digits: Vec<Option<String>> = given.iter().map(|n| whatsapp_crds::normalize_phone(n)).collect();
         let mut seen = HashSet::new();
         let wanted: Vec<&str> =
             digits.iter().flatten().map(String::as_str).filter(|d| seen.insert(*d)).collect();
