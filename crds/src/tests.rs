@@ -112,7 +112,7 @@ fn valid_sessions_pass() {
             {"name": "crm", "url": "https://crm.example/hooks/whatsapp", "events": ["message", "message.ack"], "secretRef": {"name": "crm-webhook", "key": "secret"}},
             {"name": "audit", "url": "http://audit.tools.svc:8080/in", "allowInsecure": true, "secretRef": {"name": "audit-webhook"}},
         ],
-        "browser": {"image": "registry.example/whatsapp-session:1.0", "extraArgs": ["--lang=es"], "webVersion": "2.3000.1029560484"},
+        "browser": {"image": "registry.example/whatsapp-session:1.0", "extraArgs": ["--lang=es"], "webVersion": "2.3000.1029560484", "engine": "Chromium"},
     });
     for spec in [json!({"clienteId": 1}), full] {
         let object = session(spec);
@@ -134,6 +134,9 @@ fn defaults_are_the_documented_ones() {
     assert!(!typed.spec.suspended);
     assert_eq!(typed.spec.inbound.retention_days, 7);
     assert!(typed.spec.webhooks.is_empty());
+    assert_eq!(typed.spec.browser.engine, BrowserEngine::HeadlessShell);
+    // The default engine is left out of the serialized spec (the operator's digest of it).
+    assert_eq!(serde_json::to_value(&typed.spec.browser).unwrap(), json!({}));
     let hooked: WhatsAppSession = serde_json::from_value(session(
         json!({"clienteId": 7, "webhooks": [{"name": "crm", "url": "https://crm.example/", "secretRef": {"name": "s"}}]}),
     ))
@@ -204,6 +207,10 @@ fn invalid_sessions_are_rejected_with_clear_messages() {
             "browser.extraArgs must not set --user-data-dir",
         ),
         (json!({"clienteId": 1, "browser": {"webVersion": "latest"}}), "browser.webVersion must look like"),
+        (
+            json!({"clienteId": 1, "browser": {"engine": "Firefox"}}),
+            "browser.engine must be HeadlessShell or Chromium",
+        ),
         (
             json!({"clienteId": 1, "inbound": {"retentionDays": 0}}),
             "inbound.retentionDays must be between 1 and 90",

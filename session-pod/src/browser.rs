@@ -6,26 +6,48 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::cdp::browser_protocol::emulation::{UserAgentBrandVersion, UserAgentMetadata};
+use chromiumoxide::cdp::browser_protocol::network::SetUserAgentOverrideParams;
 use chromiumoxide::page::Page;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
+use whatsapp_crds::BrowserEngine;
 
-/// Flags this machine and a container need, plus the lean set that saves processes.
+/// Every flag Chromium gets besides the profile, the caches, the headless mode and what
+/// chromiumoxide always adds (debugging port, no extensions, no sandbox), for both engines
+/// (each ignores what does not apply to it). chromiumoxide's own defaults are off: they pass
+/// `--enable-features`/`--disable-features` a second time, Chromium keeps only one of each,
+/// and which one won changed from launch to launch.
 const FLAGS: &[&str] = &[
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
     "--no-default-browser-check",
+    "--disable-default-apps",
+    "--disable-breakpad",
+    "--disable-client-side-phishing-detection",
+    "--disable-hang-monitor",
+    "--disable-prompt-on-repost",
+    "--metrics-recording-only",
+    "--password-store=basic",
+    "--use-mock-keychain",
     "--disable-gpu",
     "--disable-quic",
+    "--disable-dev-shm-usage",
+    // WhatsApp Web in a tab nobody looks at must keep its timers and sockets running.
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
+    "--disable-ipc-flooding-protection",
+    // The lean process model: one renderer, the GPU and network services in the browser process.
     "--no-startup-window",
     "--renderer-process-limit=1",
     "--disable-site-isolation-trials",
     "--in-process-gpu",
     "--enable-features=NetworkServiceInProcess2",
-    "--disable-features=PreloadTopChromeWebUI,SpareRendererForSitePerProcess,OptimizationHints,Translate,MediaRouter,BackForwardCache,LensOverlay,IsolateOrigins,site-per-process",
+    "--disable-features=PreloadTopChromeWebUI,SpareRendererForSitePerProcess,OptimizationHints,Translate,TranslateUI,MediaRouter,BackForwardCache,LensOverlay,IsolateOrigins,site-per-process",
     "--lang=en-US",
     // navigator.webdriver stays false, as in a browser a person runs (whatsapp-web.js does the same).
     "--disable-blink-features=AutomationControlled",
@@ -35,9 +57,40 @@ const FLAGS: &[&str] = &[
 /// and trusts the simulator's certificate (flags the test harness passes, never the product).
 pub const WHATSAPP_WEB_URL: &str = "https://web.whatsapp.com/";
 
-/// WhatsApp may refuse a user agent that says HeadlessChrome.
-const USER_AGENT: &str =
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36";
+/// Chromium's major version, as the user agent and the client hints name it.
+const CHROME_MAJOR: &str = "156";
+
+/// WhatsApp may refuse a user agent that says HeadlessChrome: given as a flag (every request
+/// and worker) and with the client hints (`navigator.userAgentData`, `Sec-CH-UA`), which the
+/// headless shell would otherwise fill with a `HeadlessChrome` brand.
+fn user_agent() -> String {
+    format!(
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{CHROME_MAJOR}.0.0.0 Safari/537.36"
+    )
+}
+
+fn user_agent_override() -> SetUserAgentOverrideParams {
+    let brands = vec![
+        UserAgentBrandVersion::new("Not:A-Brand", "8"),
+        UserAgentBrandVersion::new("Chromium", CHROME_MAJOR),
+    ];
+    let mut params = SetUserAgentOverrideParams::new(user_agent());
+    params.accept_language = Some("en-US,en".into());
+    params.platform = Some("Linux x86_64".into());
+    params.user_agent_metadata = Some(UserAgentMetadata {
+        brands: Some(brands.clone()),
+        full_version_list: Some(brands),
+        platform: "Linux".into(),
+        platform_version: String::new(),
+        architecture: "x86".into(),
+        model: String::new(),
+        mobile: false,
+        bitness: Some("64".into()),
+        wow64: Some(false),
+        form_factors: Some(vec!["Desktop".into()]),
+    });
+    params
+}
 
 /// The cap of Chromium's HTTP and code caches.
 const CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -50,6 +103,24 @@ fn cache_dir(profile: &Path) -> PathBuf {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     profile.hash(&mut hasher);
     std::env::temp_dir().join(format!("chromium-cache-{:016x}", hasher.finish()))
+}
+
+/// The headless shell keeps V8's code cache in the profile (`Default/Code Cache`) whatever
+/// `--disk-cache-dir` says: that directory is made a link into the cache directory, so the
+/// cache stays off the volume with either engine.
+fn code_cache_outside_profile(profile: &Path, cache: &Path) -> std::io::Result<()> {
+    let target = cache.join("Code Cache");
+    std::fs::create_dir_all(&target)?;
+    let default = profile.join("Default");
+    std::fs::create_dir_all(&default)?;
+    let link = default.join("Code Cache");
+    match std::fs::symlink_metadata(&link) {
+        Ok(meta) if meta.file_type().is_symlink() && std::fs::read_link(&link)? == target => return Ok(()),
+        Ok(meta) if meta.file_type().is_symlink() => std::fs::remove_file(&link)?,
+        Ok(_) => std::fs::remove_dir_all(&link)?,
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(&target, &link)
 }
 
 /// Deadline of one call into the page.
@@ -67,10 +138,19 @@ pub enum BrowserError {
     Page(String),
 }
 
+/// Where each engine's binary is.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub chromium: PathBuf,
+    pub headless_shell: PathBuf,
+}
+
 /// What to launch.
 #[derive(Clone, Debug)]
 pub struct LaunchOptions {
-    pub chromium: PathBuf,
+    pub binaries: Binaries,
+    /// `spec.browser.engine`.
+    pub engine: BrowserEngine,
     pub profile_dir: PathBuf,
     pub extra_args: Vec<String>,
     pub bridge_script: String,
@@ -89,17 +169,31 @@ impl Session {
     pub async fn launch(options: &LaunchOptions) -> Result<Session, BrowserError> {
         // A write a full volume cut short must not cost the login at this launch.
         crate::leveldb::repair_profile(&options.profile_dir);
-        let launch_err = |e: String| BrowserError::Launch(options.chromium.display().to_string(), e);
-        let config = BrowserConfig::builder()
-            .chrome_executable(&options.chromium)
+        let cache = cache_dir(&options.profile_dir);
+        if let Err(e) = code_cache_outside_profile(&options.profile_dir, &cache) {
+            tracing::warn!(error = %e, "the code cache could not be moved off the profile volume");
+        }
+        let executable = match options.engine {
+            BrowserEngine::HeadlessShell => &options.binaries.headless_shell,
+            BrowserEngine::Chromium => &options.binaries.chromium,
+        };
+        let launch_err =
+            |e: String| BrowserError::Launch(format!("{:?}, {}", options.engine, executable.display()), e);
+        // The shell only has the old headless mode (chromiumoxide's default, `--headless`).
+        let mut builder = BrowserConfig::builder().chrome_executable(executable);
+        if options.engine == BrowserEngine::Chromium {
+            builder = builder.new_headless_mode();
+        }
+        let config = builder
             .user_data_dir(&options.profile_dir)
-            .new_headless_mode()
+            .disable_default_args()
             .no_sandbox()
             .viewport(None)
             .launch_timeout(Duration::from_secs(30))
             .request_timeout(CALL_TIMEOUT)
             .args(FLAGS.iter().map(|f| f.trim_start_matches('-').to_string()))
-            .arg(format!("disk-cache-dir={}", cache_dir(&options.profile_dir).display()))
+            .arg(format!("user-agent={}", user_agent()))
+            .arg(format!("disk-cache-dir={}", cache.display()))
             .arg(format!("disk-cache-size={CACHE_BYTES}"))
             .args(options.extra_args.iter().map(|f| f.trim_start_matches('-').to_string()))
             .build()
@@ -113,7 +207,7 @@ impl Session {
             }
         });
         let page = within(browser.new_page("about:blank")).await?.map_err(cdp)?;
-        within(page.set_user_agent(USER_AGENT)).await?.map_err(cdp)?;
+        within(page.execute(user_agent_override())).await?.map_err(cdp)?;
         // Installed for every document, so a reload or a logout navigation keeps the bridge.
         within(page.evaluate_on_new_document(options.bridge_script.as_str())).await?.map_err(cdp)?;
         if let Some(html) = &options.pinned_page {

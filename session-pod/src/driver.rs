@@ -85,6 +85,7 @@ impl Driver {
             // The browser settings of the spec apply at each launch.
             let browser_spec = self.spec.borrow().browser.clone();
             self.options.extra_args = browser_spec.extra_args.clone();
+            self.options.engine = browser_spec.engine;
             self.options.pinned_page = match &browser_spec.web_version {
                 None => None,
                 Some(version) => match crate::browser::pinned_page(
@@ -124,7 +125,7 @@ impl Driver {
                     continue;
                 }
             };
-            info!("Chromium started, WhatsApp Web loading");
+            info!(engine = ?self.options.engine, "Chromium started, WhatsApp Web loading");
             let started = std::time::Instant::now();
             match self.drive(session, &mut shutdown).await {
                 Exit::Shutdown => return,

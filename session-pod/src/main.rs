@@ -28,9 +28,9 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
-use whatsapp_crds::{SessionState, WhatsAppSession, WhatsAppSessionSpec};
+use whatsapp_crds::{BrowserEngine, SessionState, WhatsAppSession, WhatsAppSessionSpec};
 
-use crate::browser::LaunchOptions;
+use crate::browser::{Binaries, LaunchOptions};
 use crate::driver::Driver;
 use crate::metrics::Metrics;
 use crate::tracker::{QrTimings, Report};
@@ -63,9 +63,13 @@ struct Config {
     #[arg(long, env = "WAO_HUB_TOKEN", hide_env_values = true)]
     hub_token: String,
 
-    /// The Chromium binary.
+    /// The full Chromium binary (`spec.browser.engine: Chromium`).
     #[arg(long, env = "WAO_CHROMIUM", default_value = "/usr/lib/chromium/chromium")]
     chromium: PathBuf,
+
+    /// The Chromium headless shell binary (`spec.browser.engine: HeadlessShell`, the default).
+    #[arg(long, env = "WAO_HEADLESS_SHELL", default_value = "/usr/lib/chromium/chromium-headless-shell")]
+    headless_shell: PathBuf,
 
     /// Where a pinned WhatsApp Web build (spec.browser.webVersion) is downloaded from;
     /// `{version}` is replaced. Downloaded builds are cached on the profile volume.
@@ -245,7 +249,11 @@ fn follow_spec(
 /// How Chromium is launched and how long each QR lives.
 fn launch_settings(config: &Config, bridge_script: String) -> (LaunchOptions, QrTimings) {
     let options = LaunchOptions {
-        chromium: config.chromium.clone(),
+        binaries: Binaries {
+            chromium: config.chromium.clone(),
+            headless_shell: config.headless_shell.clone(),
+        },
+        engine: BrowserEngine::default(),
         profile_dir: config.profile_dir.clone(),
         extra_args: Vec::new(),
         bridge_script,

@@ -185,7 +185,7 @@ impl TestNamespace {
             ca_pem: self.cluster.ca_pem(),
             work_dir: self.cluster.dir.join("pods"),
             namespace: Some(self.name.clone()),
-            extra_env: vec![("WAO_CHROMIUM".into(), sim.chromium_wrapper().display().to_string())],
+            extra_env: sim.browser_env(),
         };
         crate::podrunner::PodRunner::start(self.client.clone(), config)
     }

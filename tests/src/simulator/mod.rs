@@ -162,7 +162,7 @@ mod tls;
 mod world;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -360,6 +360,7 @@ pub struct Simulator {
     spki_pin: String,
     dir: PathBuf,
     wrapper: PathBuf,
+    shell_wrapper: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -395,20 +396,16 @@ impl Simulator {
             world::random_hex(6)
         ));
         std::fs::create_dir_all(&dir)?;
-        let wrapper = dir.join("chromium");
-        let chromium =
-            std::env::var("WAO_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/lib/chromium/chromium".into());
         let args = chromium_args(tls_port, &identity.spki_pin);
-        let script = format!(
-            "#!/bin/sh\n# Chromium on the simulator's \"network\": web.whatsapp.com is the WhatsApp Web simulator.\nexec {} {} \"$@\"\n",
-            shell_quote(&chromium),
-            args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
-        );
-        std::fs::write(&wrapper, script)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
-        }
+        let wrapper =
+            write_wrapper(&dir, "chromium", "WAO_TEST_CHROMIUM", "/usr/lib/chromium/chromium", &args)?;
+        let shell_wrapper = write_wrapper(
+            &dir,
+            "chromium-headless-shell",
+            "WAO_TEST_HEADLESS_SHELL",
+            "/usr/lib/chromium/chromium-headless-shell",
+            &args,
+        )?;
 
         let web_app = http::web_router(shared.clone());
         let control_app = http::control_router(shared.clone());
@@ -424,7 +421,16 @@ impl Simulator {
                 }
             }),
         ];
-        Ok(Simulator { shared, control, tls_port, spki_pin: identity.spki_pin, dir, wrapper, tasks })
+        Ok(Simulator {
+            shared,
+            control,
+            tls_port,
+            spki_pin: identity.spki_pin,
+            dir,
+            wrapper,
+            shell_wrapper,
+            tasks,
+        })
     }
 
     /// `http://127.0.0.1:<port>` (no trailing slash): `/control/*` and the build cache
@@ -448,6 +454,21 @@ impl Simulator {
     /// `/usr/lib/chromium/chromium`) with [`Simulator::chromium_args`] and its own arguments.
     pub fn chromium_wrapper(&self) -> PathBuf {
         self.wrapper.clone()
+    }
+
+    /// [`Simulator::chromium_wrapper`] for Chromium's headless shell
+    /// (`$WAO_TEST_HEADLESS_SHELL` at start, else `/usr/lib/chromium/chromium-headless-shell`).
+    pub fn headless_shell_wrapper(&self) -> PathBuf {
+        self.shell_wrapper.clone()
+    }
+
+    /// The session pod's environment naming both browser wrappers (`WAO_CHROMIUM`,
+    /// `WAO_HEADLESS_SHELL`).
+    pub fn browser_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("WAO_CHROMIUM".into(), self.wrapper.display().to_string()),
+            ("WAO_HEADLESS_SHELL".into(), self.shell_wrapper.display().to_string()),
+        ]
     }
 
     /// The phone reads the QR text: links only if the ref is the current one of a page and the
@@ -600,6 +621,28 @@ fn chromium_args(tls_port: u16, spki_pin: &str) -> Vec<String> {
         format!("--host-resolver-rules=MAP {} 127.0.0.1:{tls_port}", tls::HOST),
         format!("--ignore-certificate-errors-spki-list={spki_pin}"),
     ]
+}
+
+/// Writes the executable script `dir/name` that runs the browser (`$env_var`, else `default`)
+/// with the simulator's `args` and its own.
+fn write_wrapper(
+    dir: &Path,
+    name: &str,
+    env_var: &str,
+    default: &str,
+    args: &[String],
+) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let wrapper = dir.join(name);
+    let binary = std::env::var(env_var).unwrap_or_else(|_| default.into());
+    let script = format!(
+        "#!/bin/sh\n# {name} on the simulator's \"network\": web.whatsapp.com is the WhatsApp Web simulator.\nexec {} {} \"$@\"\n",
+        shell_quote(&binary),
+        args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+    );
+    std::fs::write(&wrapper, script)?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    Ok(wrapper)
 }
 
 fn shell_quote(s: &str) -> String {
