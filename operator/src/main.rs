@@ -9,6 +9,7 @@ mod leadership;
 mod metrics;
 mod rollout;
 mod server;
+mod slim;
 mod status;
 
 use std::net::SocketAddr;

@@ -1,134 +1,282 @@
-//! Operator benchmark (prints numbers; asserts nothing):
+//! Operator benchmark (prints numbers beside their targets; asserts nothing). Per repetition:
 //!
-//! 1. N WhatsAppSessions created at once: time until every one is `Reconciled` (all children
-//!    exist) and until every pod is Ready;
-//! 2. the same child objects created directly through the API, in the same run, for scale;
-//! 3. the operator's RSS with N sessions, and its writes over an idle minute.
+//! 1. N WhatsAppSessions are created with no operator running, in a fresh namespace;
+//! 2. the operator starts on them: the time until every session is `Reconciled=True` (the
+//!    operator alone: its start, its caches, 6 children and a status write per session);
+//! 3. its RSS then; once its writes have stopped (the pods started, PodReady written) its
+//!    writes over an idle window (should be none) and its RSS after it, and its peak;
+//! 4. the same 6*N children created directly through the API into a fresh namespace, with the
+//!    same concurrency: the floor the operator is measured against.
 //!
-//! Run: `cargo build --release -p whatsapp-operator && cargo run --release -p whatsapp-tests
-//! --bin bench-operator -- 1000`.
+//! Run (a private control plane: thousands of objects do not belong on a shared one):
+//! `cargo build --release -p whatsapp-operator -p whatsapp-tests --bins && env -u
+//! WAO_TEST_CLUSTER target/release/bench-operator 1000` (or `5000`, or `--curve 1000,2000,5000`).
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use whatsapp_crds::WhatsAppSession;
-use whatsapp_tests::harness::{cluster, eventually};
+use whatsapp_tests::harness::{TestNamespace, cluster};
 use whatsapp_tests::processes::Operator;
 
+/// Concurrent creates, both for the sessions and for the direct children.
 const CONCURRENCY: usize = 32;
+/// What the operator's reconcile time may be, as a multiple of the direct creates' time.
+const RATIO_TARGET: f64 = 1.5;
+/// Longest wait for every session to be Reconciled.
+const LIMIT: Duration = Duration::from_secs(1800);
+
+#[derive(Parser)]
+#[command(about = "Operator benchmark: reconcile time against direct creates, RSS, idle writes")]
+struct Args {
+    /// Sessions (ignored with --curve).
+    #[arg(default_value_t = 1000)]
+    sessions: usize,
+    /// Several session counts in one run, e.g. 1000,2000,5000: the RSS curve.
+    #[arg(long, value_delimiter = ',')]
+    curve: Vec<usize>,
+    /// Repetitions per session count.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Seconds of the idle window after every session is Reconciled.
+    #[arg(long, default_value_t = 60)]
+    idle_seconds: u64,
+}
+
+/// One repetition's figures.
+struct Rep {
+    operator: Duration,
+    direct: Duration,
+    children: usize,
+    rss_reconciled: u64,
+    rss_steady: u64,
+    rss_peak: u64,
+    idle_writes: f64,
+    idle_reconciles: f64,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1000);
-    let c = cluster();
+    let args = Args::parse();
+    let sizes = if args.curve.is_empty() { vec![args.sessions] } else { args.curve.clone() };
+    let idle = Duration::from_secs(args.idle_seconds);
     println!(
-        "operator benchmark: {n} sessions, {CONCURRENCY} concurrent creates, Kubernetes control plane on this machine"
+        "operator benchmark: {sizes:?} sessions, {} repetitions, {CONCURRENCY} concurrent creates, idle window {}s, control plane on this machine",
+        args.reps,
+        idle.as_secs()
     );
-
-    // 1. Through the operator.
-    let ns = c.namespace("bench-op").await;
-    let op = Operator::start(&ns, "bench", "bench", &[]);
-    op.wait_leading().await;
-    let sessions: Api<WhatsAppSession> = ns.api();
-    let t0 = Instant::now();
-    stream::iter(0..n)
-        .map(|i| {
-            let sessions = sessions.clone();
-            async move {
-                let s: WhatsAppSession = serde_json::from_value(json!({
-                    "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession",
-                    "metadata": {"name": format!("s{i}")}, "spec": {"clienteId": i + 1}
-                }))?;
-                sessions.create(&PostParams::default(), &s).await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<()>()
-        .await?;
-    let created = t0.elapsed();
-    let limit = Duration::from_secs(1800);
-    let count = |cond: &'static str| {
-        let sessions = sessions.clone();
-        async move {
-            let list = sessions.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
-            Ok::<usize, String>(
-                list.items
-                    .iter()
-                    .filter(|s| {
-                        s.status.as_ref().is_some_and(|st| {
-                            st.conditions.iter().any(|c| c.type_ == cond && c.status == "True")
-                        })
-                    })
-                    .count(),
-            )
+    let mut curve = Vec::new();
+    for &n in &sizes {
+        let mut reps = Vec::new();
+        for rep in 1..=args.reps {
+            let r = repetition(n, idle, rep == 1).await?;
+            println!(
+                "  n={n} rep {rep}: operator {:.1}s, direct {} children {:.1}s, ratio {:.2}x; RSS reconciled {}, steady {}, peak {}; idle: {} writes, {} reconciles",
+                r.operator.as_secs_f64(),
+                r.children,
+                r.direct.as_secs_f64(),
+                ratio(&r),
+                mib(r.rss_reconciled),
+                mib(r.rss_steady),
+                mib(r.rss_peak),
+                r.idle_writes,
+                r.idle_reconciles
+            );
+            reps.push(r);
         }
-    };
-    eventually("every session Reconciled", limit, || async {
-        Ok((count("Reconciled").await? == n).then_some(()))
-    })
-    .await;
-    let reconciled = t0.elapsed();
-    let statefulsets = ns.api::<StatefulSet>().list_metadata(&ListParams::default()).await?.items.len();
-    eventually("every session PodReady", limit, || async {
-        Ok((count("PodReady").await? == n).then_some(()))
-    })
-    .await;
-    let pods_ready = t0.elapsed();
-    let rss = op.rss_kib();
-    println!(
-        "through the operator: creates sent in {:.1}s; all {n} Reconciled after {:.1}s ({statefulsets} StatefulSets); all pods Ready after {:.1}s",
-        created.as_secs_f64(),
-        reconciled.as_secs_f64(),
-        pods_ready.as_secs_f64()
-    );
-    println!("operator RSS with {n} sessions: {:.1} MiB", rss as f64 / 1024.0);
-
-    // 3. An idle minute.
-    let writes = |text: String| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("whatsapp_operator_kube_writes_total{"))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    };
-    let before = writes(op.metrics().await.unwrap_or_default());
-    let reconciles_before = op.metric("whatsapp_operator_reconciliations_total").await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    let idle_writes = writes(op.metrics().await.unwrap_or_default()) - before;
-    let idle_reconciles = op.metric("whatsapp_operator_reconciliations_total").await - reconciles_before;
-    println!(
-        "idle minute: {idle_writes} operator writes ({idle_reconciles} reconciles); Lease renewals not counted"
-    );
-
-    // 2. The same objects straight through the API, for scale.
-    let direct = c.namespace("bench-direct").await;
-    let objects = copy_children(&ns.client, &ns.name).await?;
-    let t1 = Instant::now();
-    let total = objects.len();
-    let client = direct.client.clone();
-    let target = direct.name.clone();
-    stream::iter(objects)
-        .map(|obj| {
-            let client = client.clone();
-            let target = target.clone();
-            async move { create_raw(&client, &target, obj).await }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<()>()
-        .await?;
-    println!(
-        "directly through the API: the same {total} child objects ({} per session) created in {:.1}s",
-        total / n.max(1),
-        t1.elapsed().as_secs_f64()
-    );
-    drop(op);
+        summary(n, &reps);
+        curve.push((n, reps));
+    }
+    if curve.len() > 1 {
+        println!("RSS curve (median of repetitions): sessions, steady, peak");
+        for (n, reps) in &curve {
+            let steady = median(reps.iter().map(|r| r.rss_steady as f64).collect());
+            let peak = median(reps.iter().map(|r| r.rss_peak as f64).collect());
+            println!("  {n:>6}  {:>10}  {:>10}", mib(steady as u64), mib(peak as u64));
+        }
+    }
     Ok(())
+}
+
+/// The medians and spreads of one session count, beside their targets.
+fn summary(n: usize, reps: &[Rep]) {
+    let spread = |values: Vec<f64>, unit: &dyn Fn(f64) -> String| {
+        let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        format!("median {} (spread {} to {})", unit(median(values.clone())), unit(lo), unit(hi))
+    };
+    let secs = |v: f64| format!("{v:.1}s");
+    let times = |f: fn(&Rep) -> Duration| reps.iter().map(|r| f(r).as_secs_f64()).collect::<Vec<_>>();
+    let ratios: Vec<f64> = reps.iter().map(ratio).collect();
+    let ratio_median = median(ratios.clone());
+    let rss_target = match n {
+        ..=1000 => Some(64.0),
+        5000.. => Some(160.0),
+        _ => None,
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!("n={n}: operator to all Reconciled: {}", spread(times(|r| r.operator), &secs));
+    println!("n={n}: the same children created directly: {}", spread(times(|r| r.direct), &secs));
+    println!(
+        "n={n}: ratio operator/direct: {} | target <= {RATIO_TARGET}x: {}",
+        spread(ratios, &|v| format!("{v:.2}x")),
+        verdict(ratio_median <= RATIO_TARGET)
+    );
+    let steady: Vec<f64> = reps.iter().map(|r| r.rss_steady as f64 / 1024.0).collect();
+    let steady_median = median(steady.clone());
+    let target = rss_target.map_or("no target at this count".to_string(), |t| {
+        format!("target <= {t} MiB: {}", verdict(steady_median <= t))
+    });
+    let in_mib = |v: f64| format!("{v:.1} MiB");
+    let kib = |f: fn(&Rep) -> u64| reps.iter().map(|r| f(r) as f64 / 1024.0).collect::<Vec<_>>();
+    println!("n={n}: operator RSS steady (after the idle window): {} | {target}", spread(steady, &in_mib));
+    println!("n={n}: operator RSS when all were Reconciled: {}", spread(kib(|r| r.rss_reconciled), &in_mib));
+    println!("n={n}: operator RSS peak (VmHWM): {}", spread(kib(|r| r.rss_peak), &in_mib));
+    let writes: f64 = reps.iter().map(|r| r.idle_writes).sum();
+    println!("n={n}: writes over the idle windows: {writes} in all (target 0; Lease renewals not counted)");
+}
+
+/// One repetition at `n` sessions; `sizes`: also print the bytes of each kind the operator caches.
+async fn repetition(n: usize, idle: Duration, sizes: bool) -> anyhow::Result<Rep> {
+    let c = cluster();
+    let ns = c.namespace("bench-op").await;
+    let sessions: Api<WhatsAppSession> = ns.api();
+    create_all((0..n).map(session).collect::<anyhow::Result<Vec<_>>>()?, |s| {
+        let sessions = sessions.clone();
+        async move { sessions.create(&PostParams::default(), &s).await.map(drop).map_err(Into::into) }
+    })
+    .await?;
+
+    let reconciled = tokio::spawn(all_reconciled(sessions.clone(), n));
+    let t0 = Instant::now();
+    let op = Operator::start(&ns, "bench", "bench", &[]);
+    tokio::time::timeout(LIMIT, reconciled).await???;
+    let operator = t0.elapsed();
+    let rss_reconciled = op.rss_kib();
+
+    settle(&op).await;
+    let writes_before = op.writes().await;
+    let reconciles_before = op.metric("whatsapp_operator_reconciliations_total").await;
+    tokio::time::sleep(idle).await;
+    let idle_writes = op.writes().await - writes_before;
+    let idle_reconciles = op.metric("whatsapp_operator_reconciliations_total").await - reconciles_before;
+    let (rss_steady, rss_peak) = (op.rss_kib(), op.peak_rss_kib());
+    drop(op);
+    if sizes {
+        print_cached_sizes(&ns, n).await?;
+    }
+
+    let objects = copy_children(&ns.client, &ns.name).await?;
+    let children = objects.len();
+    let direct_ns = c.namespace("bench-direct").await;
+    let t1 = Instant::now();
+    create_all(objects, |obj| create_raw(&direct_ns.client, &direct_ns.name, obj)).await?;
+    let direct = t1.elapsed();
+    Ok(Rep { operator, direct, children, rss_reconciled, rss_steady, rss_peak, idle_writes, idle_reconciles })
+}
+
+/// Waits until the operator has made no write for 10 s (its sessions' pods have started, so
+/// their PodReady conditions are written), at most 5 minutes: the idle window starts then.
+async fn settle(op: &Operator) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last = (op.writes().await, Instant::now());
+    while Instant::now() < deadline && last.1.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let writes = op.writes().await;
+        if writes != last.0 {
+            last = (writes, Instant::now());
+        }
+    }
+}
+
+/// Runs `create` over `items`, [`CONCURRENCY`] at a time.
+async fn create_all<T, F, Fut>(items: Vec<T>, create: F) -> anyhow::Result<()>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    stream::iter(items).map(create).buffer_unordered(CONCURRENCY).try_collect::<()>().await
+}
+
+fn session(i: usize) -> anyhow::Result<WhatsAppSession> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession",
+        "metadata": {"name": format!("s{i}")}, "spec": {"clienteId": i + 1}
+    }))?)
+}
+
+/// Resolves once `n` sessions show `Reconciled=True`, following a watch (a poll of thousands
+/// of sessions would load the API server the operator is measured against).
+async fn all_reconciled(sessions: Api<WhatsAppSession>, n: usize) -> anyhow::Result<()> {
+    let reconciled = |s: &WhatsAppSession| {
+        s.status
+            .as_ref()
+            .is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Reconciled" && c.status == "True"))
+    };
+    let mut done = HashSet::new();
+    // Watch errors (a timed-out connection) are retried with a backoff, and skipped here.
+    let mut events = watcher(sessions, watcher::Config::default()).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) = event else { continue };
+        let name = s.metadata.name.clone().unwrap_or_default();
+        if reconciled(&s) {
+            done.insert(name);
+        } else {
+            done.remove(&name);
+        }
+        if done.len() == n {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the session watch ended")
+}
+
+/// Bytes of JSON per kind in `ns`, managedFields aside (the operator drops those): what its
+/// caches hold before any stripping, for scale.
+async fn print_cached_sizes(ns: &TestNamespace, n: usize) -> anyhow::Result<()> {
+    let mut line = format!("n={n}: JSON bytes per session in the cluster (managedFields aside):");
+    let mut total = 0;
+    for (kind, bytes) in [
+        ("WhatsAppSession", json_bytes::<WhatsAppSession>(ns).await?),
+        ("StatefulSet", json_bytes::<StatefulSet>(ns).await?),
+        ("Pod", json_bytes::<Pod>(ns).await?),
+        ("PersistentVolumeClaim", json_bytes::<PersistentVolumeClaim>(ns).await?),
+        ("Secret", json_bytes::<Secret>(ns).await?),
+        ("Service", json_bytes::<Service>(ns).await?),
+        ("ServiceAccount", json_bytes::<ServiceAccount>(ns).await?),
+        ("Role", json_bytes::<Role>(ns).await?),
+        ("RoleBinding", json_bytes::<RoleBinding>(ns).await?),
+    ] {
+        total += bytes;
+        line += &format!(" {kind} {}", bytes / n.max(1));
+    }
+    println!("{line}; in all {:.1} MiB", total as f64 / 1048576.0);
+    Ok(())
+}
+
+async fn json_bytes<K>(ns: &TestNamespace) -> anyhow::Result<usize>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let mut bytes = 0;
+    for mut item in ns.api::<K>().list(&ListParams::default()).await?.items {
+        item.meta_mut().managed_fields = None;
+        bytes += serde_json::to_vec(&item)?.len();
+    }
+    Ok(bytes)
 }
 
 /// The operator-made children of every session in `ns`, stripped to what a user would create.
@@ -191,4 +339,22 @@ async fn create_raw(client: &Client, ns: &str, mut obj: serde_json::Value) -> an
         other => anyhow::bail!("unexpected kind {other}"),
     }
     Ok(())
+}
+
+fn ratio(r: &Rep) -> f64 {
+    r.operator.as_secs_f64() / r.direct.as_secs_f64().max(1e-9)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match values.len() {
+        0 => 0.0,
+        len if len % 2 == 0 => (values[mid - 1] + values[mid]) / 2.0,
+        _ => values[mid],
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
 }

@@ -1,0 +1,108 @@
+//! What the caches keep of each object: only what a reconcile reads or compares. Everything
+//! else is dropped as each object arrives from its watch, before it is stored, so the
+//! operator's memory follows what it needs per session, not what the API server sends.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, PodStatus};
+use kube::api::ObjectMeta;
+use whatsapp_crds::WhatsAppSession;
+
+/// A session: its spec, and of its status what the operator reads (its conditions, the
+/// observed generation, the state it counts). The session pod's QR picture, account and
+/// outbox figures are not the operator's business.
+pub fn session(session: &mut WhatsAppSession) {
+    if let Some(status) = session.status.as_mut() {
+        status.qr = None;
+        status.pairing_code = None;
+        status.me = None;
+        status.outbox = None;
+        status.message = None;
+        status.endpoint = None;
+    }
+}
+
+/// A pod: its name, labels and deletion mark, its phase and conditions (see
+/// [`crate::status::pod_ready`]). Its spec, which is most of it, is never read.
+pub fn pod(pod: &mut Pod) {
+    slim_meta(&mut pod.metadata);
+    pod.spec = None;
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        conditions: s.conditions,
+        ..PodStatus::default()
+    });
+}
+
+/// A volume claim: its labels (its tenant) and requested size.
+pub fn claim(claim: &mut PersistentVolumeClaim) {
+    slim_meta(&mut claim.metadata);
+    claim.status = None;
+    if let Some(spec) = claim.spec.as_mut() {
+        spec.volume_name = None;
+        spec.data_source = None;
+        spec.data_source_ref = None;
+    }
+}
+
+/// A StatefulSet: everything the operator applies (compared field by field), and of its
+/// status the revisions and counts a rollout reads, not its conditions.
+pub fn statefulset(sts: &mut StatefulSet) {
+    if let Some(status) = sts.status.as_mut() {
+        status.conditions = None;
+    }
+}
+
+/// A kind kept whole: small objects the reconcile compares in full.
+pub fn whole<K>(_: &mut K) {}
+
+/// Metadata of an object the operator reads but never applies: no annotations or owners.
+fn slim_meta(meta: &mut ObjectMeta) {
+    meta.annotations = None;
+    meta.owner_references = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_pod_keeps_what_its_readiness_needs() {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "s-0", "namespace": "n", "labels": {"a": "b"}, "annotations": {"x": "y"},
+                "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}
+        }))
+        .unwrap();
+        pod(&mut p);
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "s-0", "namespace": "n", "labels": {"a": "b"},
+                    "deletionTimestamp": "2026-01-01T00:00:00Z"},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            })
+        );
+    }
+
+    #[test]
+    fn a_claim_keeps_its_tenant_and_size() {
+        let mut c: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "p", "labels": {"t": "1"}, "annotations": {"pv.kubernetes.io/bound-by-controller": "yes"}},
+            "spec": {"resources": {"requests": {"storage": "1Gi"}}, "volumeName": "pv-1"},
+            "status": {"phase": "Bound"}
+        }))
+        .unwrap();
+        claim(&mut c);
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "p", "labels": {"t": "1"}},
+                "spec": {"resources": {"requests": {"storage": "1Gi"}}}})
+        );
+    }
+}
