@@ -5,9 +5,11 @@
 //! is a CEL rule in the schema, so the API server rejects bad input at admission with the
 //! messages written here.
 
+mod address;
 mod phone;
 mod session;
 
+pub use address::{SESSION_PORT, session_host, session_url};
 pub use phone::normalize_phone;
 pub use session::*;
 

@@ -21,13 +21,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
-use whatsapp_crds::{GROUP, VolumePolicy, WhatsAppSession};
+use whatsapp_crds::{GROUP, SESSION_PORT, VolumePolicy, WhatsAppSession};
 use whatsapp_runtime::hub_token;
 
 use crate::error::{Error, Result};
 
-/// Port of the session pod's HTTP API (hub-only routes, probes, metrics).
-pub const SESSION_PORT: i32 = 8080;
 /// Where the profile volume is mounted in the session pod.
 pub const PROFILE_MOUNT: &str = "/data";
 /// Name of the volume claim template; the claim of pod `<name>-0` is `profile-<name>-0`.

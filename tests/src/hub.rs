@@ -2,7 +2,7 @@
 //! Server-Sent Events client.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -53,7 +53,7 @@ impl Hub {
         let secret = dir.join("jwt.secret");
         write_shared_file(&secret, TEST_JWT_SECRET);
         let log = dir.join(format!("{}-hub-{port}.log", ns.name));
-        let mut command = Command::new(workspace_binary("whatsapp-hub"));
+        let mut command = crate::clusterdns::command(&workspace_binary("whatsapp-hub"));
         command
             .env("KUBECONFIG", options.kubeconfig.as_ref().unwrap_or(&ns.cluster.kubeconfig))
             .env("RUST_LOG", "info,kube_runtime=warn,whatsapp_hub=debug")

@@ -3,6 +3,7 @@
 //! command-line tools the way users do.
 
 pub mod cluster;
+pub mod clusterdns;
 pub mod drills;
 pub mod harness;
 pub mod hub;

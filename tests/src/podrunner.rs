@@ -9,6 +9,7 @@
 //! the pod's status.
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,7 +53,7 @@ pub struct RunnerConfig {
 struct Running {
     child: Child,
     uid: String,
-    port: u16,
+    address: SocketAddr,
     log: PathBuf,
     restarts: i32,
     started: Instant,
@@ -95,7 +96,7 @@ impl PodRunner {
             .lock()
             .expect("lock")
             .get(&format!("{namespace}/{pod}"))
-            .map(|p| format!("http://127.0.0.1:{}", p.port))
+            .map(|p| format!("http://{}", p.address))
     }
 }
 
@@ -216,13 +217,13 @@ async fn update_readiness(
     processes: &Arc<Mutex<HashMap<String, Running>>>,
     key: &str,
 ) {
-    let Some((port, previous, restarts)) =
-        processes.lock().expect("lock").get(key).map(|r| (r.port, r.ready, r.restarts))
+    let Some((address, previous, restarts)) =
+        processes.lock().expect("lock").get(key).map(|r| (r.address, r.ready, r.restarts))
     else {
         return;
     };
     let ready = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .get(format!("http://{address}/readyz"))
         .timeout(Duration::from_secs(2))
         .send()
         .await
@@ -263,8 +264,11 @@ async fn start_process(client: &Client, config: &RunnerConfig, pod: &Pod) -> Res
     let name = pod.name_any();
     let spec = pod.spec.as_ref().context("pod without spec")?;
     let dir = config.work_dir.join(&ns).join(&name);
-    let local = LocalContainer::prepare(client, &ns, &name, spec, &dir).await?;
-    let port = local.main_port().context("the session container declares no port")?;
+    // A session pod gets the address its DNS name resolves to ([`crate::clusterdns`]).
+    let session = name.strip_suffix("-0").context("a session pod is named <session>-0")?;
+    let ip = crate::clusterdns::session_ip(&ns, session);
+    let local = LocalContainer::prepare(client, &ns, &name, spec, &dir, Some(ip)).await?;
+    let address = local.main_address().context("the session container declares no port")?;
     let kubeconfig =
         service_account_kubeconfig(client, &config.server, &config.ca_pem, &ns, spec, &dir).await?;
 
@@ -284,11 +288,11 @@ async fn start_process(client: &Client, config: &RunnerConfig, pod: &Pod) -> Res
         // Its own process group, so Chromium goes with it, as with a container.
         .process_group(0);
     let child = command.spawn().context("starting whatsapp-session")?;
-    tracing::info!(pod = %format!("{ns}/{name}"), port, "started the session process");
+    tracing::info!(pod = %format!("{ns}/{name}"), %address, "started the session process");
     Ok(Running {
         child,
         uid: pod.uid().unwrap_or_default(),
-        port,
+        address,
         log,
         restarts: 0,
         started: Instant::now(),
@@ -300,9 +304,12 @@ async fn start_process(client: &Client, config: &RunnerConfig, pod: &Pod) -> Res
 /// values, downward-API fields and Secret keys resolved. Volumes become local directories
 /// under `dir`: a claim is its bound host-path volume, a Secret or ConfigMap is written out
 /// as files, an emptyDir is an empty directory; values naming a path under a mount follow it.
-/// This "node" has one IP, so every `0.0.0.0:PORT` listener moves to a free local port.
+/// A pod given an address of its own (`ip`) listens there on its declared ports; otherwise it
+/// shares this "node's" 127.0.0.1, and every `0.0.0.0:PORT` listener moves to a free port.
 pub struct LocalContainer {
     pub env: Vec<(String, String)>,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
     /// Container port -> local port.
     pub ports: HashMap<u16, u16>,
     /// The container's first declared port.
@@ -316,7 +323,9 @@ impl LocalContainer {
         pod_name: &str,
         spec: &PodSpec,
         dir: &Path,
+        own_ip: Option<Ipv4Addr>,
     ) -> Result<Self> {
+        let ip = own_ip.unwrap_or(Ipv4Addr::LOCALHOST);
         let container = spec.containers.first().context("pod without containers")?;
         let mut mounts: Vec<(String, PathBuf)> = Vec::new();
         for mount in container.volume_mounts.iter().flatten() {
@@ -375,7 +384,7 @@ impl LocalContainer {
                     match field.field_path.as_str() {
                         "metadata.name" => pod_name.to_string(),
                         "metadata.namespace" => ns.to_string(),
-                        "status.podIP" => "127.0.0.1".into(),
+                        "status.podIP" => ip.to_string(),
                         other => return Err(anyhow!("unsupported fieldRef {other}")),
                     }
                 } else if let Some(secret) = &from.secret_key_ref {
@@ -391,9 +400,9 @@ impl LocalContainer {
             };
             let value = match value.strip_prefix("0.0.0.0:").and_then(|p| p.parse::<u16>().ok()) {
                 Some(port) => {
-                    let local = free_port()?;
+                    let local = if own_ip.is_some() { port } else { free_port()? };
                     ports.insert(port, local);
-                    format!("127.0.0.1:{local}")
+                    format!("{ip}:{local}")
                 }
                 None => value,
             };
@@ -401,12 +410,12 @@ impl LocalContainer {
         }
         let container_port =
             container.ports.iter().flatten().next().and_then(|p| u16::try_from(p.container_port).ok());
-        Ok(LocalContainer { env, ports, container_port })
+        Ok(LocalContainer { env, ip, ports, container_port })
     }
 
-    /// The local port of the container's first declared port.
-    pub fn main_port(&self) -> Option<u16> {
-        self.ports.get(&self.container_port?).copied()
+    /// Where the container's first declared port listens.
+    pub fn main_address(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::from((self.ip, *self.ports.get(&self.container_port?)?)))
     }
 }
 

@@ -187,7 +187,8 @@ impl Drop for Operator {
 /// Chromium wrapper maps that address to the simulator and trusts its certificate.
 pub struct SessionProcess {
     child: Child,
-    pub port: u16,
+    /// Its own loopback address, under which its pod's DNS name resolves ([`crate::clusterdns`]).
+    pub ip: std::net::Ipv4Addr,
     pub log: PathBuf,
     pub profile: PathBuf,
 }
@@ -216,18 +217,18 @@ impl SessionProcess {
     ) -> SessionProcess {
         let dir = ns.cluster.dir.join("processes");
         std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port().unwrap();
-        let log = dir.join(format!("{}-{name}-{port}.log", ns.name));
+        let ip = crate::clusterdns::session_ip(&ns.name, name);
+        let log = dir.join(format!("{}-{name}-{}.log", ns.name, free_port().unwrap()));
         let child = Command::new(workspace_binary("whatsapp-session"))
             .env("KUBECONFIG", &ns.cluster.kubeconfig)
             .env("RUST_LOG", "info,chromiumoxide=error")
             .env("WAO_SESSION_NAME", name)
             .env("POD_NAMESPACE", &ns.name)
-            .env("POD_IP", "127.0.0.1")
+            .env("POD_IP", ip.to_string())
             .env("WAO_PROFILE_DIR", profile)
-            .env("WAO_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WAO_LISTEN", format!("{ip}:{}", whatsapp_crds::SESSION_PORT))
             .env("WAO_HUB_TOKEN", TEST_HUB_TOKEN)
-            .env("WAO_CHROMIUM", sim.chromium_wrapper())
+            .envs(sim.browser_env())
             .env("HOME", profile.parent().unwrap_or(profile))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -235,7 +236,7 @@ impl SessionProcess {
             .stderr(std::fs::File::options().append(true).open(&log).unwrap())
             .spawn()
             .expect("starting whatsapp-session");
-        SessionProcess { child, port, log, profile: profile.to_path_buf() }
+        SessionProcess { child, ip, log, profile: profile.to_path_buf() }
     }
 
     /// The process id.
@@ -245,7 +246,7 @@ impl SessionProcess {
 
     /// The base URL of its API.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.ip, whatsapp_crds::SESSION_PORT)
     }
 
     /// Stops it the way Kubernetes does: SIGTERM, then waits for it to exit.
@@ -320,4 +321,16 @@ pub fn chromium_pid(profile: &std::path::Path) -> Option<i32> {
             cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         (args.contains(&flag) && !args.iter().any(|a| a.starts_with("--type="))).then_some(pid)
     })
+}
+
+impl Operator {
+    /// Peak resident memory of the process so far (VmHWM), in KiB, 0 if it is gone.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
 }

@@ -172,6 +172,8 @@ fn the_chart_lints_clean_and_renders_what_it_promises() {
         "hub.ingress.enabled=true,hub.ingress.host=wa.example.com,hub.ingress.tlsSecretName=wa-tls",
         "--set",
         "hub.ingress.annotations.cert-manager\\.io/cluster-issuer=letsencrypt",
+        "--set",
+        "networkPolicy.apiServer.to[0].ipBlock.cidr=10.96.0.1/32",
     ]);
     let names = kinds(&narrowed);
     assert!(!names.iter().any(|n| n == "ClusterRoleBinding/rel-whatsapp-operator-operator"), "{names:?}");
@@ -185,6 +187,16 @@ fn the_chart_lints_clean_and_renders_what_it_promises() {
     find(&narrowed, "ConfigMap", "rel-whatsapp-operator-hub-jwt-keys");
     let policy = find(&narrowed, "NetworkPolicy", "rel-whatsapp-operator-sessions");
     assert_eq!(policy["metadata"]["namespace"], "team-a");
+    // The hub connects only to session pods' API port, DNS and the API server.
+    let hub_policy = find(&narrowed, "NetworkPolicy", "rel-whatsapp-operator-hub");
+    let egress = &hub_policy["spec"]["egress"];
+    assert_eq!(egress.as_array().map(Vec::len), Some(3), "{egress}");
+    let sessions = &egress[0]["to"][0];
+    assert_eq!(sessions["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "team-a");
+    assert_eq!(sessions["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "whatsapp-session");
+    assert_eq!(egress[0]["ports"], json!([{"port": whatsapp_crds::SESSION_PORT, "protocol": "TCP"}]));
+    assert_eq!(egress[1]["ports"][0]["port"], 53);
+    assert_eq!(egress[2]["to"], json!([{"ipBlock": {"cidr": "10.96.0.1/32"}}]));
     let ingress = find(&narrowed, "Ingress", "rel-whatsapp-operator-hub");
     assert_eq!(ingress["spec"]["tls"][0]["secretName"], "wa-tls");
     assert_eq!(ingress["spec"]["rules"][0]["host"], "wa.example.com");
@@ -230,7 +242,7 @@ impl ChartProcess {
         let image = spec.containers[0].image.clone().unwrap_or_default();
         assert!(image.contains(&format!("/{binary}:")), "{image}");
         let dir = ns.cluster.dir.join(format!("{}-{pod_name}", ns.name));
-        let local = LocalContainer::prepare(&ns.client, &ns.name, pod_name, &spec, &dir).await.unwrap();
+        let local = LocalContainer::prepare(&ns.client, &ns.name, pod_name, &spec, &dir, None).await.unwrap();
         let kubeconfig = service_account_kubeconfig(
             &ns.client,
             &ns.cluster.server(),
@@ -242,7 +254,8 @@ impl ChartProcess {
         .await
         .unwrap();
         let log = dir.join("process.log");
-        let child = tokio::process::Command::new(whatsapp_tests::harness::workspace_binary(binary))
+        let program = whatsapp_tests::harness::workspace_binary(binary);
+        let child = tokio::process::Command::from(whatsapp_tests::clusterdns::command(&program))
             .env_clear()
             .envs(local.env)
             .env("KUBECONFIG", kubeconfig)

@@ -662,8 +662,8 @@ async fn every_error_has_its_status_and_code() {
         "INVALID_SESSION",
     );
 
-    // A real session process, linked: then killed (502), frozen (504), and an endpoint that is
-    // not a session pod (502 SESSION_MANAGER_ERROR).
+    // A real session process, linked: then killed (502), frozen (504), and a status naming an
+    // address of someone else's (never called: 502 SESSION_MANAGER_UNAVAILABLE).
     let pod_token = hub_token(TEST_HUB_TOKEN_KEY, &ns.name, "cliente-2");
     let profile = ns.profile_dir("cliente-2");
     let mut process =
@@ -695,12 +695,7 @@ async fn every_error_has_its_status_and_code() {
     // Dead: the status still says READY (nobody wrote otherwise), the address refuses.
     let endpoint = wait_state(&hub, 2, "READY").await;
     process.stop();
-    report(
-        &ns,
-        "cliente-2",
-        json!({"state": "READY", "endpoint": format!("http://127.0.0.1:{}", process.port)}),
-    )
-    .await;
+    report(&ns, "cliente-2", json!({"state": "READY", "endpoint": process.url()})).await;
     wait_state(&hub, 2, "READY").await;
     expect(
         "dead pod",
@@ -710,14 +705,21 @@ async fn every_error_has_its_status_and_code() {
     );
     let _ = endpoint;
 
-    report(&ns, "cliente-6", json!({"state": "READY", "endpoint": sim.control_url()})).await;
+    // A status pointing anywhere else is never called: the hub derives a session pod's address
+    // from its name (`cliente-6-0.cliente-6.<namespace>.svc`, which no pod answers here), so
+    // nothing connects to the decoy.
+    let decoy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let decoy_url = format!("http://{}", decoy.local_addr().unwrap());
+    report(&ns, "cliente-6", json!({"state": "READY", "endpoint": decoy_url})).await;
     wait_state(&hub, 6, "READY").await;
     expect(
-        "not a session pod",
+        "an address the status names",
         hub.post("/api/whatsapp/6/send", &admin, json!({"to": "5491100000000", "message": "x"})).await,
         502,
-        "SESSION_MANAGER_ERROR",
+        "SESSION_MANAGER_UNAVAILABLE",
     );
+    use futures::FutureExt;
+    assert!(decoy.accept().now_or_never().is_none(), "the hub connected to the address in the status");
     report(&ns, "cliente-5", json!({"state": "READY"})).await;
     wait_state(&hub, 5, "READY").await;
     expect(

@@ -315,10 +315,18 @@ async fn stop(mut p: SessionProcess, signal: Signal) {
     }
 }
 
-/// [`stop`], then a new process on the same profile.
+/// [`stop`], then a new process on the same profile. The old process's endpoint is cleared
+/// from the status first (a restarted process has the same address), so that what
+/// [`ready_without_a_qr`] sees is the new process's report, not a status a killed one left.
 async fn restart(ns: &TestNamespace, sim: &Simulator, p: SessionProcess, signal: Signal) -> SessionProcess {
     let profile = p.profile.clone();
     stop(p, signal).await;
+    let sessions: kube::Api<whatsapp_crds::WhatsAppSession> = ns.api();
+    let forget = json!({"status": {"endpoint": null}});
+    sessions
+        .patch_status("acme", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&forget))
+        .await
+        .expect("clearing the old process's endpoint");
     SessionProcess::start(ns, "acme", &profile, sim)
 }
 

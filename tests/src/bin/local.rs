@@ -120,7 +120,7 @@ async fn run(args: &Args, dir: &Path, stack: &mut Stack) -> Result<()> {
             ca_pem: std::fs::read_to_string(plane.dir.join("pki/ca.crt"))?,
             work_dir: dir.join("pods"),
             namespace: None,
-            extra_env: vec![("WAO_CHROMIUM".into(), simulator.chromium_wrapper().display().to_string())],
+            extra_env: simulator.browser_env(),
         },
     ));
 
@@ -258,7 +258,8 @@ fn terminal_qr(data: &str) -> String {
 
 fn spawn(binary: &str, kubeconfig: &Path, log: &Path, args: &[&str]) -> Result<Child> {
     let out = std::fs::File::create(log)?;
-    Command::new(workspace_binary(binary))
+    // Cluster DNS, so the hub reaches session pods by name.
+    Command::from(whatsapp_tests::clusterdns::command(&workspace_binary(binary)))
         // Ctrl-C reaches only this program, which stops everything in order.
         .process_group(0)
         .env("KUBECONFIG", kubeconfig)
