@@ -27,6 +27,28 @@ fn create(ns: &TestNamespace, name: &str, spec: &str) {
     assert!(out.success, "kubectl apply: {out:?}");
 }
 
+/// Sessions `s1`..`sN` (clienteId 1..N), applied at once, each Reconciled with its pod Ready.
+fn converged_sessions(ns: &TestNamespace, n: usize) {
+    let yaml: Vec<String> =
+        (1..=n).map(|i| session_yaml(&format!("s{i}"), &format!("  clienteId: {i}\n"))).collect();
+    assert!(ns.apply(&yaml.join("---\n")).success);
+    wait_all_converged(ns, "120s");
+}
+
+/// `kubectl wait` until every session of `ns` is Reconciled with its pod Ready.
+fn wait_all_converged(ns: &TestNamespace, timeout: &str) {
+    for condition in ["Reconciled", "PodReady"] {
+        run(ns.kubectl().args([
+            "wait",
+            &format!("--for=condition={condition}"),
+            &format!("--timeout={timeout}"),
+            "was",
+            "--all",
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 /// `kubectl wait` on one of the operator's conditions, as a user would script it.
 fn wait_condition(ns: &TestNamespace, name: &str, condition: &str) {
     run(ns.kubectl().args([
@@ -425,19 +447,7 @@ async fn a_failover_on_converged_sessions_writes_nothing_and_warns_nothing() {
     let ns = cluster().namespace("op-failover").await;
     let mut a = Operator::start(&ns, "op-a", "shared", &[]);
     a.wait_leading().await;
-    let yaml: Vec<String> =
-        (1..=SESSIONS).map(|i| session_yaml(&format!("s{i}"), &format!("  clienteId: {i}\n"))).collect();
-    assert!(ns.apply(&yaml.join("---\n")).success);
-    for condition in ["Reconciled", "PodReady"] {
-        run(ns.kubectl().args([
-            "wait",
-            &format!("--for=condition={condition}"),
-            "--timeout=120s",
-            "was",
-            "--all",
-        ]))
-        .unwrap_or_else(|e| panic!("{e}"));
-    }
+    converged_sessions(&ns, SESSIONS);
     eventually("operator writes to settle", WAIT, || async {
         let first = writes(&a).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -659,19 +669,7 @@ async fn a_fleet_wide_template_change_restarts_at_most_the_budget_of_pods_at_a_t
     let ns = cluster().namespace("op-stagger").await;
     let mut before = Operator::start(&ns, "op-a", "op-a", &["--max-rolling-sessions", "3"]);
     before.wait_leading().await;
-    let yaml: Vec<String> =
-        (1..=SESSIONS).map(|i| session_yaml(&format!("s{i}"), &format!("  clienteId: {i}\n"))).collect();
-    assert!(ns.apply(&yaml.join("---\n")).success);
-    for condition in ["Reconciled", "PodReady"] {
-        run(ns.kubectl().args([
-            "wait",
-            &format!("--for=condition={condition}"),
-            "--timeout=120s",
-            "was",
-            "--all",
-        ]))
-        .unwrap_or_else(|e| panic!("{e}"));
-    }
+    converged_sessions(&ns, SESSIONS);
     let rolls = std::sync::Arc::new(std::sync::Mutex::new(Rolls::default()));
     let (listed_tx, listed_rx) = tokio::sync::oneshot::channel();
     let observer = tokio::spawn(watch_rolls(ns.api(), rolls.clone(), listed_tx));
@@ -697,16 +695,7 @@ async fn a_fleet_wide_template_change_restarts_at_most_the_budget_of_pods_at_a_t
     })
     .await;
     let took = started.elapsed();
-    for condition in ["Reconciled", "PodReady"] {
-        run(ns.kubectl().args([
-            "wait",
-            &format!("--for=condition={condition}"),
-            "--timeout=60s",
-            "was",
-            "--all",
-        ]))
-        .unwrap_or_else(|e| panic!("{e}"));
-    }
+    wait_all_converged(&ns, "60s");
     observer.abort();
     pending_observer.abort();
     let waiting = after.metric("whatsapp_operator_pod_restarts{phase=\"waiting\"}").await;
