@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use axum::extract::FromRequestParts;
@@ -17,6 +18,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use verified::{Verified, VerifiedTokens};
+
+mod verified;
 
 /// Role claim value that grants every session.
 pub const ADMIN_ROLE: &str = "admin";
@@ -41,6 +45,7 @@ pub struct Authenticator {
     keys: Vec<VerifyingKey>,
     signing: Option<EncodingKey>,
     settings: JwtSettings,
+    verified: VerifiedTokens,
 }
 
 impl Authenticator {
@@ -54,6 +59,7 @@ impl Authenticator {
             keys: vec![VerifyingKey { kid: None, key: DecodingKey::from_secret(secret), validation }],
             signing: Some(EncodingKey::from_secret(secret)),
             settings,
+            verified: VerifiedTokens::default(),
         })
     }
 
@@ -92,7 +98,7 @@ impl Authenticator {
         if keys.is_empty() {
             bail!("{} holds no key", file.display());
         }
-        Ok(Authenticator { keys, signing: None, settings })
+        Ok(Authenticator { keys, signing: None, settings, verified: VerifiedTokens::default() })
     }
 
     /// Whether this hub can issue tokens (HS256 only).
@@ -101,8 +107,24 @@ impl Authenticator {
     }
 
     /// Checks a bearer token and says who it belongs to, and when the token expires (`exp`,
-    /// seconds since the epoch).
+    /// seconds since the epoch). A token verified before is not verified again: its cached
+    /// claims are checked against the clock (`exp`, `nbf`).
     pub fn verify(&self, token: &str) -> Result<(Principal, u64), ApiError> {
+        self.verify_at(token, jsonwebtoken::get_current_timestamp())
+    }
+
+    /// [`Authenticator::verify`] at `now` (seconds since the epoch) for the cached tokens.
+    fn verify_at(&self, token: &str, now: u64) -> Result<(Principal, u64), ApiError> {
+        if let Some(verified) = self.verified.get(token) {
+            return verified.at(now, self.settings.leeway_seconds);
+        }
+        let verified = self.verify_signature(token)?;
+        self.verified.insert(token, verified.clone());
+        Ok((verified.principal, verified.expires))
+    }
+
+    /// The signature, algorithm and claims of a token, checked.
+    fn verify_signature(&self, token: &str) -> Result<Verified, ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| ApiError::InvalidToken(format!("unreadable header ({e})")))?;
         let candidates = self.keys.iter().filter(|k| match (&header.kid, &k.kid) {
@@ -117,8 +139,8 @@ impl Authenticator {
             }
             match jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation) {
                 Ok(data) => {
-                    let expires = data.claims.exp;
-                    return Ok((data.claims.principal()?, expires));
+                    let (expires, not_before) = (data.claims.exp, data.claims.nbf.map(|n| n.round() as u64));
+                    return Ok(Verified { principal: data.claims.principal()?, expires, not_before });
                 }
                 Err(e) => {
                     last = match e.kind() {
@@ -195,6 +217,9 @@ struct Claims {
     #[serde(default, alias = "clienteId", deserialize_with = "int_or_string")]
     cliente_id: Option<i64>,
     exp: u64,
+    /// Validated by jsonwebtoken first, which takes a number and rounds it.
+    #[serde(default)]
+    nbf: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -228,7 +253,7 @@ fn int_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Erro
 
 impl Claims {
     fn principal(self) -> Result<Principal, ApiError> {
-        let subject = self.sub.unwrap_or_default();
+        let subject: Arc<str> = self.sub.unwrap_or_default().into();
         if self.role.as_deref() == Some(ADMIN_ROLE) {
             return Ok(Principal::Admin { subject });
         }
@@ -239,11 +264,11 @@ impl Claims {
     }
 }
 
-/// The authenticated caller.
+/// The authenticated caller (cheap to clone: the subject is shared).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Principal {
-    Admin { subject: String },
-    Tenant { subject: String, cliente_id: i64 },
+    Admin { subject: Arc<str> },
+    Tenant { subject: Arc<str>, cliente_id: i64 },
 }
 
 impl Principal {

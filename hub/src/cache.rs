@@ -1,20 +1,21 @@
-//! The watch cache: every WhatsAppSession, kept current by one watch (kube's reflector), with
-//! an index by clienteId and the public status of each precomputed (QR images included), so a
-//! read is a hash lookup and never an API server call. Changes are broadcast for live push.
-//! When the API server goes away the cache keeps the last known state, says it is stale, and
-//! the watcher's backoff reconnects by itself.
+//! The watch cache: every WhatsAppSession, kept current by one watch, with an index by
+//! clienteId and the public status of each precomputed (QR images included) and serialized
+//! once per change, so a read is a hash lookup and never an API server call. Only the views are
+//! kept, not the resources. Changes are broadcast for live push, per clienteId, so a change
+//! wakes only the streams of its clienteId. When the API server goes away the cache keeps the
+//! last known state, says it is stale, and the watcher's backoff reconnects by itself.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use futures::StreamExt;
 use kube::Api;
 use kube::ResourceExt;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use tokio::sync::broadcast;
 use whatsapp_crds::{PairingMethod, SessionState, WhatsAppSession};
 
@@ -28,11 +29,15 @@ pub struct SessionView {
     pub namespace: String,
     pub name: String,
     pub cliente_id: i64,
-    /// The session pod's API, once it published it.
+    /// The address the session pod announced: it tells that the pod serves, and a new one that
+    /// the pod was replaced. Never called: calls go to the address derived from the name.
     pub endpoint: Option<String>,
     pub pairing: PairingMethod,
     /// What the frontend sees.
     pub status: SessionStatus,
+    /// `status` as JSON, serialized once: the body of every status read and the data of every
+    /// status event.
+    pub status_json: Bytes,
 }
 
 /// The name of the one session that serves a clienteId, in the hub's session namespace.
@@ -77,44 +82,52 @@ impl SessionView {
                 expires_at: q.expires_at.as_ref().map(|t| t.0.as_millisecond()),
             }
         });
+        let served = SessionStatus {
+            connected,
+            state: State::from(state),
+            session: session.name_any(),
+            qr,
+            cliente_id: session.spec.cliente_id,
+            namespace: session.namespace().unwrap_or_default(),
+            suspended: session.spec.suspended,
+            reason,
+            message,
+            pairing_code: status.pairing_code.clone().filter(|_| state == SessionState::QrRequired),
+            phone: status.me.as_ref().map(|m| m.phone.clone()),
+            push_name: status.me.as_ref().and_then(|m| m.push_name.clone()),
+        };
         SessionView {
             namespace: session.namespace().unwrap_or_default(),
             name: session.name_any(),
             cliente_id: session.spec.cliente_id,
             endpoint: status.endpoint.clone(),
             pairing: session.spec.pairing.method,
-            status: SessionStatus {
-                connected,
-                state: State::from(state),
-                session: session.name_any(),
-                qr,
-                cliente_id: session.spec.cliente_id,
-                namespace: session.namespace().unwrap_or_default(),
-                suspended: session.spec.suspended,
-                reason,
-                message,
-                pairing_code: status.pairing_code.clone().filter(|_| state == SessionState::QrRequired),
-                phone: status.me.as_ref().map(|m| m.phone.clone()),
-                push_name: status.me.as_ref().and_then(|m| m.push_name.clone()),
-            },
+            status_json: serde_json::to_vec(&served).expect("a status serializes").into_boxed_slice().into(),
+            status: served,
         }
     }
 }
 
-/// A change of one clienteId's served session (None: it has none any more).
+/// A change of a clienteId's served session (None: it has none any more).
 #[derive(Clone, Debug)]
 pub struct Change {
-    pub cliente_id: i64,
     pub session: Option<Arc<SessionView>>,
 }
 
 /// The served sessions, by clienteId.
 type Index = HashMap<i64, Arc<SessionView>>;
 
+/// Changes a live subscriber may fall behind by before it skips to the present.
+const CHANGES_PER_SUBSCRIBER: usize = 16;
+
+/// The live subscribers' channels, by clienteId.
+type Subscribers = Arc<Mutex<HashMap<i64, broadcast::Sender<Change>>>>;
+
 pub struct SessionCache {
-    store: Store<WhatsAppSession>,
+    /// WhatsAppSessions in the watch (served or not).
+    resources: AtomicUsize,
     index: RwLock<Index>,
-    changes: broadcast::Sender<Change>,
+    subscribers: Subscribers,
     synced: AtomicBool,
     /// Since when the watch has been failing (None: healthy).
     stale_since: Mutex<Option<Instant>>,
@@ -122,29 +135,27 @@ pub struct SessionCache {
 }
 
 impl SessionCache {
-    /// An empty cache and the writer half its [`SessionCache::run`] loop fills.
-    pub fn new(metrics: Metrics) -> (Arc<SessionCache>, Writer<WhatsAppSession>) {
-        let (store, writer) = reflector::store();
-        let (changes, _) = broadcast::channel(1024);
-        let cache = SessionCache {
-            store,
+    /// An empty cache, for its [`SessionCache::run`] loop to fill.
+    pub fn new(metrics: Metrics) -> Arc<SessionCache> {
+        Arc::new(SessionCache {
+            resources: AtomicUsize::new(0),
             index: RwLock::default(),
-            changes,
+            subscribers: Subscribers::default(),
             synced: AtomicBool::new(false),
             stale_since: Mutex::new(None),
             metrics,
-        };
-        (Arc::new(cache), writer)
+        })
     }
 
     /// Watches `api` forever, keeping the cache current.
-    pub async fn run(self: Arc<Self>, api: Api<WhatsAppSession>, writer: Writer<WhatsAppSession>) {
+    pub async fn run(self: Arc<Self>, api: Api<WhatsAppSession>) {
         let events =
-            reflector::reflector(writer, watcher::watcher(api, watcher::Config::default().any_semantic()))
-                .backoff(WatchBackoff::default());
+            watcher::watcher(api, watcher::Config::default().any_semantic()).backoff(WatchBackoff::default());
         let mut events = std::pin::pin!(events);
         // A relist is staged and swapped in at its end, so reads never see half a list.
-        let mut staging: Option<Index> = None;
+        let mut staging: Option<(Index, HashSet<String>)> = None;
+        // The names of the resources in the watch (the sessions this namespace holds).
+        let mut names = HashSet::new();
         while let Some(event) = events.next().await {
             let event = match event {
                 Ok(event) => event,
@@ -161,23 +172,36 @@ impl SessionCache {
                 tracing::info!("the watch on WhatsAppSessions is back");
             }
             match event {
-                Event::Init => staging = Some(Index::default()),
+                Event::Init => staging = Some(Default::default()),
                 Event::InitApply(session) => {
-                    if let (Some(index), Some(id)) = (staging.as_mut(), served_id(&session)) {
+                    let Some((index, listed)) = staging.as_mut() else { continue };
+                    listed.insert(session.name_any());
+                    if let Some(id) = served_id(&session) {
                         let previous = self.index.read().expect("lock").get(&id).cloned();
                         index.insert(id, Arc::new(SessionView::of(&session, previous.as_deref())));
                     }
                 }
                 Event::InitDone => {
-                    if let Some(fresh) = staging.take() {
+                    if let Some((fresh, listed)) = staging.take() {
+                        names = listed;
                         self.swap(fresh);
                     }
+                    self.resources.store(names.len(), Ordering::Relaxed);
                     if !self.synced.swap(true, Ordering::Relaxed) {
                         tracing::info!(sessions = self.len(), "session cache synced");
                     }
                 }
-                Event::Apply(session) => self.apply(&session),
-                Event::Delete(session) => self.delete(&session),
+                Event::Apply(session) => {
+                    names.insert(session.name_any());
+                    self.apply(&session);
+                }
+                Event::Delete(session) => {
+                    names.remove(&session.name_any());
+                    self.delete(&session);
+                }
+            }
+            if staging.is_none() {
+                self.resources.store(names.len(), Ordering::Relaxed);
             }
             self.metrics.cache_sessions.set(self.len() as i64);
         }
@@ -221,9 +245,15 @@ impl SessionCache {
             (None, None) => true,
             _ => false,
         };
-        if !same {
-            // No subscriber is not an error.
-            let _ = self.changes.send(Change { cliente_id, session: after });
+        if same {
+            return;
+        }
+        let mut subscribers = self.subscribers.lock().expect("lock");
+        if let Some(channel) = subscribers.get(&cliente_id)
+            && channel.send(Change { session: after }).is_err()
+        {
+            // Its last subscriber left.
+            subscribers.remove(&cliente_id);
         }
     }
 
@@ -244,13 +274,17 @@ impl SessionCache {
         ids.into_iter().filter_map(|id| index.get(&id).cloned()).collect()
     }
 
+    /// WhatsAppSessions in the watch (served or not).
     pub fn len(&self) -> usize {
-        self.store.len()
+        self.resources.load(Ordering::Relaxed)
     }
 
-    /// Live changes from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.changes.subscribe()
+    /// Live changes of what `cliente_id` is served, from now on.
+    pub fn subscribe(&self, cliente_id: i64) -> Changes {
+        let mut subscribers = self.subscribers.lock().expect("lock");
+        let channel =
+            subscribers.entry(cliente_id).or_insert_with(|| broadcast::channel(CHANGES_PER_SUBSCRIBER).0);
+        Changes { cliente_id, receiver: channel.subscribe(), subscribers: self.subscribers.clone() }
     }
 
     /// Filled from a complete list at least once.
@@ -261,6 +295,35 @@ impl SessionCache {
     /// How long the cache has not known whether it is current (zero when it is).
     pub fn staleness(&self) -> Duration {
         self.stale_since.lock().expect("lock").map(|since| since.elapsed()).unwrap_or_default()
+    }
+}
+
+/// One subscriber's changes of a clienteId; its channel goes with its last subscriber.
+pub struct Changes {
+    cliente_id: i64,
+    receiver: broadcast::Receiver<Change>,
+    subscribers: Subscribers,
+}
+
+impl Changes {
+    /// The next change; `Lagged` when this subscriber fell behind (changes were skipped).
+    pub async fn recv(&mut self) -> Result<Change, broadcast::error::RecvError> {
+        self.receiver.recv().await
+    }
+
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Result<Change, broadcast::error::TryRecvError> {
+        self.receiver.try_recv()
+    }
+}
+
+impl Drop for Changes {
+    fn drop(&mut self) {
+        let mut subscribers = self.subscribers.lock().expect("lock");
+        // This receiver still counts: it is the last one when the count is 1.
+        if subscribers.get(&self.cliente_id).is_some_and(|c| c.receiver_count() <= 1) {
+            subscribers.remove(&self.cliente_id);
+        }
     }
 }
 

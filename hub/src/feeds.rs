@@ -17,14 +17,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
 
-use crate::cache::{SessionCache, SessionView};
+use crate::cache::{Changes, SessionCache, SessionView};
 use crate::inbound::IncomingMessage;
 use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
 use crate::upstream::SessionPods;
 
-/// Events a feed holds for a stream that reads slower than they come.
-const CAPACITY: usize = 4096;
+/// Events a feed holds for a stream that reads slower than they come (a stream further behind
+/// is told `lagged` and re-lists). The channel is allocated whole, per clienteId with streams:
+/// 256 events are about 16 KiB.
+const CAPACITY: usize = 256;
 /// Waits between attempts to reach a pod: doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_LAST: Duration = Duration::from_secs(15);
@@ -143,21 +145,14 @@ fn same_pod(a: Option<&SessionView>, b: Option<&SessionView>) -> bool {
     }
 }
 
-/// Waits for a change of what `cliente_id` is served; false when the hub is stopping.
-async fn changed(
-    changes: &mut broadcast::Receiver<crate::cache::Change>,
-    shutdown: &mut watch::Receiver<bool>,
-    cliente_id: i64,
-) -> bool {
-    loop {
-        tokio::select! {
-            change = changes.recv() => match change {
-                Ok(change) if change.cliente_id != cliente_id => continue,
-                Ok(_) | Err(RecvError::Lagged(_)) => return true,
-                Err(RecvError::Closed) => return false,
-            },
-            _ = shutdown.wait_for(|stopping| *stopping) => return false,
-        }
+/// Waits for a change of what the clienteId is served; false when the hub is stopping.
+async fn changed(changes: &mut Changes, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        change = changes.recv() => match change {
+            Ok(_) | Err(RecvError::Lagged(_)) => true,
+            Err(RecvError::Closed) => false,
+        },
+        _ = shutdown.wait_for(|stopping| *stopping) => false,
     }
 }
 
@@ -165,12 +160,12 @@ async fn changed(
 /// events on, for as long as the feed lives.
 async fn follow(cliente_id: i64, sender: broadcast::Sender<FeedEvent>, upstream: Upstream) {
     let Upstream { cache, pods, metrics, mut shutdown } = upstream;
-    let mut changes = cache.subscribe();
+    let mut changes = cache.subscribe(cliente_id);
     let mut backoff = BACKOFF_FIRST;
     loop {
         let Some(session) = target(&cache, cliente_id) else {
             // No pod to follow (no session, suspended, starting): wait for one.
-            if !changed(&mut changes, &mut shutdown, cliente_id).await {
+            if !changed(&mut changes, &mut shutdown).await {
                 return;
             }
             continue;
@@ -198,7 +193,7 @@ async fn follow(cliente_id: i64, sender: broadcast::Sender<FeedEvent>, upstream:
                                 break;
                             }
                         },
-                        alive = changed(&mut changes, &mut shutdown, cliente_id) => {
+                        alive = changed(&mut changes, &mut shutdown) => {
                             if !alive {
                                 return;
                             }
@@ -227,7 +222,7 @@ async fn follow(cliente_id: i64, sender: broadcast::Sender<FeedEvent>, upstream:
         loop {
             tokio::select! {
                 _ = &mut pause => break,
-                alive = changed(&mut changes, &mut shutdown, cliente_id) => {
+                alive = changed(&mut changes, &mut shutdown) => {
                     if !alive {
                         return;
                     }

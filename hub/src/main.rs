@@ -42,7 +42,7 @@ use whatsapp_crds::WhatsAppSession;
 use crate::auth::{Authenticator, JwtSettings};
 use crate::cache::SessionCache;
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 
 /// Every setting, from flags or environment variables.
 #[derive(Parser, Debug)]
@@ -238,11 +238,11 @@ async fn run(config: Config) -> Result<()> {
     let sessions: Api<WhatsAppSession> = Api::namespaced(client.clone(), &session_namespace);
 
     let metrics = Metrics::default();
-    let (cache, writer) = SessionCache::new(metrics.clone());
-    tokio::spawn(cache.clone().run(sessions, writer));
+    let cache = SessionCache::new(metrics.clone());
+    tokio::spawn(cache.clone().run(sessions));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let state = AppState {
+    let state = AppState::from(Shared {
         cache: cache.clone(),
         auth: Arc::new(auth),
         logins,
@@ -258,7 +258,7 @@ async fn run(config: Config) -> Result<()> {
         request_timeout: Duration::from_secs(config.request_timeout_seconds),
         openapi: Default::default(),
         feeds: Default::default(),
-    };
+    });
     let app = api::router(
         state.clone(),
         &config.cors_allowed_origins,

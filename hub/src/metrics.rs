@@ -1,13 +1,21 @@
 //! Prometheus metrics of the hub, served at `/metrics` on the metrics port.
 
-use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::http::Method;
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use whatsapp_runtime::telemetry::{registered, render};
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    pub requests: IntCounterVec,
-    pub request_duration: HistogramVec,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    /// The request metrics' children, by route: resolved once per route, method and status.
+    request_handles: Arc<RwLock<HashMap<Box<str>, Vec<RequestHandles>>>>,
     pub sse_clients: IntGauge,
     pub pod_event_streams: IntGauge,
     pub cache_sessions: IntGauge,
@@ -75,6 +83,7 @@ impl Metrics {
             registry,
             requests,
             request_duration,
+            request_handles: Default::default(),
             sse_clients,
             pod_event_streams,
             cache_sessions,
@@ -83,8 +92,45 @@ impl Metrics {
         })
     }
 
+    /// Counts and times one request of `route` (the router's pattern), without hashing its
+    /// labels or allocating once the route, method and status were seen.
+    pub fn observe_request(&self, route: &str, method: &Method, status: u16, seconds: f64) {
+        let matches = |h: &&RequestHandles| h.status == status && h.method == method;
+        if let Some(h) =
+            self.request_handles.read().expect("lock").get(route).and_then(|v| v.iter().find(matches))
+        {
+            return h.observe(seconds);
+        }
+        let mut handles = self.request_handles.write().expect("lock");
+        let of_route = handles.entry(route.into()).or_default();
+        if of_route.iter().find(matches).is_none() {
+            of_route.push(RequestHandles {
+                method: method.clone(),
+                status,
+                requests: self.requests.with_label_values(&[route, method.as_str(), &status.to_string()]),
+                duration: self.request_duration.with_label_values(&[route, method.as_str()]),
+            });
+        }
+        of_route.iter().find(matches).expect("just added").observe(seconds);
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         render(&self.registry)
+    }
+}
+
+/// The children of the request metrics for one route, method and status.
+struct RequestHandles {
+    method: Method,
+    status: u16,
+    requests: IntCounter,
+    duration: Histogram,
+}
+
+impl RequestHandles {
+    fn observe(&self, seconds: f64) {
+        self.requests.inc();
+        self.duration.observe(seconds);
     }
 }

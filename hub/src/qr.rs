@@ -4,30 +4,36 @@
 use base64::Engine;
 use qrcode::{Color, QrCode};
 
-/// Pixels per QR module in the PNG.
+/// Pixels per QR module in the PNG: 8, so a module is one byte of a 1-bit image row.
 const SCALE: usize = 8;
 /// White border, in modules (the QR standard asks for 4).
 const QUIET_ZONE: usize = 4;
 
-/// The code as a grayscale PNG.
+/// The code as a black and white PNG (1 bit per pixel: a tenth of the bytes of an 8-bit one, and
+/// the hub keeps one per session waiting for a scan).
 pub fn png(code: &str) -> Result<Vec<u8>, String> {
     let qr = QrCode::new(code.as_bytes()).map_err(|e| e.to_string())?;
     let modules = qr.width();
     let colors = qr.to_colors();
     let side = (modules + 2 * QUIET_ZONE) * SCALE;
-    let mut pixels = vec![255u8; side * side];
+    // One byte per module across (8 pixels, 1 bit each: 1 is white), SCALE rows per module.
+    let row_bytes = modules + 2 * QUIET_ZONE;
+    let mut pixels = vec![0xffu8; row_bytes * side];
     for (i, color) in colors.iter().enumerate() {
         if *color == Color::Dark {
             let (mx, my) = (i % modules + QUIET_ZONE, i / modules + QUIET_ZONE);
             for y in my * SCALE..(my + 1) * SCALE {
-                pixels[y * side + mx * SCALE..y * side + (mx + 1) * SCALE].fill(0);
+                pixels[y * row_bytes + mx] = 0;
             }
         }
     }
     let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, side as u32, side as u32);
     encoder.set_color(png::ColorType::Grayscale);
-    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_depth(png::BitDepth::One);
+    // Each row repeats the one above SCALE - 1 times in SCALE: `Up` makes those rows zeros.
+    encoder.set_filter(png::FilterType::Up);
+    encoder.set_compression(png::Compression::Best);
     let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
     writer.write_image_data(&pixels).map_err(|e| e.to_string())?;
     writer.finish().map_err(|e| e.to_string())?;
@@ -54,7 +60,8 @@ mod tests {
     #[test]
     fn png_is_a_square_image_with_dark_and_light_pixels() {
         let bytes = png(CODE).unwrap();
-        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        decoder.set_transformations(png::Transformations::EXPAND);
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size()];
         let info = reader.next_frame(&mut buf).unwrap();

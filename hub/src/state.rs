@@ -1,5 +1,6 @@
 //! What every request handler shares.
 
+use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,8 +15,26 @@ use crate::metrics::Metrics;
 use crate::upstream::SessionPods;
 use crate::writes::SessionWriter;
 
+/// What every request handler shares, behind one pointer: a request clones it a few times
+/// (each middleware and extractor), so a clone is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl From<Shared> for AppState {
+    fn from(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub cache: Arc<SessionCache>,
     pub auth: Arc<Authenticator>,
     pub logins: Option<Arc<Logins>>,

@@ -1,5 +1,8 @@
-//! The one client of the session pods' API. Every call goes to the session's published
-//! `status.endpoint`, authenticated with the hub token derived for that session, with a 5 s
+//! The one client of the session pods' API. Every call goes to the address derived from the
+//! session's name ([`whatsapp_crds::session_url`]: its pod's DNS name under its headless
+//! Service, both created by the operator), never to `status.endpoint`, which the session pod
+//! writes and anyone able to patch the status could point anywhere. Calls are authenticated
+//! with the hub token derived for that session, with a 5 s
 //! connect and a 30 s read timeout; every failure maps to one [`ApiError`]. The outbox's live
 //! changes come as a Server-Sent Events stream ([`SessionPods::outbox_events`]), read here.
 
@@ -112,13 +115,34 @@ impl SessionPods {
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> anyhow::Result<SessionPods> {
-        let http = reqwest::Client::builder()
+        Self::with_dns(token_key, connect_timeout, read_timeout, |b| b)
+    }
+
+    /// [`SessionPods::new`] whose pods' names resolve as `dns` says (unit tests).
+    #[cfg(test)]
+    pub fn resolving(
+        token_key: Vec<u8>,
+        hosts: &[(String, std::net::SocketAddr)],
+    ) -> anyhow::Result<SessionPods> {
+        let dns = |builder: reqwest::ClientBuilder| {
+            hosts.iter().fold(builder, |b, (host, address)| b.resolve(host, *address))
+        };
+        Self::with_dns(token_key, Duration::from_secs(1), Duration::from_secs(5), dns)
+    }
+
+    fn with_dns(
+        token_key: Vec<u8>,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        dns: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+    ) -> anyhow::Result<SessionPods> {
+        let http = dns(reqwest::Client::builder())
             .connect_timeout(connect_timeout)
             .read_timeout(read_timeout)
             .timeout(connect_timeout + read_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        let streams = reqwest::Client::builder()
+        let streams = dns(reqwest::Client::builder())
             .connect_timeout(connect_timeout)
             .read_timeout(read_timeout.max(STREAM_SILENCE))
             .build()?;
@@ -292,15 +316,13 @@ impl SessionPods {
         segments: &[&str],
         query: &[(&str, String)],
     ) -> Result<reqwest::Url, ApiError> {
-        let endpoint = session.endpoint.as_deref().ok_or_else(|| {
-            ApiError::SessionManagerUnavailable("the session pod has not published its address yet".into())
+        if session.endpoint.is_none() {
+            return Err(ApiError::SessionManagerUnavailable("the session pod is not serving yet".into()));
+        }
+        let base = whatsapp_crds::session_url(&session.namespace, &session.name);
+        let mut url = reqwest::Url::parse(&base).map_err(|e| {
+            ApiError::SessionManagerUnavailable(format!("the session's address {base:?} is not a URL: {e}"))
         })?;
-        let mut url =
-            reqwest::Url::parse(endpoint).ok().filter(|u| !u.cannot_be_a_base()).ok_or_else(|| {
-                ApiError::SessionManagerUnavailable(format!(
-                    "the session pod's address {endpoint:?} is not a URL"
-                ))
-            })?;
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }

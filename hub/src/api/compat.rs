@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -65,9 +65,15 @@ pub async fn status(
     State(state): State<AppState>,
     principal: Principal,
     ClienteId(id): ClienteId,
-) -> ApiResult<Json<SessionStatus>> {
+) -> ApiResult<Response> {
     principal.authorize(id)?;
-    Ok(Json(state.session(id)?.status.clone()))
+    Ok(status_response(&*state.session(id)?))
+}
+
+/// A session's status as a response: its JSON as serialized once per change.
+pub(super) fn status_response(session: &SessionView) -> Response {
+    let json = HeaderValue::from_static("application/json");
+    ([(header::CONTENT_TYPE, json)], session.status_json.clone()).into_response()
 }
 
 /// The QR code to scan.
@@ -210,12 +216,9 @@ pub async fn send_now(
 #[utoipa::path(get, path = "/api/admin/whatsapp/status", tag = "admin", security(("bearer" = [])),
     responses((status = 200, description = "The status", body = SessionStatus), AuthErrors,
         (status = 404, description = "`SESSION_NOT_FOUND`: no admin session (configured or created)", body = ErrorBody)))]
-pub async fn admin_status(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> ApiResult<Json<SessionStatus>> {
+pub async fn admin_status(State(state): State<AppState>, principal: Principal) -> ApiResult<Response> {
     principal.require_admin()?;
-    Ok(Json(admin_session(&state)?.status.clone()))
+    Ok(status_response(&*admin_session(&state)?))
 }
 
 /// Starts the admin session (resumes it; the login is kept).

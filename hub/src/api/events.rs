@@ -62,25 +62,18 @@ pub async fn events(
         return Err(ApiError::NotReady);
     }
     // Subscribe before reading the current status: a change in between is then sent, not lost.
-    let changes = state.cache.subscribe();
+    let changes = state.cache.subscribe(id);
     let first = state.cache.get(id);
     let gauge = ClientGauge::new(&state.metrics);
     let cache = state.cache.clone();
     let updates = stream::unfold((changes, cache, gauge), move |(mut changes, cache, gauge)| async move {
-        loop {
-            match changes.recv().await {
-                Ok(change) if change.cliente_id == id => {
-                    return Some((event_of(id, change.session.as_ref()), (changes, cache, gauge)));
-                }
-                Ok(_) => continue,
-                // Too slow to keep up: skip to the present.
-                Err(RecvError::Lagged(_)) => {
-                    let now = cache.get(id);
-                    return Some((event_of(id, now.as_ref()), (changes, cache, gauge)));
-                }
-                Err(RecvError::Closed) => return None,
-            }
-        }
+        let now = match changes.recv().await {
+            Ok(change) => change.session,
+            // Too slow to keep up: skip to the present.
+            Err(RecvError::Lagged(_)) => cache.get(id),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((event_of(id, now.as_ref()), (changes, cache, gauge)))
     });
     // The session's message changes, from the one connection to its pod.
     let messages = stream::unfold(state.message_changes(id), move |mut changes| async move {
@@ -113,10 +106,10 @@ pub async fn events(
 
 fn event_of(id: i64, session: Option<&Arc<SessionView>>) -> Event {
     match session {
-        Some(session) => Event::default()
-            .event("status")
-            .json_data(&session.status)
-            .unwrap_or_else(|_| Event::default().event("error")),
+        Some(session) => match std::str::from_utf8(&session.status_json) {
+            Ok(json) => Event::default().event("status").data(json),
+            Err(_) => Event::default().event("error"),
+        },
         None => Event::default().event("removed").data(format!("{{\"clienteId\":{id}}}")),
     }
 }

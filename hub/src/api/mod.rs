@@ -258,20 +258,16 @@ impl MakeRequestId for RequestIds {
 
 /// Counts and times every request by route, and tells when the data served may be stale.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let started = Instant::now();
     let mut response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    state.metrics.requests.with_label_values(&[&route, &method, &status]).inc();
-    state
-        .metrics
-        .request_duration
-        .with_label_values(&[&route, &method])
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.observe_request(
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        &method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     let staleness = state.cache.staleness();
     if !staleness.is_zero() {
         // Served from the last known state: the Kubernetes API has been unreachable this long.

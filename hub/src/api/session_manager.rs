@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::Response;
 
-use super::compat::{QrResponse, admin_session, qr_of};
+use super::compat::{QrResponse, admin_session, qr_of, status_response};
 use super::sessions::{log_out, set_suspended};
 use super::{AuthErrors, GatewayErrors};
 use crate::auth::Principal;
@@ -27,8 +28,8 @@ fn own_session(state: &AppState, principal: &Principal) -> ApiResult<Arc<Session
     }
 }
 
-async fn status_of(state: State<AppState>, principal: Principal) -> ApiResult<Json<SessionStatus>> {
-    Ok(Json(own_session(&state, &principal)?.status.clone()))
+async fn status_of(state: State<AppState>, principal: Principal) -> ApiResult<Response> {
+    Ok(status_response(&*own_session(&state, &principal)?))
 }
 
 async fn qr_now(state: State<AppState>, principal: Principal) -> ApiResult<Json<QrResponse>> {
@@ -50,7 +51,7 @@ async fn log_out_own(state: State<AppState>, principal: Principal) -> ApiResult<
 #[utoipa::path(get, path = "/api/session-manager/status", tag = "session-manager", security(("bearer" = [])),
     responses((status = 200, description = "The status", body = SessionStatus), AuthErrors,
         (status = 404, description = "`SESSION_NOT_FOUND` (the tenant has no session) or `NOT_FOUND` (an admin, and no admin session is configured)", body = ErrorBody)))]
-pub async fn status(state: State<AppState>, principal: Principal) -> ApiResult<Json<SessionStatus>> {
+pub async fn status(state: State<AppState>, principal: Principal) -> ApiResult<Response> {
     status_of(state, principal).await
 }
 
@@ -58,7 +59,7 @@ pub async fn status(state: State<AppState>, principal: Principal) -> ApiResult<J
 #[utoipa::path(get, path = "/api/session-manager/state", tag = "session-manager", security(("bearer" = [])),
     responses((status = 200, description = "The state", body = SessionStatus), AuthErrors,
         (status = 404, description = "`SESSION_NOT_FOUND` or `NOT_FOUND` (no admin session)", body = ErrorBody)))]
-pub async fn state(state: State<AppState>, principal: Principal) -> ApiResult<Json<SessionStatus>> {
+pub async fn state(state: State<AppState>, principal: Principal) -> ApiResult<Response> {
     status_of(state, principal).await
 }
 
@@ -94,7 +95,7 @@ pub async fn logout(state: State<AppState>, principal: Principal) -> ApiResult<J
 #[utoipa::path(get, path = "/session-manager/status", tag = "session-manager", security(("bearer" = [])),
     responses((status = 200, description = "The status", body = SessionStatus), AuthErrors,
         (status = 404, description = "`SESSION_NOT_FOUND` or `NOT_FOUND` (no admin session)", body = ErrorBody)))]
-pub async fn status_alias(state: State<AppState>, principal: Principal) -> ApiResult<Json<SessionStatus>> {
+pub async fn status_alias(state: State<AppState>, principal: Principal) -> ApiResult<Response> {
     status_of(state, principal).await
 }
 
@@ -102,7 +103,7 @@ pub async fn status_alias(state: State<AppState>, principal: Principal) -> ApiRe
 #[utoipa::path(get, path = "/session-manager/state", tag = "session-manager", security(("bearer" = [])),
     responses((status = 200, description = "The state", body = SessionStatus), AuthErrors,
         (status = 404, description = "`SESSION_NOT_FOUND` or `NOT_FOUND` (no admin session)", body = ErrorBody)))]
-pub async fn state_alias(state: State<AppState>, principal: Principal) -> ApiResult<Json<SessionStatus>> {
+pub async fn state_alias(state: State<AppState>, principal: Principal) -> ApiResult<Response> {
     status_of(state, principal).await
 }
 

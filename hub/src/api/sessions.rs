@@ -66,11 +66,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/sessions/{clienteId}", tag = "sessions", params(ClienteIdParam),
     security(("bearer" = [])),
     responses((status = 200, description = "The status", body = SessionStatus), AuthErrors, SessionErrors))]
-pub async fn get(
-    state: State<AppState>,
-    principal: Principal,
-    id: ClienteId,
-) -> ApiResult<Json<SessionStatus>> {
+pub async fn get(state: State<AppState>, principal: Principal, id: ClienteId) -> ApiResult<Response> {
     super::compat::status(state, principal, id).await
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::auth::{Authenticator, JwtSettings};
 use crate::cache::SessionCache;
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 use crate::upstream::SessionPods;
 use crate::writes::SessionWriter;
 
@@ -26,7 +26,9 @@ const SECRET: &[u8] = b"the-jwt-secret-of-at-least-32-bytes!!!";
 /// What the stand-in pod was asked: method, path with query, bearer token, body.
 type Seen = Arc<Mutex<Vec<(Method, String, String, Value)>>>;
 
-async fn fake_pod(seen: Seen) -> String {
+/// The stand-in for every session pod: on the session port of a loopback address of its own
+/// (the hub derives a pod's address from its name; the test resolves the names here).
+async fn fake_pod(seen: Seen) -> std::net::SocketAddr {
     let handler = move |request: Request| {
         let seen = seen.clone();
         async move {
@@ -49,10 +51,16 @@ async fn fake_pod(seen: Seen) -> String {
         }
     };
     let app = axum::Router::new().fallback(handler);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = loop {
+        let ip = std::net::Ipv4Addr::new(127, 200, rand::random(), rand::random::<u8>().max(1));
+        let port = u16::try_from(whatsapp_crds::SESSION_PORT).unwrap();
+        if let Ok(listener) = tokio::net::TcpListener::bind((ip, port)).await {
+            break listener;
+        }
+    };
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+    addr
 }
 
 fn message(id: &str, status: &str) -> Value {
@@ -209,9 +217,11 @@ impl Hub {
     /// pod address yet, 55 READY (its pod's live stream: received messages).
     async fn start() -> Hub {
         let seen = Seen::default();
-        let pod = fake_pod(seen.clone()).await;
+        let pod_address = fake_pod(seen.clone()).await;
+        // What each pod announced: the hub only checks that it did.
+        let pod = "http://announced.invalid:1";
         let metrics = Metrics::default();
-        let (cache, _writer) = SessionCache::new(metrics.clone());
+        let cache = SessionCache::new(metrics.clone());
         cache.fill_for_tests(&[
             session("cliente-51", 51, false, json!({"state": "READY", "endpoint": pod})),
             session("cliente-52", 52, false, json!({"state": "CONNECTING", "endpoint": pod})),
@@ -223,12 +233,18 @@ impl Hub {
         let auth = Arc::new(Authenticator::hs256(SECRET, settings).unwrap());
         let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
         let (shutdown_tx, shutdown) = watch::channel(false);
-        let state = AppState {
+        let state = AppState::from(Shared {
             cache,
             auth: auth.clone(),
             logins: None,
             pods: Arc::new(
-                SessionPods::new(KEY.to_vec(), Duration::from_secs(1), Duration::from_secs(5)).unwrap(),
+                SessionPods::resolving(
+                    KEY.to_vec(),
+                    &(51..=55)
+                        .map(|id| (whatsapp_crds::session_host("t", &format!("cliente-{id}")), pod_address))
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap(),
             ),
             writer: Arc::new(SessionWriter::new(kube, "t".into())),
             admin_cliente_id: None,
@@ -237,7 +253,7 @@ impl Hub {
             request_timeout: Duration::from_secs(10),
             openapi: Default::default(),
             feeds: Default::default(),
-        };
+        });
         let app = super::router(state, &[], 64 * 1024, crate::outbox::BATCH_BODY_LIMIT);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -125,3 +125,44 @@ fn issued_tokens_verify() {
         Principal::Tenant { subject: "acme".into(), cliente_id: 9 }
     );
 }
+
+#[test]
+fn a_cached_verification_still_refuses_an_expired_or_early_token() {
+    let auth = Authenticator::hs256(SECRET, settings()).unwrap();
+    let (issued, exp) = (now(), now() + 600);
+    let token = hs256(valid(json!({"cliente_id": 4, "exp": exp, "nbf": issued})), SECRET);
+    let at = |time: u64| code(auth.verify_at(&token, time).map(|(p, _)| p));
+    assert_eq!(at(issued), "OK");
+    assert_eq!(auth.verified.len(), 1);
+    assert_eq!(auth.verify(&token).unwrap().1, exp, "from the cache: the same expiry");
+    assert_eq!(auth.verified.len(), 1);
+    // The cached token is checked against the clock as a fresh verification would be,
+    // leeway (30 s) included.
+    assert_eq!(at(exp + 30), "OK");
+    assert_eq!(at(exp + 31), "TOKEN_EXPIRED");
+    assert_eq!(at(issued - 30), "OK");
+    assert_eq!(at(issued - 31), "INVALID_TOKEN");
+    // Another payload under the cached token's signature is not the cached token.
+    let parts: Vec<&str> = token.split('.').collect();
+    let forged = URL_SAFE_NO_PAD.encode(valid(json!({"role": "admin"})).to_string());
+    assert_eq!(code(principal(&auth, &format!("{}.{forged}.{}", parts[0], parts[2]))), "INVALID_TOKEN");
+    // Refused tokens are not cached.
+    assert_eq!(auth.verified.len(), 1);
+}
+
+#[test]
+fn the_verified_tokens_are_bounded() {
+    let tokens = verified::VerifiedTokens::default();
+    let entry = verified::Verified {
+        principal: Principal::Admin { subject: "u".into() },
+        expires: now() + 600,
+        not_before: None,
+    };
+    for i in 0..verified::GENERATION * 3 {
+        tokens.insert(&format!("token-{i}"), entry.clone());
+        // A token in use stays.
+        assert!(tokens.get("token-0").is_some());
+    }
+    assert!(tokens.len() <= 2 * verified::GENERATION);
+    assert!(tokens.get("token-1").is_none(), "an unused token aged out");
+}

@@ -71,8 +71,8 @@ fn the_qr_image_is_rendered_once_per_code() {
 
 #[test]
 fn only_the_session_named_for_a_cliente_serves_it_and_changes_are_announced() {
-    let (cache, _writer) = SessionCache::new(Metrics::default());
-    let mut changes = cache.subscribe();
+    let cache = SessionCache::new(Metrics::default());
+    let mut changes = cache.subscribe(7);
     // Sessions by other names, older or not, claiming clienteId 7: they serve no one.
     cache.apply(&session("squatter", 7, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
     cache.apply(&session("cliente-8", 7, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
@@ -97,27 +97,47 @@ fn only_the_session_named_for_a_cliente_serves_it_and_changes_are_announced() {
     cache.delete(&session("squatter", 7, "2026-01-01T00:00:00Z", json!(null)));
     assert!(changes.try_recv().is_err());
     cache.delete(&session("cliente-7", 7, "2026-02-01T00:00:00Z", json!(null)));
-    let gone = changes.try_recv().unwrap();
-    assert_eq!((gone.cliente_id, gone.session.is_none()), (7, true));
+    assert!(changes.try_recv().unwrap().session.is_none());
     assert!(cache.get(7).is_none() && cache.list(None).is_empty());
 }
 
 #[test]
 fn a_relist_swaps_the_index_and_announces_only_differences() {
-    let (cache, _writer) = SessionCache::new(Metrics::default());
+    let cache = SessionCache::new(Metrics::default());
     cache.apply(&session("cliente-1", 1, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
     cache.apply(&session("cliente-2", 2, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
-    let mut changes = cache.subscribe();
+    let mut subscriptions: Vec<Changes> = (1..=3).map(|id| cache.subscribe(id)).collect();
     let mut fresh = Index::default();
     for (id, state) in [(1, "READY"), (3, "CONNECTING")] {
         let session = session(&session_name(id), id, "2026-01-01T00:00:00Z", json!({"state": state}));
         fresh.insert(id, Arc::new(SessionView::of(&session, None)));
     }
     cache.swap(fresh);
-    let mut seen: Vec<(i64, bool)> =
-        std::iter::from_fn(|| changes.try_recv().ok()).map(|c| (c.cliente_id, c.session.is_some())).collect();
-    seen.sort();
+    let seen: Vec<(i64, bool)> = (1..=3)
+        .zip(subscriptions.iter_mut())
+        .flat_map(|(id, changes)| {
+            std::iter::from_fn(|| changes.try_recv().ok()).map(move |c| (id, c.session.is_some()))
+        })
+        .collect();
     assert_eq!(seen, vec![(2, false), (3, true)]);
     assert_eq!(cache.list(None).iter().map(|s| s.cliente_id).collect::<Vec<_>>(), vec![1, 3]);
     assert_eq!(cache.list(Some(3)).len(), 1);
+}
+
+#[test]
+fn a_change_reaches_only_its_clientes_subscribers_and_a_channel_goes_with_its_last() {
+    let cache = SessionCache::new(Metrics::default());
+    let (mut seven, mut other_seven, mut eight) =
+        (cache.subscribe(7), cache.subscribe(7), cache.subscribe(8));
+    cache.apply(&session("cliente-7", 7, "2026-01-01T00:00:00Z", json!({"state": "READY"})));
+    assert_eq!(seven.try_recv().unwrap().session.unwrap().cliente_id, 7);
+    assert_eq!(other_seven.try_recv().unwrap().session.unwrap().cliente_id, 7);
+    assert!(eight.try_recv().is_err());
+    let view = cache.get(7).unwrap();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&view.status_json).unwrap()["state"], "READY");
+
+    drop(seven);
+    assert_eq!(cache.subscribers.lock().unwrap().len(), 2);
+    drop((other_seven, eight));
+    assert!(cache.subscribers.lock().unwrap().is_empty());
 }

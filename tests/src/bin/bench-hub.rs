@@ -1,202 +1,374 @@
-//! Hub benchmark (prints numbers; asserts nothing):
+//! Hub benchmark (prints numbers beside their targets; asserts nothing):
 //!
-//! 1. status reads (JWT verified, served from the watch cache) per second and p50/p99 latency
-//!    at 64 connections, beside a bare axum handler (a separate process, same machine, same
-//!    run, same load generator);
-//! 2. SSE delivery latency: a session's status written to the API server -> the event at a
-//!    subscribed client;
-//! 3. the hub's RSS with N sessions cached (half of them showing a QR code).
+//! 1. status reads (`GET /api/whatsapp/{id}/status`: JWT verified, served from the watch cache)
+//!    against a bare axum server answering a fixed body of the same bytes (a separate process:
+//!    same machine, same load generator, same connections), 5 runs in alternating order: per
+//!    run the requests/s and p99 of both, then the median ratio and its spread;
+//! 2. SSE delivery: a status written to the API server -> the event at every subscribed client,
+//!    with 1,000 streams of 1,000 tenants (8 writers) and with 1,000 streams of one tenant (p50,
+//!    p99), beside the same writes at a watch of the bench's own (the API server's share);
+//! 3. the RSS of a fresh hub with N sessions cached (half of them showing a QR code), at each N
+//!    given, and with the streams open.
 //!
-//! Run: `cargo run -p whatsapp-tests --bin bench-hub -- 1000` (add `--release` to both this and
-//! `cargo build -p whatsapp-hub` for production numbers).
+//! The load generator is a minimal HTTP/1.1 client (one keep-alive connection per worker,
+//! requests built once) so it costs the 2 cores little next to the servers it measures.
+//!
+//! Run (release builds of the bench and the hub; the bench starts `target/release/whatsapp-hub`):
+//! `cargo build --release -p whatsapp-hub -p whatsapp-tests --bin bench-hub --bin
+//! whatsapp-testcluster && env -u WAO_TEST_CLUSTER target/release/bench-hub 1000 5000`
+//! (without `WAO_TEST_CLUSTER` the bench starts a private control plane: 5,000 sessions are
+//! too many for a shared one). `bench-hub --reads-only 1000` runs part 1 alone.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt, stream};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
 use serde_json::json;
-use whatsapp_crds::WhatsAppSession;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use whatsapp_tests::cluster::free_port;
-use whatsapp_tests::harness::{cluster, eventually};
+use whatsapp_tests::harness::{CLUSTER_ENV, TestNamespace, cluster, eventually, workspace_binary};
 use whatsapp_tests::hub::{Hub, HubOptions, tenant_token};
 use whatsapp_tests::processes::rss_kib;
 
 const CONNECTIONS: usize = 64;
-const LOAD_SECONDS: u64 = 10;
-const CONCURRENCY: usize = 32;
+const LOAD: Duration = Duration::from_secs(5);
+const RUNS: usize = 5;
+const STREAMS: usize = 1000;
+/// Status writes in flight at once while the 1,000 tenants' streams are measured.
+const WRITERS: usize = 8;
+/// Writes measured on the one tenant with 1,000 streams (each reaches every stream).
+const ONE_TENANT_WRITES: u64 = 20;
+const CREATES: usize = 32;
+/// Sessions a shared control plane is asked to hold.
+const SHARED_LIMIT: i64 = 1000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("--bare-server") {
-        return bare_server(std::env::args().nth(2).unwrap_or_default().parse()?).await;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--bare-server") {
+        return bare_server(args[1].parse()?, args[2].clone()).await;
     }
-    let n: i64 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1000);
+    // `--reads-only`: part 1 alone, at the first size (to iterate on the read path quickly).
+    let reads_only = args.iter().any(|a| a == "--reads-only");
+    let mut sizes: Vec<i64> =
+        args.iter().filter(|a| *a != "--reads-only").map(|a| a.parse()).collect::<Result<_, _>>()?;
+    if sizes.is_empty() {
+        sizes = vec![1000, 5000];
+    }
+    sizes.sort_unstable();
+    let largest = *sizes.last().expect("a size");
+    if std::env::var_os(CLUSTER_ENV).is_some() && largest > SHARED_LIMIT {
+        bail!(
+            "{largest} sessions are too many for the shared control plane: run with `env -u {CLUSTER_ENV}`"
+        );
+    }
     let ns = cluster().namespace("bench-hub").await;
-    println!("hub benchmark: {n} sessions, {CONNECTIONS} connections for {LOAD_SECONDS} s per target");
+    let hub_binary = workspace_binary("whatsapp-hub");
+    println!("hub benchmark: {} (sessions: {sizes:?})", hub_binary.display());
 
-    // N sessions, half of them waiting for a QR scan (their QR images are cached too).
-    let sessions: Api<WhatsAppSession> = ns.api();
-    stream::iter(1..=n)
+    let mut rss = Vec::new();
+    let mut cached = 0;
+    for (i, &n) in sizes.iter().enumerate() {
+        populate(&ns, cached + 1..=n).await?;
+        cached = n;
+        // A fresh hub per size: each RSS is of a hub that held only that many sessions.
+        let started = Instant::now();
+        let hub = Hub::ready(&ns, HubOptions::default()).await;
+        wait_cached(&hub, n).await;
+        println!("hub start -> serving {n} cached sessions: {:.2} s", started.elapsed().as_secs_f64());
+        rss.push((n, "after sync".to_owned(), rss_kib(hub.pid())));
+        read_each(&hub, n).await?;
+        rss.push((n, "after a read by each tenant".to_owned(), rss_kib(hub.pid())));
+        if i == 0 {
+            reads(&hub, n).await?;
+            if reads_only {
+                return Ok(());
+            }
+            rss.extend(sse(&ns, &hub, n).await?.into_iter().map(|(what, kib)| (n, what, kib)));
+        }
+    }
+    println!("\n3. hub RSS (target: <= 48 MiB at 5,000 sessions):");
+    for (n, when, kib) in rss {
+        println!("  {n:>5} sessions, {when:<36} {:>6.1} MiB", kib as f64 / 1024.0);
+    }
+    Ok(())
+}
+
+/// Sessions `ids`, the even ones waiting for a QR scan (their QR images are cached too), the
+/// odd ones READY.
+async fn populate(ns: &TestNamespace, ids: std::ops::RangeInclusive<i64>) -> anyhow::Result<()> {
+    let sessions = ns.api::<whatsapp_crds::WhatsAppSession>();
+    let started = Instant::now();
+    let count = ids.clone().count();
+    stream::iter(ids)
         .map(|id| {
             let sessions = sessions.clone();
             async move {
-                let s: WhatsAppSession = serde_json::from_value(json!({
+                let s: whatsapp_crds::WhatsAppSession = serde_json::from_value(json!({
                     "apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession",
                     "metadata": {"name": format!("cliente-{id}")}, "spec": {"clienteId": id}
                 }))?;
-                sessions.create(&PostParams::default(), &s).await?;
+                sessions.create(&Default::default(), &s).await?;
                 let status = if id % 2 == 0 {
                     json!({"state": "QR_REQUIRED", "qr": {"code": format!("2@{id:0>40},key{id}a,key{id}b,key{id}c"),
                           "attempts": 1, "updatedAt": "2026-11-23T10:00:00Z"}})
                 } else {
                     json!({"state": "READY", "me": {"phone": format!("549110000{id:04}")}})
                 };
-                write_status(&sessions, &format!("cliente-{id}"), status).await?;
+                ns.report_status(&format!("cliente-{id}"), status).await?;
                 anyhow::Ok(())
             }
         })
-        .buffer_unordered(CONCURRENCY)
+        .buffer_unordered(CREATES)
         .try_collect::<()>()
         .await?;
-
-    let started = Instant::now();
-    let hub = Hub::ready(&ns, HubOptions::default()).await;
-    let synced = started.elapsed();
-    eventually("every session in the hub's cache", Duration::from_secs(120), || async {
-        Ok(hub.metrics().await.contains(&format!("whatsapp_hub_cache_sessions {n}")).then_some(()))
-    })
-    .await;
-    println!("hub start -> serving {n} cached sessions: {:.2} s", synced.as_secs_f64());
-    let rss_idle = rss_kib(hub.pid());
-
-    // 1. Throughput and latency, hub then bare axum.
-    let tokens: Vec<(i64, String)> = (1..=n).map(|id| (id, tenant_token(id))).collect();
-    let hub_url = hub.url();
-    let hub_load = load(move |i| {
-        let (id, token) = &tokens[i % tokens.len()];
-        (format!("{hub_url}/api/whatsapp/{id}/status"), Some(token.clone()))
-    })
-    .await;
-    report("hub GET /api/whatsapp/{id}/status (JWT + cache)", &hub_load);
-    let rss_loaded = rss_kib(hub.pid());
-
-    let port = free_port()?;
-    let mut bare = std::process::Command::new(std::env::current_exe()?)
-        .args(["--bare-server", &port.to_string()])
-        .spawn()?;
-    let bare_url = format!("http://127.0.0.1:{port}/status");
-    eventually("the bare server", Duration::from_secs(10), || async {
-        Ok(reqwest::get(&bare_url).await.ok().map(|_| ()))
-    })
-    .await;
-    let bare_load = load(move |_| (bare_url.clone(), None)).await;
-    report("bare axum handler (fixed JSON)", &bare_load);
-    let _ = bare.kill();
-    let _ = bare.wait();
-
-    // 2. SSE delivery latency.
-    let mut events = hub.events(1, &tenant_token(1)).await;
-    events.until("the first event", Duration::from_secs(10), |_, _| true).await;
-    let mut delivery = Vec::new();
-    for i in 0..30 {
-        let t = Instant::now();
-        write_status(&sessions, "cliente-1", json!({"state": "READY", "message": format!("change {i}")}))
-            .await?;
-        let wanted = format!("change {i}");
-        events.until("the change", Duration::from_secs(10), |_, d| d["message"] == wanted.as_str()).await;
-        delivery.push(t.elapsed());
-    }
-    delivery.sort();
-    println!(
-        "SSE delivery (status patch sent -> event received), 30 changes: median {:.1} ms, p95 {:.1} ms, max {:.1} ms",
-        ms(delivery[delivery.len() / 2]),
-        ms(delivery[delivery.len() * 95 / 100]),
-        ms(delivery[delivery.len() - 1])
-    );
-
-    println!(
-        "hub RSS with {n} sessions cached: {:.1} MiB after sync, {:.1} MiB after the load",
-        rss_idle as f64 / 1024.0,
-        rss_loaded as f64 / 1024.0
-    );
+    println!("created {count} sessions in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-async fn write_status(api: &Api<WhatsAppSession>, name: &str, status: serde_json::Value) -> kube::Result<()> {
-    let body = json!({"apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession", "status": status});
-    api.patch_status(name, &PatchParams::apply("bench-session-pod").force(), &Patch::Apply(body)).await?;
+async fn wait_cached(hub: &Hub, n: i64) {
+    eventually("every session in the hub's cache", Duration::from_secs(300), || async {
+        Ok(hub.metrics().await.contains(&format!("whatsapp_hub_cache_sessions {n}")).then_some(()))
+    })
+    .await;
+}
+
+/// Part 1: status reads of the READY tenants (same body size as the bare server's) against the bare
+/// server, RUNS times, alternating which goes first.
+async fn reads(hub: &Hub, n: i64) -> anyhow::Result<()> {
+    let ready: Vec<i64> = (1..=n).filter(|id| id % 2 == 1).collect();
+    let hub_requests: Vec<Vec<u8>> =
+        ready.iter().map(|id| request(&format!("/api/whatsapp/{id}/status"), &tenant_token(*id))).collect();
+    // The bare server answers the hub's own body for tenant 1, and reads the same headers.
+    let mut connection = Connection::open(hub.port).await?;
+    let body = connection.get(&hub_requests[0]).await?.1.to_vec();
+    let bare_requests: Vec<Vec<u8>> = ready.iter().map(|id| request("/status", &tenant_token(*id))).collect();
+    let bare_port = free_port()?;
+    let mut bare = std::process::Command::new(std::env::current_exe()?)
+        .args(["--bare-server", &bare_port.to_string(), std::str::from_utf8(&body)?])
+        .spawn()?;
+    eventually("the bare server", Duration::from_secs(10), || async {
+        Ok(TcpStream::connect(("127.0.0.1", bare_port)).await.ok().map(|_| ()))
+    })
+    .await;
+    println!(
+        "\n1. status reads, {CONNECTIONS} connections, {} s per target per run, {}-byte bodies, {} tenants:",
+        LOAD.as_secs(),
+        body.len(),
+        ready.len()
+    );
+    let mut runs = Vec::new();
+    for run in 0..RUNS {
+        let (hub_load, bare_load) = if run % 2 == 0 {
+            let h = load(hub.port, hub.pid(), &hub_requests).await?;
+            (h, load(bare_port, bare.id(), &bare_requests).await?)
+        } else {
+            let b = load(bare_port, bare.id(), &bare_requests).await?;
+            (load(hub.port, hub.pid(), &hub_requests).await?, b)
+        };
+        println!(
+            "  run {}: hub {:>6.0} req/s p99 {:>5.2} ms {:>4.1} us CPU/req | bare {:>6.0} req/s p99 {:>5.2} ms {:>4.1} us CPU/req | {:.2}x, p99 {:.2}x{}",
+            run + 1,
+            hub_load.rate(),
+            hub_load.p99_ms(),
+            hub_load.cpu_per_request(),
+            bare_load.rate(),
+            bare_load.p99_ms(),
+            bare_load.cpu_per_request(),
+            hub_load.rate() / bare_load.rate(),
+            hub_load.p99_ms() / bare_load.p99_ms(),
+            if hub_load.errors + bare_load.errors > 0 {
+                format!(" ({} hub errors, {} bare errors)", hub_load.errors, bare_load.errors)
+            } else {
+                String::new()
+            }
+        );
+        runs.push((hub_load.rate() / bare_load.rate(), hub_load.p99_ms() / bare_load.p99_ms()));
+    }
+    let _ = bare.kill();
+    let _ = bare.wait();
+    let (throughput, p99): (Vec<f64>, Vec<f64>) = runs.into_iter().unzip();
+    println!("  hub/bare throughput: {}   (target: >= 0.80x)", median_spread(throughput));
+    println!("  hub/bare p99:        {}   (target: <= 1.50x)", median_spread(p99));
     Ok(())
+}
+
+/// One read by every tenant of `1..=n` (each with its own token), as 5,000 frontends would.
+async fn read_each(hub: &Hub, n: i64) -> anyhow::Result<()> {
+    let requests: Vec<Vec<u8>> =
+        (1..=n).map(|id| request(&format!("/api/whatsapp/{id}/status"), &tenant_token(id))).collect();
+    let mut connection = Connection::open(hub.port).await?;
+    for r in &requests {
+        let (status, _) = connection.get(r).await?;
+        anyhow::ensure!(status == 200, "a status read answered {status}");
+    }
+    Ok(())
+}
+
+fn request(path: &str, token: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {token}\r\n\r\n").into_bytes()
+}
+
+fn median_spread(mut values: Vec<f64>) -> String {
+    values.sort_by(f64::total_cmp);
+    format!(
+        "median {:.2}x (runs {:.2}x to {:.2}x)",
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1]
+    )
 }
 
 struct Load {
     requests: usize,
     errors: usize,
     elapsed: Duration,
-    latencies: Vec<Duration>,
+    /// CPU time the server spent meanwhile (user and system).
+    server_cpu: Duration,
+    /// Sorted, in microseconds.
+    latencies: Vec<u32>,
 }
 
-/// CONNECTIONS clients, each on its own keep-alive connection, for LOAD_SECONDS.
-async fn load(target: impl Fn(usize) -> (String, Option<String>) + Send + Sync + 'static) -> Load {
-    let target = std::sync::Arc::new(target);
-    let deadline = Instant::now() + Duration::from_secs(LOAD_SECONDS);
-    let started = Instant::now();
-    let workers: Vec<_> = (0..CONNECTIONS)
-        .map(|w| {
-            let target = target.clone();
+impl Load {
+    /// The server's CPU time per request, in microseconds.
+    fn cpu_per_request(&self) -> f64 {
+        self.server_cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
+    }
+
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn p99_ms(&self) -> f64 {
+        percentile_ms(&self.latencies, 99)
+    }
+}
+
+fn percentile_ms(sorted_micros: &[u32], p: usize) -> f64 {
+    let i = (sorted_micros.len() * p / 100).min(sorted_micros.len().saturating_sub(1));
+    sorted_micros.get(i).copied().unwrap_or_default() as f64 / 1000.0
+}
+
+/// CONNECTIONS workers, each on its own keep-alive connection (opened before the clock
+/// starts), cycling through `requests` from its own offset, for LOAD.
+async fn load(port: u16, server: u32, requests: &[Vec<u8>]) -> anyhow::Result<Load> {
+    let requests = std::sync::Arc::new(requests.to_vec());
+    let mut connections = Vec::new();
+    for _ in 0..CONNECTIONS {
+        connections.push(Connection::open(port).await?);
+    }
+    let (started, cpu_before) = (Instant::now(), cpu_time(server));
+    let deadline = started + LOAD;
+    let workers: Vec<_> = connections
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut connection)| {
+            let requests = requests.clone();
             tokio::spawn(async move {
-                let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
-                let (mut latencies, mut errors, mut i) = (Vec::new(), 0, w);
+                let (mut latencies, mut errors, mut i) = (Vec::with_capacity(1 << 16), 0, w);
                 while Instant::now() < deadline {
-                    let (url, token) = target(i);
-                    i += CONNECTIONS;
-                    let mut request = client.get(url);
-                    if let Some(token) = token {
-                        request = request.bearer_auth(token);
-                    }
                     let t = Instant::now();
-                    match request.send().await {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
-                            latencies.push(t.elapsed());
+                    match connection.get(&requests[i % requests.len()]).await {
+                        Ok((200, _)) => latencies.push(t.elapsed().as_micros() as u32),
+                        Ok(_) => errors += 1,
+                        Err(_) => {
+                            errors += 1;
+                            connection = Connection::open(port).await.expect("reconnecting");
                         }
-                        _ => errors += 1,
                     }
+                    i += CONNECTIONS;
                 }
                 (latencies, errors)
             })
         })
         .collect();
-    let mut all = Load { requests: 0, errors: 0, elapsed: Duration::ZERO, latencies: Vec::new() };
+    let mut all = Load {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        server_cpu: Duration::ZERO,
+        latencies: Vec::new(),
+    };
     for worker in workers {
-        let (latencies, errors) = worker.await.unwrap();
+        let (latencies, errors) = worker.await?;
         all.requests += latencies.len();
         all.errors += errors;
         all.latencies.extend(latencies);
     }
     all.elapsed = started.elapsed();
-    all.latencies.sort();
-    all
+    all.server_cpu = cpu_time(server).saturating_sub(cpu_before);
+    all.latencies.sort_unstable();
+    Ok(all)
 }
 
-fn report(what: &str, load: &Load) {
-    let pct = |p: usize| load.latencies.get(load.latencies.len() * p / 100).copied().unwrap_or_default();
-    println!(
-        "{what}: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms ({} requests, {} errors)",
-        load.requests as f64 / load.elapsed.as_secs_f64(),
-        ms(pct(50)),
-        ms(pct(99)),
-        load.requests,
-        load.errors
-    );
+/// A process' CPU time so far (user and system), from /proc (in clock ticks of 10 ms).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces), from the third on.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    Duration::from_millis(ticks * 10)
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// A minimal HTTP/1.1 client connection: requests written as given, responses read by
+/// `content-length` (what both servers send for these reads).
+struct Connection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Connection {
+    async fn open(port: u16) -> anyhow::Result<Connection> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Connection { stream, buffer: Vec::with_capacity(8192) })
+    }
+
+    /// One request; the status code and the body.
+    async fn get(&mut self, request: &[u8]) -> anyhow::Result<(u16, &[u8])> {
+        self.stream.write_all(request).await?;
+        self.buffer.clear();
+        let head_end = loop {
+            if let Some(end) = find(&self.buffer, b"\r\n\r\n") {
+                break end + 4;
+            }
+            self.read_more().await?;
+        };
+        let head = std::str::from_utf8(&self.buffer[..head_end])?;
+        let status: u16 = head.get(9..12).context("a status line")?.parse()?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("content-length")))
+            .context("a content-length")?
+            .1
+            .trim()
+            .parse()?;
+        while self.buffer.len() < head_end + length {
+            self.read_more().await?;
+        }
+        Ok((status, &self.buffer[head_end..head_end + length]))
+    }
+
+    async fn read_more(&mut self) -> anyhow::Result<()> {
+        if self.stream.read_buf(&mut self.buffer).await? == 0 {
+            bail!("the server closed the connection");
+        }
+        Ok(())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The baseline: axum answering a fixed JSON body, nothing else.
-async fn bare_server(port: u16) -> anyhow::Result<()> {
-    let body = r#"{"connected":true,"state":"READY","session":"cliente-1","clienteId":1,"namespace":"bench","suspended":false}"#;
+async fn bare_server(port: u16, body: String) -> anyhow::Result<()> {
+    let body = axum::body::Bytes::from(body);
     let app = axum::Router::new().route(
         "/status",
         axum::routing::get(move || async move {
@@ -206,4 +378,200 @@ async fn bare_server(port: u16) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// Part 2: SSE delivery, with STREAMS streams of as many tenants, then of one tenant; the hub's RSS
+/// (KiB) with each set of streams open.
+async fn sse(ns: &TestNamespace, hub: &Hub, n: i64) -> anyhow::Result<Vec<(String, u64)>> {
+    let tenants = (STREAMS as i64).min(n);
+    println!("\n2. SSE delivery (status written to the API server -> the event at each client):");
+    let (watch, mut watched) = reference_watch(ns).await;
+    let (events, mut rx) = mpsc::unbounded_channel();
+    let streams = open_streams(hub.port, (1..=tenants).collect(), events).await?;
+    let written = write_each(ns, tenants).await?;
+    let latencies = delivered(&mut rx, &written, |_, _| true, tenants as usize).await;
+    let reference = delivered_to_watch(&mut watched, &written).await;
+    print_delivery(
+        &format!("{tenants} streams of {tenants} tenants, {WRITERS} writers"),
+        latencies,
+        reference,
+    );
+    let mut rss = vec![(format!("with {tenants} streams of as many tenants"), rss_kib(hub.pid()))];
+    streams.into_iter().for_each(|s| s.abort());
+
+    let (events, mut rx) = mpsc::unbounded_channel();
+    let streams = open_streams(hub.port, vec![1; STREAMS], events).await?;
+    let (mut latencies, mut reference) = (Vec::new(), Vec::new());
+    // Numbers above the first case's, so a first event carrying its last change is not counted.
+    for n in 1_000_001..=1_000_000 + ONE_TENANT_WRITES {
+        let written = HashMap::from([(n, write_change(ns, 1, n).await?)]);
+        let mut seen = vec![false; STREAMS];
+        let first = |i: usize, _: u64| !std::mem::replace(&mut seen[i], true);
+        latencies.extend(delivered(&mut rx, &written, first, STREAMS).await);
+        reference.extend(delivered_to_watch(&mut watched, &written).await);
+    }
+    print_delivery(
+        &format!("{STREAMS} streams of one tenant, {ONE_TENANT_WRITES} writes"),
+        latencies,
+        reference,
+    );
+    rss.push((format!("with {STREAMS} streams of one tenant"), rss_kib(hub.pid())));
+    streams.into_iter().for_each(|s| s.abort());
+    watch.abort();
+    Ok(rss)
+}
+
+fn print_delivery(what: &str, mut latencies: Vec<u32>, mut reference: Vec<u32>) {
+    latencies.sort_unstable();
+    reference.sort_unstable();
+    println!(
+        "  {what}: {} events, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms   (target: p99 < 50 ms)",
+        latencies.len(),
+        percentile_ms(&latencies, 50),
+        percentile_ms(&latencies, 99),
+        percentile_ms(&latencies, 100),
+    );
+    println!(
+        "    the same writes at a watch of the bench's own (the API server's share): p50 {:.1} ms, p99 {:.1} ms",
+        percentile_ms(&reference, 50),
+        percentile_ms(&reference, 99),
+    );
+}
+
+/// A watch of the bench's own on the sessions: when each `chg-<n>` reaches a watcher straight
+/// from the API server, which no hub can beat.
+async fn reference_watch(
+    ns: &TestNamespace,
+) -> (tokio::task::JoinHandle<()>, mpsc::UnboundedReceiver<(u64, Instant)>) {
+    let api = ns.api::<whatsapp_crds::WhatsAppSession>();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready, listed) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut ready = Some(ready);
+        let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
+        while let Some(Ok(event)) = events.next().await {
+            match event {
+                watcher::Event::InitDone => drop(ready.take().map(|r| r.send(()))),
+                watcher::Event::Apply(session) => {
+                    let message = session.status.and_then(|s| s.message).unwrap_or_default();
+                    if let Some(n) = message.strip_prefix("chg-").and_then(|n| n.parse().ok()) {
+                        let _ = tx.send((n, Instant::now()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let _ = listed.await;
+    (task, rx)
+}
+
+/// The latencies of the `written` changes at the bench's own watch.
+async fn delivered_to_watch(
+    watched: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    written: &HashMap<u64, Instant>,
+) -> Vec<u32> {
+    let mut latencies = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while latencies.len() < written.len() {
+        let Ok(Some((n, at))) = tokio::time::timeout_at(deadline, watched.recv()).await else { break };
+        if let Some(t) = written.get(&n) {
+            latencies.push(at.saturating_duration_since(*t).as_micros() as u32);
+        }
+    }
+    latencies
+}
+
+/// An event seen by a stream: (stream index, the change's number, when).
+type Seen = (usize, u64, Instant);
+
+/// One stream per entry of `ids` (a clienteId each), reporting each `chg-<n>` status message.
+async fn open_streams(
+    port: u16,
+    ids: Vec<i64>,
+    events: mpsc::UnboundedSender<Seen>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let tokens: HashMap<i64, String> = ids.iter().map(|id| (*id, tenant_token(*id))).collect();
+    let opened: Vec<(usize, TcpStream, Vec<u8>)> = stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| {
+            let path = format!("/api/whatsapp/{id}/events");
+            let request = request(&path, &tokens[id]);
+            async move {
+                let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+                stream.write_all(&request).await?;
+                let mut buffer = Vec::with_capacity(4096);
+                while find(&buffer, b"\r\n\r\n").is_none() {
+                    anyhow::ensure!(stream.read_buf(&mut buffer).await? > 0, "the hub closed a stream");
+                }
+                anyhow::ensure!(buffer.starts_with(b"HTTP/1.1 200"), "a stream was refused");
+                anyhow::Ok((i, stream, buffer))
+            }
+        })
+        .buffer_unordered(CONNECTIONS)
+        .try_collect()
+        .await?;
+    Ok(opened
+        .into_iter()
+        .map(|(i, stream, buffer)| tokio::spawn(follow(i, stream, buffer, events.clone())))
+        .collect())
+}
+
+/// Reads a stream, reporting the number of every `"message":"chg-<n>"` it carries.
+async fn follow(i: usize, mut stream: TcpStream, mut buffer: Vec<u8>, events: mpsc::UnboundedSender<Seen>) {
+    const MARKER: &[u8] = b"\"message\":\"chg-";
+    loop {
+        while let Some(at) = find(&buffer, MARKER) {
+            let digits = &buffer[at + MARKER.len()..];
+            let Some(end) = digits.iter().position(|b| *b == b'"') else { break };
+            if let Some(n) = std::str::from_utf8(&digits[..end]).ok().and_then(|d| d.parse().ok()) {
+                let _ = events.send((i, n, Instant::now()));
+            }
+            buffer.drain(..at + MARKER.len() + end);
+        }
+        // Keep only what a marker split by a read may start with.
+        let keep = buffer.len().saturating_sub(MARKER.len() + 24);
+        buffer.drain(..keep);
+        match stream.read_buf(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write_change(ns: &TestNamespace, id: i64, n: u64) -> anyhow::Result<Instant> {
+    let started = Instant::now();
+    ns.report_status(&format!("cliente-{id}"), json!({"state": "READY", "message": format!("chg-{n}")}))
+        .await?;
+    Ok(started)
+}
+
+/// One change per tenant (change n to tenant n), WRITERS at a time: when each was written.
+async fn write_each(ns: &TestNamespace, tenants: i64) -> anyhow::Result<HashMap<u64, Instant>> {
+    stream::iter(1..=tenants)
+        .map(|id| async move { write_change(ns, id, id as u64).await.map(|t| (id as u64, t)) })
+        .buffer_unordered(WRITERS)
+        .try_collect()
+        .await
+}
+
+/// The latencies of `expected` deliveries of the `written` changes to the streams, counting a
+/// delivery when `count(stream, change)` says so.
+async fn delivered(
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    written: &HashMap<u64, Instant>,
+    mut count: impl FnMut(usize, u64) -> bool,
+    expected: usize,
+) -> Vec<u32> {
+    let mut latencies = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while latencies.len() < expected {
+        let Ok(Some((i, n, at))) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            println!("  missing: {} events never arrived", expected - latencies.len());
+            break;
+        };
+        if let Some(t) = written.get(&n).filter(|_| count(i, n)) {
+            latencies.push(at.saturating_duration_since(*t).as_micros() as u32);
+        }
+    }
+    latencies
 }
