@@ -12,6 +12,11 @@ mod server;
 mod slim;
 mod status;
 
+/// mimalloc instead of glibc's malloc: at 1,000 sessions the operator kept 123 MiB after the
+/// start with glibc and 96 MiB with mimalloc (bench-operator, same machine).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
