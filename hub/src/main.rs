@@ -24,11 +24,6 @@ mod state;
 mod upstream;
 mod writes;
 
-/// mimalloc instead of glibc's malloc: a status read took 20 us of CPU with glibc (about 10% of
-/// it in malloc and its lock) and 15-16 us with mimalloc (bench-hub, same run, same machine).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
