@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use whatsapp_crds::WhatsAppSession;
 use whatsapp_tests::harness::{TestNamespace, cluster};
-use whatsapp_tests::processes::Operator;
+use whatsapp_tests::processes::{Operator, median};
 
 /// Concurrent creates, both for the sessions and for the direct children.
 const CONCURRENCY: usize = 32;
@@ -100,8 +100,8 @@ async fn main() -> anyhow::Result<()> {
     if curve.len() > 1 {
         println!("RSS curve (median of repetitions): sessions, steady, peak");
         for (n, reps) in &curve {
-            let steady = median(reps.iter().map(|r| r.rss_steady as f64).collect());
-            let peak = median(reps.iter().map(|r| r.rss_peak as f64).collect());
+            let steady = median(&reps.iter().map(|r| r.rss_steady as f64).collect::<Vec<_>>());
+            let peak = median(&reps.iter().map(|r| r.rss_peak as f64).collect::<Vec<_>>());
             println!("  {n:>6}  {:>10}  {:>10}", mib(steady as u64), mib(peak as u64));
         }
     }
@@ -112,12 +112,12 @@ async fn main() -> anyhow::Result<()> {
 fn summary(n: usize, reps: &[Rep]) {
     let spread = |values: Vec<f64>, unit: &dyn Fn(f64) -> String| {
         let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-        format!("median {} (spread {} to {})", unit(median(values.clone())), unit(lo), unit(hi))
+        format!("median {} (spread {} to {})", unit(median(&values)), unit(lo), unit(hi))
     };
     let secs = |v: f64| format!("{v:.1}s");
     let times = |f: fn(&Rep) -> Duration| reps.iter().map(|r| f(r).as_secs_f64()).collect::<Vec<_>>();
     let ratios: Vec<f64> = reps.iter().map(ratio).collect();
-    let ratio_median = median(ratios.clone());
+    let ratio_median = median(&ratios);
     let rss_target = match n {
         ..=1000 => Some(64.0),
         5000.. => Some(160.0),
@@ -132,7 +132,7 @@ fn summary(n: usize, reps: &[Rep]) {
         verdict(ratio_median <= RATIO_TARGET)
     );
     let steady: Vec<f64> = reps.iter().map(|r| r.rss_steady as f64 / 1024.0).collect();
-    let steady_median = median(steady.clone());
+    let steady_median = median(&steady);
     let target = rss_target.map_or("no target at this count".to_string(), |t| {
         format!("target <= {t} MiB: {}", verdict(steady_median <= t))
     });
@@ -343,16 +343,6 @@ async fn create_raw(client: &Client, ns: &str, mut obj: serde_json::Value) -> an
 
 fn ratio(r: &Rep) -> f64 {
     r.operator.as_secs_f64() / r.direct.as_secs_f64().max(1e-9)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    match values.len() {
-        0 => 0.0,
-        len if len % 2 == 0 => (values[mid - 1] + values[mid]) / 2.0,
-        _ => values[mid],
-    }
 }
 
 fn mib(kib: u64) -> String {

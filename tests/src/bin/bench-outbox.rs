@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use whatsapp_crds::{SessionState, WhatsAppSession};
 use whatsapp_tests::harness::{TestNamespace, cluster, eventually};
 use whatsapp_tests::hub::{Hub, HubOptions, tenant_token};
-use whatsapp_tests::processes::{Operator, chromium_pid, percentile, pss_kib, rss_kib};
+use whatsapp_tests::processes::{Operator, chromium_pid, median, percentile, pss_kib, rss_kib};
 use whatsapp_tests::simulator::{SimConfig, Simulator, Throttle, max_in_window};
 
 const RATE: usize = 180;
@@ -434,12 +434,6 @@ fn session_process(namespace: &str, pod: &str) -> Option<(u32, PathBuf)> {
         let profile = vars.iter().find_map(|v| v.strip_prefix("WAO_PROFILE_DIR="))?;
         Some((pid, PathBuf::from(profile)))
     })
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
 }
 
 fn ms(d: Duration) -> f64 {

@@ -251,7 +251,11 @@ fn print_summary(all: &BTreeMap<String, Vec<Measured>>) {
                 spread(runs.iter().map(|m| mib(f(m.bare))).collect()),
             );
         }
-        let verdict = if median(point(1.0, |m| m.pss)) <= TARGET_MIB { "meets" } else { "misses" };
+        let verdict = if whatsapp_tests::processes::median(&point(1.0, |m| m.pss)) <= TARGET_MIB {
+            "meets"
+        } else {
+            "misses"
+        };
         println!("  {engine:<14} {verdict} the target (PSS at the end of the window)");
         let secs = |f: fn(&Measured) -> Duration| spread(runs.iter().map(|m| f(m).as_secs_f64()).collect());
         println!(
@@ -274,11 +278,6 @@ fn end_pss(m: &Measured) -> u64 {
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn spread(mut values: Vec<f64>) -> String {
