@@ -62,9 +62,7 @@ impl ControlPlane {
     /// it serves, the controllers run and the fake node is Ready.
     pub async fn start(bin: &Path, dir: &Path) -> Result<ControlPlane> {
         let started = Instant::now();
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
-        }
+        remove_state_dir(dir)?;
         for sub in ["pki", "logs", "etcd"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
@@ -292,6 +290,51 @@ impl ControlPlane {
     }
 }
 
+/// Removes a state directory left by an earlier run, detaching first whatever is still mounted
+/// beneath it: a test mounts a small filesystem as a session's volume, and a run killed in the
+/// middle of that test leaves the mount behind (then the removal fails with EBUSY).
+pub fn remove_state_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let dir = dir.canonicalize()?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut beneath: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mount_point)
+        .filter(|point| point.starts_with(&dir))
+        .collect();
+    // Deepest first, so a mount inside another one goes before it.
+    beneath.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    for point in beneath {
+        nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH)
+            .with_context(|| format!("unmounting {} (left by an earlier run)", point.display()))?;
+    }
+    std::fs::remove_dir_all(&dir).with_context(|| format!("emptying {}", dir.display()))
+}
+
+/// A mount point as `/proc/self/mountinfo` writes it: space, tab, newline and backslash octal-escaped.
+fn unescape_mount_point(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| std::str::from_utf8(d).ok());
+        match octal.and_then(|d| u8::from_str_radix(d, 8).ok()) {
+            Some(byte) if bytes[i] == b'\\' => {
+                out.push(byte);
+                i += 4;
+            }
+            _ => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
 /// The last `lines` lines of a component's log in a control-plane state directory.
 pub fn log_tail(dir: &Path, component: &str, lines: usize) -> String {
     let path = dir.join("logs").join(format!("{component}.log"));
@@ -421,3 +464,31 @@ rules:
   verbs: [create, update, patch, delete, deletecollection]
 - level: None
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_dir_with_a_leftover_mount_is_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state dir");
+        let volume = dir.join("profiles/a/volume");
+        std::fs::create_dir_all(&volume).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&volume)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mounting a tmpfs (the tests run as root)");
+        std::fs::write(volume.join("file"), "x").unwrap();
+        remove_state_dir(&dir).unwrap();
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(unescape_mount_point(r"/a\040b\011c\134d"), PathBuf::from("/a b\tc\\d"));
+        assert_eq!(unescape_mount_point(r"/plain\x"), PathBuf::from(r"/plain\x"));
+    }
+}
