@@ -403,15 +403,22 @@ impl Reconciler<'_> {
         let caches = self.ctx.caches.clone();
         let Children { secret, service_account, role, role_binding, service, statefulset } = desired;
         // Independent of each other: applied at once, so a reconcile waits for one round trip
-        // instead of five. The StatefulSet comes after them: its pod needs the Secret and the
-        // ServiceAccount.
-        futures::try_join!(
+        // instead of four. Each runs to its end (a failure of one must not cancel a write of
+        // another in flight). The RoleBinding comes after its Role: unless the operator may
+        // `bind` any Role (it may not, with the chart's RBAC), the API server checks the
+        // binding against the Role's rules, and refuses it while the Role does not exist. The
+        // StatefulSet comes last: its pod needs the Secret, the ServiceAccount and its rights.
+        let (secret, service_account, role, service) = futures::join!(
             self.apply(&caches.secrets, secret, namespace),
             self.apply(&caches.service_accounts, service_account, namespace),
             self.apply(&caches.roles, role, namespace),
-            self.apply(&caches.role_bindings, role_binding, namespace),
             self.apply(&caches.services, service, namespace),
-        )?;
+        );
+        secret?;
+        service_account?;
+        role?;
+        service?;
+        self.apply(&caches.role_bindings, role_binding, namespace).await?;
 
         let existing = caches.statefulsets.get(&ObjectRef::from_obj(&statefulset));
         if let Some(existing) = existing.as_ref().filter(|e| children::frozen_fields_differ(e, &statefulset))
