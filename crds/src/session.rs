@@ -390,7 +390,8 @@ pub struct WhatsAppSessionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub me: Option<Me>,
 
-    /// Address (`http://host:port`) of the session pod's API, used by the hub.
+    /// Address (`http://host:port`) the session pod says it serves its API on. The hub does not
+    /// connect to it: it derives the pod's address from the session's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
 

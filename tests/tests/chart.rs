@@ -619,9 +619,9 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     run(ns.kubectl().args(["get", "was", "cliente-42"])).unwrap();
 }
 
-/// The Dockerfiles cannot be built here (no container engine), so what the chart and the
-/// operator assume about the images is checked against them: users, binaries, ports, and the
-/// build commands the chart README documents.
+/// What the chart and the operator assume about the images, checked against the Dockerfiles
+/// (users, binaries, ports) and the build commands the chart README documents. The images
+/// themselves are built and run by `images.rs` and `realnode.rs`.
 #[test]
 fn the_images_are_what_the_chart_expects() {
     let plain = render(&[]);
