@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes binaries the tests run, from upstream Go modules:
-# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes),
-# embedded etcd (./etcd), kwok and helm; and kube-score, the manifest linter the chart tests
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, and for the real node the
+# kubelet and kube-proxy (k8s.io/kubernetes), embedded etcd (./etcd), kwok, helm, CoreDNS (the
+# real node's cluster DNS); and kube-score, the manifest linter the chart tests
 # run (kube-linter cannot be fetched: the module proxy answers 403 for every version of it).
 # Output goes to a cache directory keyed by every version involved, and is rebuilt only when missing. Prints the bin directory on stdout.
 #
@@ -13,6 +14,7 @@ K8S_VERSION=v1.35.4
 KWOK_VERSION=v0.7.0
 HELM_VERSION=v4.3.1
 KUBE_SCORE_VERSION=v1.20.0
+COREDNS_VERSION=v1.15.0
 here=$(cd "$(dirname "$0")" && pwd)
 log() { echo "[cluster-build] $*" >&2; }
 
@@ -41,6 +43,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
   go mod tidy
@@ -50,10 +54,10 @@ GO
 build() {
   local gover key root bin
   gover=$(go env GOVERSION)
-  key="k8s-${K8S_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_score-${KUBE_SCORE_VERSION}_${gover}_$(cat "$here/go.sum" "$here/etcd/main.go" | sha256sum | cut -c1-12)"
+  key="k8s-${K8S_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_score-${KUBE_SCORE_VERSION}_coredns-${COREDNS_VERSION}_${gover}_$(cat "$here/go.sum" "$here/etcd/main.go" | sha256sum | cut -c1-12)"
   root="${WAO_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/whatsapp-operator}/$key"
   bin="$root/bin"
-  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm kube-score)
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm kube-score coredns)
   local missing=()
   for b in "${want[@]}"; do [ -x "$bin/$b" ] || missing+=("$b"); done
   if [ ${#missing[@]} -eq 0 ]; then
@@ -77,6 +81,7 @@ build() {
         etcd) go build -trimpath -ldflags "-s -w" -o "$bin/etcd.tmp" ./etcd ;;
         kwok) GOBIN="$bin/.kwok" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}" && mv "$bin/.kwok/kwok" "$bin/kwok.tmp" ;;
         helm) GOBIN="$bin/.helm" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=${HELM_VERSION}" "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}" && mv "$bin/.helm/helm" "$bin/helm.tmp" ;;
+        coredns) GOBIN="$bin/.coredns" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@${COREDNS_VERSION}" && mv "$bin/.coredns/coredns" "$bin/coredns.tmp" ;;
         kube-score) GOBIN="$bin/.kube-score" go install -trimpath -ldflags "-s -w" "github.com/zegl/kube-score/cmd/kube-score@${KUBE_SCORE_VERSION}" && mv "$bin/.kube-score/kube-score" "$bin/kube-score.tmp" ;;
         *) go build -trimpath -ldflags "-s -w $vflags" -o "$bin/$b.tmp" "k8s.io/kubernetes/cmd/$b" ;;
       esac
@@ -84,7 +89,7 @@ build() {
       log "built $b in $((SECONDS - s))s ($(du -h "$bin/$b" | cut -f1))"
     done
   )
-  rmdir "$bin/.kwok" "$bin/.helm" "$bin/.kube-score" 2>/dev/null || true
+  rmdir "$bin/.kwok" "$bin/.helm" "$bin/.kube-score" "$bin/.coredns" 2>/dev/null || true
   log "control plane binaries built in $((SECONDS - t0))s"
   # Older builds are dead weight (about 500 MB each).
   for old in "$(dirname "$root")"/k8s-*; do

@@ -5,7 +5,7 @@
 //! 127.0.0.1 and free ports. PersistentVolumeClaims bind through the controller-manager's
 //! in-tree host-path provisioner, so a StatefulSet's claims get real directories.
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -24,6 +24,10 @@ pub const NODE_NAME: &str = "kwok-node-0";
 pub const STORAGE_CLASS: &str = "standard";
 /// Where the in-tree host-path provisioner creates volume directories (fixed upstream).
 pub const HOSTPATH_ROOT: &str = "/tmp/hostpath_pv";
+/// The Services' cluster IPs (`--service-cluster-ip-range`).
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The `kubernetes` Service's cluster IP (the first of [`SERVICE_CIDR`]).
+pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 /// Environment variable naming the Go-built binaries, else `tests/cluster/build.sh` runs.
 pub const BIN_ENV: &str = "WAO_CLUSTER_BIN";
 
@@ -57,24 +61,46 @@ pub fn build_binaries() -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
+/// Where the control plane serves and what plays its node.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The API server's address. Loopback (the default) for the fast lane; a real node's pods
+    /// need one they can route to (the `kubernetes` Service then points at it).
+    pub address: Ipv4Addr,
+    /// Whether kwok plays the one fake node (the fast lane) or a real kubelet joins later.
+    pub kwok: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { address: Ipv4Addr::LOCALHOST, kwok: true }
+    }
+}
+
 impl ControlPlane {
     /// Starts a fresh control plane with its state under `dir` (emptied first) and waits until
     /// it serves, the controllers run and the fake node is Ready.
     pub async fn start(bin: &Path, dir: &Path) -> Result<ControlPlane> {
+        Self::start_with(bin, dir, &Options::default()).await
+    }
+
+    /// [`ControlPlane::start`] with `options`.
+    pub async fn start_with(bin: &Path, dir: &Path, options: &Options) -> Result<ControlPlane> {
         let started = Instant::now();
+        let address = options.address;
         remove_state_dir(dir)?;
         for sub in ["pki", "logs", "etcd"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         let dir = dir.canonicalize()?;
-        let pki = write_pki(&dir.join("pki"))?;
+        let pki = write_pki(&dir.join("pki"), address)?;
         let token = random_hex(16);
         std::fs::write(dir.join("tokens.csv"), format!("{token},admin,admin,system:masters\n"))?;
         std::fs::write(dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
 
         let etcd_port = free_port()?;
         let api_port = free_port()?;
-        let server = format!("https://127.0.0.1:{api_port}");
+        let server = format!("https://{address}:{api_port}");
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &pki.ca_pem, &token))?;
 
@@ -96,29 +122,40 @@ impl ControlPlane {
                 &format!("--listen-peer-url=http://127.0.0.1:{}", free_port()?),
             ],
         )?;
+        let mut apiserver = vec![
+            format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+            format!("--bind-address={address}"),
+            format!("--advertise-address={address}"),
+            // A real kubelet serves logs and exec on its node address.
+            "--kubelet-preferred-address-types=InternalIP".into(),
+        ];
+        if address.is_loopback() {
+            // The `kubernetes` Service would point at 127.0.0.1, which Endpoints reject.
+            apiserver.push("--endpoint-reconciler-type=none".into());
+        }
+        let apiserver_args: Vec<&str> = apiserver.iter().map(String::as_str).collect();
         plane.spawn(
             "kube-apiserver",
             &[
-                &format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                &format!("--secure-port={api_port}"),
-                &format!("--tls-cert-file={}", p("apiserver.crt")),
-                &format!("--tls-private-key-file={}", p("apiserver.key")),
-                &format!("--client-ca-file={}", p("ca.crt")),
-                &format!("--token-auth-file={}", dir.join("tokens.csv").display()),
-                "--authorization-mode=RBAC",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                &format!("--service-account-key-file={}", p("sa.pub")),
-                &format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--service-cluster-ip-range=10.96.0.0/16",
-                // The `kubernetes` Service would point at 127.0.0.1, which Endpoints reject.
-                "--endpoint-reconciler-type=none",
-                &format!("--audit-policy-file={}", dir.join("audit-policy.yaml").display()),
-                &format!("--audit-log-path={}", dir.join("logs/audit.log").display()),
-                "--audit-log-maxsize=200",
-                "--profiling=false",
-            ],
+                &apiserver_args[..],
+                &[
+                    &format!("--secure-port={api_port}"),
+                    &format!("--tls-cert-file={}", p("apiserver.crt")),
+                    &format!("--tls-private-key-file={}", p("apiserver.key")),
+                    &format!("--client-ca-file={}", p("ca.crt")),
+                    &format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+                    "--authorization-mode=RBAC",
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                    &format!("--service-account-key-file={}", p("sa.pub")),
+                    &format!("--service-account-signing-key-file={}", p("sa.key")),
+                    &format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+                    &format!("--audit-policy-file={}", dir.join("audit-policy.yaml").display()),
+                    &format!("--audit-log-path={}", dir.join("logs/audit.log").display()),
+                    "--audit-log-maxsize=200",
+                    "--profiling=false",
+                ],
+            ]
+            .concat(),
         )?;
         let client = client_for(&kubeconfig).await?;
         plane
@@ -139,7 +176,7 @@ impl ControlPlane {
                 &format!("--root-ca-file={}", p("ca.crt")),
                 "--enable-hostpath-provisioner",
                 "--cluster-cidr=10.244.0.0/16",
-                "--service-cluster-ip-range=10.96.0.0/16",
+                &format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--concurrent-statefulset-syncs=20",
                 "--kube-api-qps=200",
                 "--kube-api-burst=400",
@@ -155,31 +192,10 @@ impl ControlPlane {
                 "--kube-api-burst=400",
             ],
         )?;
-        plane.spawn(
-            "kwok",
-            &[
-                &format!("--kubeconfig={kc}"),
-                "--manage-all-nodes=true",
-                // Renew the node Lease and heartbeat the node status, so the node stays Ready
-                // (kwok v0.7 picks its status-heartbeat stage only when a lease duration is set).
-                "--node-lease-duration-seconds=40",
-                "--cidr=10.244.0.0/24",
-                "--node-ip=127.0.0.1",
-                &format!("--server-address=127.0.0.1:{}", free_port()?),
-            ],
-        )?;
-
-        create_node_and_storage(&client).await?;
-        let nodes: Api<Node> = Api::all(client.clone());
-        plane
-            .wait_for("the kwok node to be Ready", Duration::from_secs(60), || async {
-                let node = nodes.get(NODE_NAME).await?;
-                Ok(node
-                    .status
-                    .and_then(|s| s.conditions)
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
-            })
-            .await?;
+        create_storage_class(&client).await?;
+        if options.kwok {
+            plane.start_kwok(&client, kc).await?;
+        }
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         plane
             .wait_for("the controller-manager to create default/default", Duration::from_secs(60), || async {
@@ -193,6 +209,35 @@ impl ControlPlane {
         std::os::unix::fs::symlink(bin, &link)?;
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, server = %plane.server, "control plane ready");
         Ok(plane)
+    }
+
+    /// kwok, playing the one fake node of the fast lane; waits until that node is Ready.
+    async fn start_kwok(&mut self, client: &Client, kc: &str) -> Result<()> {
+        self.spawn(
+            "kwok",
+            &[
+                &format!("--kubeconfig={kc}"),
+                "--manage-all-nodes=true",
+                // Renew the node Lease and heartbeat the node status, so the node stays Ready
+                // (kwok v0.7 picks its status-heartbeat stage only when a lease duration is set).
+                "--node-lease-duration-seconds=40",
+                "--cidr=10.244.0.0/24",
+                "--node-ip=127.0.0.1",
+                &format!("--server-address=127.0.0.1:{}", free_port()?),
+            ],
+        )?;
+
+        create_kwok_node(client).await?;
+        let nodes: Api<Node> = Api::all(client.clone());
+        self.wait_for("the kwok node to be Ready", Duration::from_secs(60), || async {
+            let node = nodes.get(NODE_NAME).await?;
+            Ok(node
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+        })
+        .await?;
+        Ok(())
     }
 
     /// An admin client for this control plane.
@@ -359,7 +404,7 @@ pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-async fn create_node_and_storage(client: &Client) -> Result<()> {
+async fn create_kwok_node(client: &Client) -> Result<()> {
     let node: Node = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -375,6 +420,10 @@ async fn create_node_and_storage(client: &Client) -> Result<()> {
         },
     }))?;
     Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await?;
+    Ok(())
+}
+
+async fn create_storage_class(client: &Client) -> Result<()> {
     let class: StorageClass = serde_json::from_value(serde_json::json!({
         "apiVersion": "storage.k8s.io/v1",
         "kind": "StorageClass",
@@ -395,7 +444,7 @@ struct Pki {
 }
 
 /// A CA, the API server's serving certificate, and the service-account signing key.
-fn write_pki(dir: &Path) -> Result<Pki> {
+fn write_pki(dir: &Path, address: Ipv4Addr) -> Result<Pki> {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
     };
@@ -408,8 +457,12 @@ fn write_pki(dir: &Path) -> Result<Pki> {
     let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
+    // As pods reach it too: by the `kubernetes` Service's name and cluster IP.
     let names = ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"];
-    let mut params = CertificateParams::new(names.map(String::from).to_vec())?;
+    let mut names: Vec<String> = names.map(String::from).to_vec();
+    names.extend([address.to_string(), KUBERNETES_SERVICE_IP.to_string()]);
+    names.dedup();
+    let mut params = CertificateParams::new(names)?;
     params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca)?;

@@ -7,6 +7,8 @@ pub mod clusterdns;
 pub mod drills;
 pub mod harness;
 pub mod hub;
+pub mod images;
+pub mod node;
 pub mod podrunner;
 pub mod processes;
 pub mod simulator;

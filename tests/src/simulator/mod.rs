@@ -356,7 +356,7 @@ impl Shared {
 pub struct Simulator {
     shared: Arc<Shared>,
     control: SocketAddr,
-    tls_port: u16,
+    web: SocketAddr,
     spki_pin: String,
     dir: PathBuf,
     wrapper: PathBuf,
@@ -379,15 +379,16 @@ impl Simulator {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
     }
 
-    /// Starts the control listener on `control` (the TLS listener on a free port).
+    /// Starts the control listener on `control`, and the TLS listener on a free port of the
+    /// same address (a real node's pods reach the simulator on the node's address).
     pub async fn start_on(control: SocketAddr, config: SimConfig) -> std::io::Result<Simulator> {
         let identity = tls::identity()?;
         let shared = Arc::new(Shared { config, world: Mutex::new(World::default()) });
 
         let control_listener = tokio::net::TcpListener::bind(control).await?;
         let control = control_listener.local_addr()?;
-        let web_listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let tls_port = web_listener.local_addr()?.port();
+        let web_listener = tokio::net::TcpListener::bind(SocketAddr::new(control.ip(), 0)).await?;
+        let web = web_listener.local_addr()?;
         let web_listener = tls::TlsListener::new(web_listener, identity.acceptor)?;
 
         let dir = std::env::temp_dir().join(format!(
@@ -396,7 +397,7 @@ impl Simulator {
             world::random_hex(6)
         ));
         std::fs::create_dir_all(&dir)?;
-        let args = chromium_args(tls_port, &identity.spki_pin);
+        let args = chromium_args(web, &identity.spki_pin);
         let wrapper =
             write_wrapper(&dir, "chromium", "WAO_TEST_CHROMIUM", "/usr/lib/chromium/chromium", &args)?;
         let shell_wrapper = write_wrapper(
@@ -424,7 +425,7 @@ impl Simulator {
         Ok(Simulator {
             shared,
             control,
-            tls_port,
+            web,
             spki_pin: identity.spki_pin,
             dir,
             wrapper,
@@ -447,7 +448,7 @@ impl Simulator {
     /// What Chromium needs to reach the page: the host mapped to the TLS listener and its
     /// certificate trusted by its public key pin.
     pub fn chromium_args(&self) -> Vec<String> {
-        chromium_args(self.tls_port, &self.spki_pin)
+        chromium_args(self.web, &self.spki_pin)
     }
 
     /// An executable script that runs Chromium (`$WAO_TEST_CHROMIUM` at start, else
@@ -616,9 +617,9 @@ impl Simulator {
     }
 }
 
-fn chromium_args(tls_port: u16, spki_pin: &str) -> Vec<String> {
+fn chromium_args(web: SocketAddr, spki_pin: &str) -> Vec<String> {
     vec![
-        format!("--host-resolver-rules=MAP {} 127.0.0.1:{tls_port}", tls::HOST),
+        format!("--host-resolver-rules=MAP {} {web}", tls::HOST),
         format!("--ignore-certificate-errors-spki-list={spki_pin}"),
     ]
 }
