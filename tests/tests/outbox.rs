@@ -108,15 +108,23 @@ async fn a_campaign_survives_kills_exactly_once_and_never_faster_than_the_rate()
                 );
             }
             drop(p);
+            forget_endpoint(&ns, name).await;
             process = Some(SessionProcess::start(&ns, name, &profile, &sim));
             *kills.entry("session process SIGKILL").or_default() += 1;
         } else {
-            let pid = chromium_pid(&profile).expect("Chromium runs on the profile");
+            // The driver may still be restarting a browser killed before.
+            let pid = eventually("Chromium to run on the profile", Duration::from_secs(60), || async {
+                Ok(chromium_pid(&profile))
+            })
+            .await;
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
                 .unwrap();
             *kills.entry("Chromium SIGKILL").or_default() += 1;
         }
-        ns.wait_status(name, "READY after the kill", |s| s.state == Some(SessionState::Ready)).await;
+        ns.wait_status(name, "READY after the kill", |s| {
+            s.state == Some(SessionState::Ready) && s.endpoint.is_some()
+        })
+        .await;
     }
 
     // Everything arrives, and the outbox agrees.
@@ -321,13 +329,19 @@ async fn stop(mut p: SessionProcess, signal: Signal) {
 async fn restart(ns: &TestNamespace, sim: &Simulator, p: SessionProcess, signal: Signal) -> SessionProcess {
     let profile = p.profile.clone();
     stop(p, signal).await;
+    forget_endpoint(ns, "acme").await;
+    SessionProcess::start(ns, "acme", &profile, sim)
+}
+
+/// Clears the endpoint a stopped process left in the status, so that what the status says
+/// next comes from the new process (a restarted pod keeps its address).
+async fn forget_endpoint(ns: &TestNamespace, name: &str) {
     let sessions: kube::Api<whatsapp_crds::WhatsAppSession> = ns.api();
     let forget = json!({"status": {"endpoint": null}});
     sessions
-        .patch_status("acme", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&forget))
+        .patch_status(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&forget))
         .await
         .expect("clearing the old process's endpoint");
-    SessionProcess::start(ns, "acme", &profile, sim)
 }
 
 /// Waits until `process` (a new one) reports READY: nobody scans, so READY means the login
