@@ -121,41 +121,39 @@ image() {
   log "$ref: $(bah images --format '{{.Size}}' "$ref" | head -1) (${id:0:12}, $((SECONDS - t0))s)"
 }
 
+# An image of one static binary on an empty root, as user $4, written to $out/$1.tar unless
+# the binary is unchanged.
+binary_image() {
+  local name=$1 ref=$2 binary=$3 user=$4 id c
+  id=$(sha256sum < "$binary" | cut -c1-16)
+  if [ "$(cat "$out/$name.key" 2>/dev/null)" = "$id" ] && [ -f "$out/$name.tar" ]; then return; fi
+  c=$(bah from scratch)
+  bah copy "$c" "$binary" "/$name" >/dev/null
+  bah config --entrypoint "[\"/$name\"]" --user "$user" "$c"
+  bah commit -q --rm "$c" "$ref" >/dev/null
+  rm -f "$out/$name.tar"
+  bah push --quiet "$ref" "docker-archive:$out/$name.tar:$ref"
+  echo "$id" > "$out/$name.key"
+  log "$ref"
+}
+
 # registry.k8s.io/pause, the pod sandbox a real node's containerd starts: built from the source
 # that ships in the Kubernetes module the control plane is built from.
 pause() {
-  local ref=registry.k8s.io/pause:3.10.1 src work c id
+  local src work
   src="$(cd "$root/tests/cluster" && go mod download -json k8s.io/kubernetes | sed -n 's/.*"Dir": "\(.*\)",/\1/p')/build/pause/linux/pause.c"
-  id=$(cat "$src" | sha256sum | cut -c1-16)
-  if [ "$(cat "$out/pause.key" 2>/dev/null)" = "$id" ] && [ -f "$out/pause.tar" ]; then return; fi
   work=$(mktemp -d)
   gcc -Os -static -DVERSION=v3.10.1 -o "$work/pause" "$src"
-  c=$(bah from scratch)
-  bah copy "$c" "$work/pause" /pause >/dev/null
-  bah config --entrypoint '["/pause"]' --user 65535:65535 "$c"
-  bah commit -q --rm "$c" "$ref" >/dev/null
-  rm -f "$out/pause.tar"
-  bah push --quiet "$ref" "docker-archive:$out/pause.tar:$ref"
-  echo "$id" > "$out/pause.key"
+  strip "$work/pause"
+  binary_image pause registry.k8s.io/pause:3.10.1 "$work/pause" 65535:65535
   rm -rf "$work"
-  log "$ref built from $src"
 }
 
-# The real node's cluster DNS: CoreDNS, built by tests/cluster/build.sh, on an empty image.
+# The real node's cluster DNS: CoreDNS, built by tests/cluster/build.sh.
 coredns() {
-  local bin ref id c
+  local bin
   bin="$("$root/tests/cluster/build.sh")/coredns"
-  ref="registry.k8s.io/coredns/coredns:$("$bin" -version | sed -n 's/^CoreDNS-/v/p')"
-  id=$(sha256sum < "$bin" | cut -c1-16)
-  if [ "$(cat "$out/coredns.key" 2>/dev/null)" = "$id" ] && [ -f "$out/coredns.tar" ]; then return; fi
-  c=$(bah from scratch)
-  bah copy "$c" "$bin" /coredns >/dev/null
-  bah config --entrypoint '["/coredns"]' --user 65532:65532 "$c"
-  bah commit -q --rm "$c" "$ref" >/dev/null
-  rm -f "$out/coredns.tar"
-  bah push --quiet "$ref" "docker-archive:$out/coredns.tar:$ref"
-  echo "$id" > "$out/coredns.key"
-  log "$ref"
+  binary_image coredns "registry.k8s.io/coredns/coredns:$("$bin" -version | sed -n 's/^CoreDNS-/v/p')" "$bin" 65532:65532
 }
 
 mkdir -p "$cache" "$out" "$root/.wao/bin"

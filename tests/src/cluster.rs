@@ -42,7 +42,93 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     /// The API server URL.
     pub server: String,
+    components: Components,
+}
+
+/// Named long-running processes, each logging to `<dir>/logs/<name>.log`, stopped newest
+/// first: the control plane's components, and a real node's (`crate::node`).
+pub struct Components {
+    dir: PathBuf,
     processes: Vec<(&'static str, Child)>,
+}
+
+impl Components {
+    /// None yet; logs go under `dir/logs`, which must exist.
+    pub fn new(dir: &Path) -> Components {
+        Components { dir: dir.to_path_buf(), processes: Vec::new() }
+    }
+
+    /// Starts `program` as the component `name`, in its own process group (a Ctrl-C in the
+    /// terminal reaches only whoever owns it, which stops the components in order).
+    pub fn spawn(&mut self, name: &'static str, program: &Path, args: &[&str]) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name} ({})", program.display()))?;
+        self.processes.push((name, child));
+        Ok(())
+    }
+
+    /// Checks every component is still running; names the first that is not, with its log.
+    pub fn check_alive(&mut self) -> Result<()> {
+        for (name, child) in &mut self.processes {
+            if let Some(status) = child.try_wait()? {
+                bail!("{name} exited ({status}):\n{}", log_tail(&self.dir, name, 30));
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls `check` until it is true, failing early (with the log tail) if a component exits.
+    pub async fn wait_for<F, Fut>(&mut self, what: &str, limit: Duration, mut check: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        let deadline = Instant::now() + limit;
+        let mut last_error = None;
+        loop {
+            self.check_alive().with_context(|| format!("while waiting for {what}"))?;
+            match check().await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => last_error = Some(e),
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {limit:?} waiting for {what} (last error: {last_error:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Takes the component `name` out of the set (to stop it by hand).
+    fn remove(&mut self, name: &str) -> Result<(&'static str, Child)> {
+        let index = self
+            .processes
+            .iter()
+            .position(|(n, _)| *n == name)
+            .with_context(|| format!("no running {name}"))?;
+        Ok(self.processes.remove(index))
+    }
+
+    /// The newest component still in the set.
+    pub fn newest(&self) -> Option<&'static str> {
+        self.processes.last().map(|(name, _)| *name)
+    }
+
+    /// Stops the newest component left (SIGTERM, then SIGKILL after 10 s); its name, or None
+    /// when none is left.
+    pub async fn stop_newest(&mut self) -> Option<&'static str> {
+        let (name, mut child) = self.processes.pop()?;
+        let _ = crate::processes::stop_gracefully(name, &mut child, Duration::from_secs(10)).await;
+        Some(name)
+    }
 }
 
 /// Builds (or takes from the cache) the upstream binaries and returns their directory.
@@ -109,7 +195,7 @@ impl ControlPlane {
             bin: bin.to_path_buf(),
             kubeconfig: kubeconfig.clone(),
             server,
-            processes: Vec::new(),
+            components: Components::new(&dir),
         };
         let kc = kubeconfig.to_str().context("kubeconfig path is not UTF-8")?;
         let p = |name: &str| dir.join("pki").join(name).display().to_string();
@@ -246,42 +332,15 @@ impl ControlPlane {
     }
 
     fn spawn(&mut self, name: &'static str, args: &[&str]) -> Result<()> {
-        let log = std::fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
-        let child = Command::new(self.bin.join(name))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own process group: a Ctrl-C in the terminal reaches only whoever owns the
-            // control plane, which stops the components in order.
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {name} from {}", self.bin.display()))?;
-        self.processes.push((name, child));
-        Ok(())
+        self.components.spawn(name, &self.bin.join(name), args)
     }
 
-    /// Polls `check` until it is true, failing early (with the log tail) if a component exits.
-    async fn wait_for<F, Fut>(&mut self, what: &str, limit: Duration, mut check: F) -> Result<()>
+    async fn wait_for<F, Fut>(&mut self, what: &str, limit: Duration, check: F) -> Result<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<bool>>,
     {
-        let deadline = Instant::now() + limit;
-        let mut last_error = None;
-        loop {
-            self.check_alive().with_context(|| format!("while waiting for {what}"))?;
-            match check().await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => last_error = Some(e),
-            }
-            if Instant::now() > deadline {
-                bail!("timed out after {limit:?} waiting for {what} (last error: {last_error:?})");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.components.wait_for(what, limit, check).await
     }
 
     /// The last `lines` lines of a component's log.
@@ -291,23 +350,13 @@ impl ControlPlane {
 
     /// Checks every component is still running; names the first that is not.
     pub fn check_alive(&mut self) -> Result<()> {
-        for (name, child) in &mut self.processes {
-            if let Some(status) = child.try_wait()? {
-                bail!("{name} exited ({status}):\n{}", log_tail(&self.dir, name, 30));
-            }
-        }
-        Ok(())
+        self.components.check_alive()
     }
 
     /// Stops one component (SIGTERM, then SIGKILL after 10 s), as an outage of it, and returns
     /// the arguments it ran with, for [`ControlPlane::start_component`] to start it again.
     pub async fn stop_component(&mut self, name: &str) -> Result<Vec<String>> {
-        let index = self
-            .processes
-            .iter()
-            .position(|(n, _)| *n == name)
-            .with_context(|| format!("no running {name}"))?;
-        let (name, mut child) = self.processes.remove(index);
+        let (name, mut child) = self.components.remove(name)?;
         let pid = child.id().with_context(|| format!("{name} has exited"))?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
         let args = cmdline
@@ -329,9 +378,7 @@ impl ControlPlane {
 
     /// Stops every component, newest first, with SIGTERM and then SIGKILL after a grace period.
     pub async fn stop(mut self) {
-        while let Some((name, mut child)) = self.processes.pop() {
-            let _ = crate::processes::stop_gracefully(name, &mut child, Duration::from_secs(10)).await;
-        }
+        while self.components.stop_newest().await.is_some() {}
     }
 }
 

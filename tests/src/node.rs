@@ -15,15 +15,14 @@
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::Node as NodeObject;
 use kube::api::Api;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use crate::cluster::{ControlPlane, SERVICE_CIDR, free_port, log_tail, remove_state_dir};
+use crate::cluster::{Components, ControlPlane, SERVICE_CIDR, free_port, log_tail, remove_state_dir};
 
 /// The node's name.
 pub const NODE_NAME: &str = "wao-node-0";
@@ -80,7 +79,7 @@ pub struct Node {
     pub dir: PathBuf,
     /// containerd's socket (`ctr --address`).
     pub containerd: PathBuf,
-    processes: Vec<(&'static str, Child)>,
+    components: Components,
     sysctls: Vec<(&'static str, String)>,
 }
 
@@ -101,21 +100,34 @@ impl Node {
                 .push((key, std::fs::read_to_string(Path::new("/proc/sys").join(key))?.trim().to_string()));
         }
         let containerd = dir.join("containerd.sock");
-        let mut node =
-            Node { dir: dir.clone(), containerd: containerd.clone(), processes: Vec::new(), sysctls };
+        let components = Components::new(&dir);
+        let mut node = Node { dir, containerd, components, sysctls };
+        // A node that fails to come up is taken down as carefully as one that ran.
+        if let Err(e) = node.boot(plane, images).await {
+            node.stop().await;
+            return Err(e);
+        }
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "real node ready");
+        Ok(node)
+    }
 
+    /// Starts containerd, imports the images, starts the kubelet and kube-proxy, and waits
+    /// until the node is Ready.
+    async fn boot(&mut self, plane: &ControlPlane, images: &[PathBuf]) -> Result<()> {
+        let (dir, containerd) = (self.dir.clone(), self.containerd.clone());
         std::fs::write(dir.join("containerd.toml"), containerd_config(&dir))?;
         std::fs::write(dir.join("cni/10-wao.conflist"), cni_config(&dir))?;
-        node.spawn(
+        self.components.spawn(
             "containerd",
             Path::new("containerd"),
             &[&format!("--config={}", dir.join("containerd.toml").display())],
         )?;
-        node.wait_for("containerd's socket", Duration::from_secs(30), || async { Ok(containerd.exists()) })
+        self.components
+            .wait_for("containerd's socket", Duration::from_secs(30), || async { Ok(containerd.exists()) })
             .await?;
         for archive in images {
             let t0 = Instant::now();
-            let out = node.ctr().args(["images", "import"]).arg(archive).output().await?;
+            let out = self.ctr().args(["images", "import"]).arg(archive).output().await?;
             if !out.status.success() {
                 bail!("importing {}: {}", archive.display(), String::from_utf8_lossy(&out.stderr));
             }
@@ -125,7 +137,7 @@ impl Node {
         let kubeconfig = plane.kubeconfig.display().to_string();
         let kubelet_port = free_port()?;
         std::fs::write(dir.join("kubelet.yaml"), kubelet_config(&dir, kubelet_port, free_port()?))?;
-        node.spawn(
+        self.components.spawn(
             "kubelet",
             &plane.bin.join("kubelet"),
             &[
@@ -137,7 +149,7 @@ impl Node {
                 &format!("--hostname-override={NODE_NAME}"),
             ],
         )?;
-        node.spawn(
+        self.components.spawn(
             "kube-proxy",
             &plane.bin.join("kube-proxy"),
             &[
@@ -152,16 +164,15 @@ impl Node {
             ],
         )?;
         let nodes: Api<NodeObject> = Api::all(plane.client().await?);
-        node.wait_for("the node to be Ready", Duration::from_secs(90), || async {
-            let Some(object) = nodes.get_opt(NODE_NAME).await? else { return Ok(false) };
-            Ok(object
-                .status
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
-        })
-        .await?;
-        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "real node ready");
-        Ok(node)
+        self.components
+            .wait_for("the node to be Ready", Duration::from_secs(90), || async {
+                let Some(object) = nodes.get_opt(NODE_NAME).await? else { return Ok(false) };
+                Ok(object
+                    .status
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+            })
+            .await
     }
 
     /// `ctr` on this node's containerd, in the Kubernetes namespace of its images.
@@ -180,12 +191,12 @@ impl Node {
     /// processes are killed through their cgroups and the cgroups removed, containerd stops,
     /// the kernel settings come back, and the mounts and files under its directory go.
     pub async fn stop(mut self) {
-        while let Some((name, mut child)) = self.processes.pop() {
-            if name == "containerd" {
-                kill_cgroup_tree("kubepods");
-            }
-            let _ = crate::processes::stop_gracefully(name, &mut child, Duration::from_secs(10)).await;
+        // kube-proxy and the kubelet first, then the pods, then containerd.
+        while self.components.newest().is_some_and(|name| name != "containerd") {
+            self.components.stop_newest().await;
         }
+        kill_cgroup_tree("kubepods");
+        self.components.stop_newest().await;
         // The shims outlive containerd: what they still run is in the pods' cgroups, and the
         // shims themselves are known by the containerd address they were started with.
         kill_cgroup_tree("kubepods");
@@ -203,50 +214,6 @@ impl Node {
         }
         if let Err(e) = remove_state_dir(&self.dir) {
             tracing::warn!("removing the node's state: {e:#}");
-        }
-    }
-
-    fn spawn(&mut self, name: &'static str, program: &Path, args: &[&str]) -> Result<()> {
-        let log = std::fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {name} ({})", program.display()))?;
-        self.processes.push((name, child));
-        Ok(())
-    }
-
-    /// Polls `check` until it is true, failing early with the log tail if a component exits.
-    async fn wait_for<F, Fut>(&mut self, what: &str, limit: Duration, mut check: F) -> Result<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<bool>>,
-    {
-        let deadline = Instant::now() + limit;
-        let mut last_error = None;
-        loop {
-            for (name, child) in &mut self.processes {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "{name} exited ({status}) while waiting for {what}:\n{}",
-                        log_tail(&self.dir, name, 30)
-                    );
-                }
-            }
-            match check().await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => last_error = Some(e),
-            }
-            if Instant::now() > deadline {
-                bail!("timed out after {limit:?} waiting for {what} (last error: {last_error:?})");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

@@ -27,8 +27,11 @@ const CLIENTE_ID: i64 = 7;
 const SESSION: &str = "cliente-7";
 const PHONE: &str = "5491155551234";
 const WAIT: Duration = Duration::from_secs(180);
-/// Browser kills in the container (the session restarts Chromium after 1, 2, 4... seconds).
-const CRASHES: usize = 3;
+/// Browser kills in the container: 3 here, `WAO_REALNODE_BROWSER_KILLS` for a longer drill (the
+/// session restarts Chromium after 1, 2, 4... up to 30 seconds, so 50 take about 25 minutes).
+fn browser_kills() -> usize {
+    std::env::var("WAO_REALNODE_BROWSER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
+}
 /// Kills Chromium's browser process (not its helpers) in the session container.
 const KILL_BROWSER: &str = r#"for d in /proc/[0-9]*; do
   c=$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null)
@@ -298,14 +301,27 @@ async fn scenario(cluster: &RealCluster) -> Result<()> {
         "180s",
     ])?;
     println!("helm install --wait: {:.1}s", installing.elapsed().as_secs_f64());
-    let leases = cluster.json(&["-n", NS, "get", "leases"])?;
-    let holders: Vec<&str> = leases["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l["spec"]["holderIdentity"].as_str())
-        .collect();
-    println!("leases held by {holders:?}");
+    // Two operator pods: one leads; when it is deleted, it hands the lease over and another
+    // pod leads (the standby, or the leader's replacement if it asks first), and that one
+    // reconciles the session below.
+    let holder = || -> Result<Option<String>> {
+        let lease = cluster.json(&["-n", NS, "get", "lease", &format!("{PREFIX}-operator")])?;
+        Ok(lease["spec"]["holderIdentity"].as_str().map(String::from))
+    };
+    let operator_pods = || -> Result<Vec<String>> {
+        let pods =
+            cluster.json(&["-n", NS, "get", "pods", "-l", "app.kubernetes.io/name=whatsapp-operator"])?;
+        let names = pods["items"].as_array().context("pods")?.iter();
+        Ok(names.filter_map(|p| p["metadata"]["name"].as_str().map(String::from)).collect())
+    };
+    let leading_pod = || Ok(holder()?.filter(|h| operator_pods().is_ok_and(|pods| pods.contains(h))));
+    let first = cluster.until("an operator pod to lead", leading_pod).await?;
+    assert_eq!(operator_pods()?.len(), 2, "two operator pods");
+    let handover = Instant::now();
+    cluster.kubectl(&["-n", NS, "delete", "pod", &first, "--wait=false"])?;
+    let next =
+        cluster.until("another operator pod to lead", || Ok(leading_pod()?.filter(|h| *h != first))).await?;
+    println!("leadership moved from {first} to {next} in {:.1}s", handover.elapsed().as_secs_f64());
 
     // A session created with kubectl; its Chromium reaches the simulator on the node's address.
     let sim = Simulator::start_on(SocketAddr::new(NODE_IP.into(), 0), SimConfig::default()).await?;
@@ -362,7 +378,8 @@ async fn scenario(cluster: &RealCluster) -> Result<()> {
 
     // Chromium killed in the container, again and again: the session restarts it and comes
     // back READY, and tini (PID 1) reaps every helper process the dead browser left behind.
-    for round in 1..=CRASHES {
+    let kills = browser_kills();
+    for round in 1..=kills {
         let before = cluster.session_status()?["lastStateChange"].clone();
         cluster.kubectl(&["-n", NS, "exec", &format!("{SESSION}-0"), "--", "sh", "-c", KILL_BROWSER])?;
         cluster
@@ -377,6 +394,7 @@ async fn scenario(cluster: &RealCluster) -> Result<()> {
             cluster.kubectl(&["-n", NS, "exec", &format!("{SESSION}-0"), "--", "cat", "/proc/1/comm"])?;
         assert_eq!((zombies.trim(), init.trim()), ("0", "tini"), "after browser kill {round}");
     }
+    println!("{kills} browser kills: READY after each, no zombies");
     // The container runs as the image's user, on a read-only root.
     let exec = |script: &str| {
         let plane = cluster.plane();
