@@ -135,16 +135,19 @@ impl RealCluster {
         };
         let volumes = tokio::spawn(open_volumes(plane.client().await?));
         let cluster = RealCluster { plane: Some(plane), node: Some(node), volumes: Some(volumes) };
-        cluster.apply(&COREDNS.replace("CLUSTER_DNS", CLUSTER_DNS))?;
-        cluster.kubectl(&[
-            "-n",
-            "kube-system",
-            "rollout",
-            "status",
-            "deployment/coredns",
-            "--timeout=120s",
-        ])?;
+        if let Err(e) = cluster.start_dns() {
+            cluster.stop(true).await;
+            return Err(e);
+        }
         Ok(cluster)
+    }
+
+    /// CoreDNS, rolled out.
+    fn start_dns(&self) -> Result<()> {
+        self.apply(&COREDNS.replace("CLUSTER_DNS", CLUSTER_DNS))?;
+        let rollout = ["-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s"];
+        self.kubectl(&rollout)?;
+        Ok(())
     }
 
     fn plane(&self) -> &ControlPlane {
