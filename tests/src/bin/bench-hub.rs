@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use whatsapp_tests::cluster::free_port;
 use whatsapp_tests::harness::{CLUSTER_ENV, TestNamespace, cluster, eventually, workspace_binary};
 use whatsapp_tests::hub::{Hub, HubOptions, tenant_token};
-use whatsapp_tests::processes::rss_kib;
+use whatsapp_tests::processes::{cpu_time, rss_kib};
 
 const CONNECTIONS: usize = 64;
 const LOAD: Duration = Duration::from_secs(5);
@@ -303,16 +303,6 @@ async fn load(port: u16, server: u32, requests: &[Vec<u8>]) -> anyhow::Result<Lo
     all.server_cpu = cpu_time(server).saturating_sub(cpu_before);
     all.latencies.sort_unstable();
     Ok(all)
-}
-
-/// A process' CPU time so far (user and system), from /proc (in clock ticks of 10 ms).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which may hold spaces), from the third on.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
-    Duration::from_millis(ticks * 10)
 }
 
 /// A minimal HTTP/1.1 client connection: requests written as given, responses read by

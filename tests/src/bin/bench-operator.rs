@@ -12,7 +12,7 @@
 //! `cargo build --release -p whatsapp-operator -p whatsapp-tests --bins && env -u
 //! WAO_TEST_CLUSTER target/release/bench-operator 1000` (or `5000`, or `--curve 1000,2000,5000`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -20,14 +20,14 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use whatsapp_crds::WhatsAppSession;
 use whatsapp_tests::harness::{TestNamespace, cluster};
-use whatsapp_tests::processes::{Operator, median};
+use whatsapp_tests::processes::{Operator, cpu_time, median, processes_naming};
 
 /// Concurrent creates, both for the sessions and for the direct children.
 const CONCURRENCY: usize = 32;
@@ -51,6 +51,9 @@ struct Args {
     /// Seconds of the idle window after every session is Reconciled.
     #[arg(long, default_value_t = 60)]
     idle_seconds: u64,
+    /// Instead: the API server's CPU per write of each kind the operator makes (this many of each).
+    #[arg(long)]
+    write_costs: Option<usize>,
 }
 
 /// One repetition's figures.
@@ -63,11 +66,24 @@ struct Rep {
     rss_peak: u64,
     idle_writes: f64,
     idle_reconciles: f64,
+    /// The operator's API writes until every session was Reconciled, per session.
+    writes_per_session: f64,
+    /// The operator's API writes once it settled (every pod started and its PodReady
+    /// written), per session.
+    writes_settled_per_session: f64,
+    /// The operator's writes once settled, by kind (`kind="..."` label), largest first.
+    writes_by_kind: Vec<(String, f64)>,
+    /// CPU seconds of each process over the operator phase and over the direct creates.
+    cpu_operator: Vec<(String, f64)>,
+    cpu_direct: Vec<(String, f64)>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(n) = args.write_costs {
+        return write_costs(n).await;
+    }
     let sizes = if args.curve.is_empty() { vec![args.sessions] } else { args.curve.clone() };
     let idle = Duration::from_secs(args.idle_seconds);
     println!(
@@ -91,6 +107,14 @@ async fn main() -> anyhow::Result<()> {
                 mib(r.rss_peak),
                 r.idle_writes,
                 r.idle_reconciles
+            );
+            println!(
+                "    writes per session until Reconciled: {:.2}, once settled: {:.2} ({}); CPU seconds, operator phase: {}; direct phase: {}",
+                r.writes_per_session,
+                r.writes_settled_per_session,
+                r.writes_by_kind.iter().map(|(kind, w)| format!("{kind} {w}")).collect::<Vec<_>>().join(", "),
+                cpu_line(&r.cpu_operator),
+                cpu_line(&r.cpu_direct)
             );
             reps.push(r);
         }
@@ -157,14 +181,19 @@ async fn repetition(n: usize, idle: Duration, sizes: bool) -> anyhow::Result<Rep
     .await?;
 
     let reconciled = tokio::spawn(all_reconciled(sessions.clone(), n));
+    let cpu = Cpu::start(&c.dir);
     let t0 = Instant::now();
     let op = Operator::start(&ns, "bench", "bench", &[]);
     tokio::time::timeout(LIMIT, reconciled).await???;
     let operator = t0.elapsed();
+    let cpu_operator = cpu.since();
+    let writes_per_session = op.writes().await / n as f64;
     let rss_reconciled = op.rss_kib();
 
     settle(&op).await;
     let writes_before = op.writes().await;
+    let writes_settled_per_session = writes_before / n as f64;
+    let writes_by_kind = writes_by_kind(&op).await;
     let reconciles_before = op.metric("whatsapp_operator_reconciliations_total").await;
     tokio::time::sleep(idle).await;
     let idle_writes = op.writes().await - writes_before;
@@ -178,10 +207,74 @@ async fn repetition(n: usize, idle: Duration, sizes: bool) -> anyhow::Result<Rep
     let objects = copy_children(&ns.client, &ns.name).await?;
     let children = objects.len();
     let direct_ns = c.namespace("bench-direct").await;
+    let cpu = Cpu::start(&c.dir);
     let t1 = Instant::now();
     create_all(objects, |obj| create_raw(&direct_ns.client, &direct_ns.name, obj)).await?;
     let direct = t1.elapsed();
-    Ok(Rep { operator, direct, children, rss_reconciled, rss_steady, rss_peak, idle_writes, idle_reconciles })
+    let cpu_direct = cpu.since();
+    Ok(Rep {
+        operator,
+        direct,
+        children,
+        rss_reconciled,
+        rss_steady,
+        rss_peak,
+        idle_writes,
+        idle_reconciles,
+        writes_per_session,
+        writes_settled_per_session,
+        writes_by_kind,
+        cpu_operator,
+        cpu_direct,
+    })
+}
+
+/// CPU time of the control plane's processes (and an operator's) from a starting point.
+struct Cpu {
+    dir: std::path::PathBuf,
+    before: HashMap<u32, Duration>,
+    own: Duration,
+}
+
+impl Cpu {
+    fn start(dir: &std::path::Path) -> Cpu {
+        let before = processes_naming(dir).into_iter().map(|(_, pid)| (pid, cpu_time(pid))).collect();
+        Cpu { dir: dir.to_path_buf(), before, own: cpu_time(std::process::id()) }
+    }
+
+    /// Seconds per command name since the start (this benchmark's own as `bench`), largest first.
+    fn since(&self) -> Vec<(String, f64)> {
+        let mut by_name: HashMap<String, f64> = HashMap::new();
+        for (name, pid) in processes_naming(&self.dir) {
+            let before = self.before.get(&pid).copied().unwrap_or_default();
+            *by_name.entry(name).or_default() += cpu_time(pid).saturating_sub(before).as_secs_f64();
+        }
+        by_name.insert("bench".into(), cpu_time(std::process::id()).saturating_sub(self.own).as_secs_f64());
+        let mut out: Vec<_> = by_name.into_iter().filter(|(_, s)| *s >= 0.05).collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+}
+
+fn cpu_line(cpu: &[(String, f64)]) -> String {
+    let total: f64 = cpu.iter().map(|(_, s)| s).sum();
+    let parts: Vec<String> = cpu.iter().map(|(name, s)| format!("{name} {s:.1}")).collect();
+    format!("{} (in all {total:.1})", parts.join(", "))
+}
+
+/// The operator's writes so far by kind, largest first.
+async fn writes_by_kind(op: &Operator) -> Vec<(String, f64)> {
+    let text = op.metrics().await.unwrap_or_default();
+    let mut kinds: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("whatsapp_operator_kube_writes_total{"))
+        .filter_map(|l| {
+            let kind = l.split("kind=\"").nth(1)?.split('"').next()?;
+            Some((kind.to_string(), l.rsplit_once(' ')?.1.parse().ok()?))
+        })
+        .collect();
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    kinds
 }
 
 /// Waits until the operator has made no write for 10 s (its sessions' pods have started, so
@@ -336,6 +429,106 @@ async fn create_raw(client: &Client, ns: &str, mut obj: serde_json::Value) -> an
         "RoleBinding" => post!(RoleBinding),
         "Service" => post!(Service),
         "StatefulSet" => post!(StatefulSet),
+        other => anyhow::bail!("unexpected kind {other}"),
+    }
+    Ok(())
+}
+
+/// The API server's and etcd's CPU per write, for each kind of write the operator makes, `n`
+/// of each at [`CONCURRENCY`]: what a reconcile costs the control plane, write by write. The
+/// children are copies of one session's as the operator made them, with no replicas (so no
+/// pod work is mixed in).
+async fn write_costs(n: usize) -> anyhow::Result<()> {
+    let c = cluster();
+    let ns = c.namespace("bench-one").await;
+    let sessions: Api<WhatsAppSession> = ns.api();
+    sessions.create(&PostParams::default(), &session(0)?).await?;
+    let reconciled = tokio::spawn(all_reconciled(sessions.clone(), 1));
+    let op = Operator::start(&ns, "bench", "bench", &[]);
+    tokio::time::timeout(LIMIT, reconciled).await???;
+    drop(op);
+    let children = copy_children(&ns.client, &ns.name).await?;
+    println!("API server + etcd CPU per write, {n} writes of each at {CONCURRENCY} concurrent:");
+    let report = |what: &str, cpu: Vec<(String, f64)>, took: Duration| {
+        let server: f64 =
+            cpu.iter().filter(|(name, _)| name == "kube-apiserver" || name == "etcd").map(|(_, s)| s).sum();
+        println!(
+            "  {what:<44} {:>6.2} ms CPU per write, {:>6.0} writes/s",
+            server * 1000.0 / n as f64,
+            n as f64 / took.as_secs_f64()
+        );
+    };
+    for child in &children {
+        let kind = child["kind"].as_str().unwrap_or_default().to_string();
+        for apply in [false, true] {
+            let target = c.namespace("bench-writes").await;
+            let copies: Vec<serde_json::Value> = (0..n)
+                .map(|i| {
+                    let mut copy = child.clone();
+                    copy["metadata"]["name"] = json!(format!("c{i}"));
+                    if kind == "StatefulSet" {
+                        copy["spec"]["replicas"] = json!(0);
+                    }
+                    copy
+                })
+                .collect();
+            let (cpu, t0) = (Cpu::start(&c.dir), Instant::now());
+            create_all(copies, |obj| write_raw(&target.client, &target.name, obj, apply)).await?;
+            let verb = if apply { "server-side apply (new)" } else { "create" };
+            report(&format!("{kind} {verb}"), cpu.since(), t0.elapsed());
+        }
+    }
+    let target = c.namespace("bench-writes").await;
+    let sessions: Api<WhatsAppSession> = target.api();
+    let (cpu, t0) = (Cpu::start(&c.dir), Instant::now());
+    create_all((0..n).map(session).collect::<anyhow::Result<Vec<_>>>()?, |s| {
+        let sessions = sessions.clone();
+        async move { sessions.create(&PostParams::default(), &s).await.map(drop).map_err(Into::into) }
+    })
+    .await?;
+    report("WhatsAppSession create", cpu.since(), t0.elapsed());
+    for (what, apply) in [("status server-side apply", true), ("status merge patch", false)] {
+        let (cpu, t0) = (Cpu::start(&c.dir), Instant::now());
+        create_all((0..n).collect(), |i| {
+            let sessions = sessions.clone();
+            async move {
+                let condition = json!({"type": "Reconciled", "status": "True", "reason": what,
+                    "message": "every child matches the spec", "observedGeneration": 1,
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"});
+                let body = json!({"apiVersion": "whatsapp.leadmaster.dev/v1alpha1", "kind": "WhatsAppSession",
+                    "status": {"observedGeneration": 1, "conditions": [condition]}});
+                let patch = if apply { Patch::Apply(&body) } else { Patch::Merge(&body) };
+                let params = if apply { PatchParams::apply("bench").force() } else { PatchParams::default() };
+                sessions.patch_status(&format!("s{i}"), &params, &patch).await.map(drop).map_err(Into::into)
+            }
+        })
+        .await?;
+        report(&format!("WhatsAppSession {what}"), cpu.since(), t0.elapsed());
+    }
+    Ok(())
+}
+
+/// Creates `obj` in `ns`, or server-side applies it.
+async fn write_raw(client: &Client, ns: &str, obj: serde_json::Value, apply: bool) -> anyhow::Result<()> {
+    if !apply {
+        return create_raw(client, ns, obj).await;
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+    let params = PatchParams::apply("bench").force();
+    macro_rules! apply {
+        ($kind:ty) => {{
+            let api: Api<$kind> = Api::namespaced(client.clone(), ns);
+            api.patch(&name, &params, &Patch::Apply(&obj)).await?;
+        }};
+    }
+    match kind.as_str() {
+        "Secret" => apply!(Secret),
+        "ServiceAccount" => apply!(ServiceAccount),
+        "Role" => apply!(Role),
+        "RoleBinding" => apply!(RoleBinding),
+        "Service" => apply!(Service),
+        "StatefulSet" => apply!(StatefulSet),
         other => anyhow::bail!("unexpected kind {other}"),
     }
     Ok(())
