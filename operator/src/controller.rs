@@ -44,6 +44,12 @@ const RETRY: Duration = Duration::from_secs(15);
 /// less often (a round of restarts later), up to [`ROLL_WAIT_MAX`].
 const ROLL_WAIT: Duration = Duration::from_secs(2);
 const ROLL_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How long progress of a pod that stays not ready (see [`status::pod_progress_only`]) must
+/// hold before it is written. A pod's start passes through several such steps (missing,
+/// waiting for its volume, for a node, to start): a status write each was half of the
+/// operator's status writes on a start of 1,000 sessions (bench-operator), for steps that
+/// mostly pass before anyone reads them. A step that lasts is shown; a flip is written at once.
+const POD_PROGRESS_HOLD: Duration = Duration::from_secs(10);
 
 /// Sessions reconciled at once. Unbounded, a start on 1,000 sessions ran 1,000 reconciles
 /// together, each with its own connection and buffers: most of the operator's memory, kept by
@@ -75,12 +81,21 @@ pub struct Context {
     pub caches: Caches,
     /// How many sessions may restart their pod at a time (see [`crate::rollout`]).
     pub budget: Budget,
-    /// The operator status last written per session UID, with the resourceVersion the session
-    /// had when we wrote it. The session cache can lag behind our own write: while it still
-    /// shows that version, a stale read must not write (and announce) the same thing twice;
-    /// once it shows any other version (ours, or someone's after it: a wiped status), the
-    /// cache is the truth again.
-    written: std::sync::Mutex<std::collections::HashMap<String, (serde_json::Value, Option<String>)>>,
+    /// The operator status last written per session UID (see [`Written`]).
+    written: std::sync::Mutex<std::collections::HashMap<String, Written>>,
+}
+
+/// The operator's last status write to a session. The session cache can lag behind our own
+/// write: while it still shows the resourceVersion the session had when we wrote, a stale read
+/// must not write (and announce) the same thing twice; once it shows any other version (ours,
+/// or someone's after it: a wiped status), the cache is the truth again.
+struct Written {
+    /// What was written, timestamps aside.
+    fingerprint: serde_json::Value,
+    resource_version: Option<String>,
+    /// Pod progress seen since that write and not written yet: what (a fingerprint) and since
+    /// when (see [`POD_PROGRESS_HOLD`]).
+    held: Option<(serde_json::Value, Instant)>,
 }
 
 /// Where the operator looks for sessions.
@@ -603,8 +618,15 @@ impl Reconciler<'_> {
         let uid = self.session.uid().unwrap_or_default();
         // What we would write, timestamps aside, to recognise a repeat of our last write.
         let fingerprint = json!([generation, reconciled, pod_ready]);
-        let seen = (fingerprint, self.session.resource_version());
-        if !changed || self.ctx.written.lock().expect("lock").get(&uid) == Some(&seen) {
+        let resource_version = self.session.resource_version();
+        if !changed || self.repeats_last_write(&uid, &fingerprint, &resource_version) {
+            return Ok(());
+        }
+        let progress_only = observed == generation
+            && !status::differs(previous_reconciled, &conditions[0])
+            && status::pod_progress_only(previous_pod, &conditions[1]);
+        if progress_only && let Some(wait) = self.hold(&uid, &fingerprint) {
+            self.requeue = Some(self.requeue.map_or(wait, |r| r.min(wait)));
             return Ok(());
         }
         let notices = status::notices(previous_reconciled, reconciled, previous_pod, pod_ready);
@@ -621,7 +643,7 @@ impl Reconciler<'_> {
             &Patch::Apply(&patch),
         )
         .await?;
-        self.remember_written(uid, seen);
+        self.remember_written(uid, Written { fingerprint, resource_version, held: None });
         self.wrote("WhatsAppSessionStatus");
         for notice in notices {
             self.publish_typed(notice.type_, notice.reason, notice.note).await;
@@ -629,9 +651,37 @@ impl Reconciler<'_> {
         Ok(())
     }
 
-    fn remember_written(&self, uid: String, seen: (serde_json::Value, Option<String>)) {
+    /// Whether `fingerprint` repeats our last status write to this session on the same
+    /// resourceVersion (a stale read of our own write).
+    fn repeats_last_write(
+        &self,
+        uid: &str,
+        fingerprint: &serde_json::Value,
+        resource_version: &Option<String>,
+    ) -> bool {
+        let written = self.ctx.written.lock().expect("lock");
+        written.get(uid).is_some_and(|last| {
+            &last.fingerprint == fingerprint && &last.resource_version == resource_version
+        })
+    }
+
+    /// How much longer pod progress `fingerprint` must hold before it is written; `None`: write
+    /// it now (it held long enough, or nothing was written to this session since we started).
+    fn hold(&self, uid: &str, fingerprint: &serde_json::Value) -> Option<Duration> {
         let mut written = self.ctx.written.lock().expect("lock");
-        written.insert(uid, seen);
+        let last = written.get_mut(uid)?;
+        match &last.held {
+            Some((held, since)) if held == fingerprint => POD_PROGRESS_HOLD.checked_sub(since.elapsed()),
+            _ => {
+                last.held = Some((fingerprint.clone(), Instant::now()));
+                Some(POD_PROGRESS_HOLD)
+            }
+        }
+    }
+
+    fn remember_written(&self, uid: String, last: Written) {
+        let mut written = self.ctx.written.lock().expect("lock");
+        written.insert(uid, last);
         // Forget deleted sessions now and then (a deleted session is never reconciled again).
         let live = self.ctx.caches.sessions.state();
         if written.len() > 2 * live.len() + 64 {

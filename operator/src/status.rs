@@ -140,6 +140,20 @@ pub fn differs(previous: Option<&Condition>, new: &Condition) -> bool {
     })
 }
 
+/// Whether `new` is only progress of a pod that stays not ready (`PodMissing` to `PodPending`,
+/// a new scheduling message): worth showing once it holds, not a write per step while a pod
+/// starts. A flip of the status, and a change into or out of `Suspended` (which a person asked
+/// for), are never mere progress.
+pub fn pod_progress_only(previous: Option<&Condition>, new: &Condition) -> bool {
+    previous.is_some_and(|p| {
+        p.status == "False"
+            && new.status == "False"
+            && p.observed_generation == new.observed_generation
+            && p.reason != SUSPENDED
+            && new.reason != SUSPENDED
+    })
+}
+
 /// An Event worth telling a person about.
 #[derive(Debug, PartialEq)]
 pub struct Notice {
@@ -199,6 +213,20 @@ pub fn notices(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_steps_of_a_pod_that_stays_not_ready_are_progress() {
+        let progress = |from: Option<Condition>, to: Condition| pod_progress_only(from.as_ref(), &to);
+        assert!(progress(Some(stored("False", "PodMissing")), stored("False", "PodPending")));
+        assert!(!progress(None, stored("False", "PodPending")), "a first condition is written at once");
+        assert!(!progress(Some(stored("False", "PodPending")), stored("True", "PodReady")), "a flip");
+        assert!(!progress(Some(stored("True", "PodReady")), stored("False", RESTARTING)), "a flip");
+        assert!(!progress(Some(stored("False", "PodPending")), stored("False", SUSPENDED)));
+        assert!(!progress(Some(stored("False", SUSPENDED)), stored("False", "PodMissing")));
+        let mut next_generation = stored("False", "PodPending");
+        next_generation.observed_generation = Some(2);
+        assert!(!progress(Some(stored("False", "PodMissing")), next_generation), "a spec edit");
+    }
 
     fn stored(status: &str, reason: &str) -> Condition {
         Condition {
