@@ -190,7 +190,7 @@ async fn repetition(n: usize, idle: Duration, sizes: bool) -> anyhow::Result<Rep
     let writes_per_session = op.writes().await / n as f64;
     let rss_reconciled = op.rss_kib();
 
-    settle(&op).await;
+    settle(&op, n).await;
     let writes_before = op.writes().await;
     let writes_settled_per_session = writes_before / n as f64;
     let writes_by_kind = writes_by_kind(&op).await;
@@ -277,16 +277,28 @@ async fn writes_by_kind(op: &Operator) -> Vec<(String, f64)> {
     kinds
 }
 
-/// Waits until the operator has made no write for 10 s (its sessions' pods have started, so
-/// their PodReady conditions are written), at most 5 minutes: the idle window starts then.
-async fn settle(op: &Operator) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut last = (op.writes().await, Instant::now());
-    while Instant::now() < deadline && last.1.elapsed() < Duration::from_secs(10) {
+/// Waits until the operator has made no write and no reconcile for 10 s (its sessions' pods
+/// have started, so their PodReady conditions are written, and the cluster's controllers have
+/// stopped changing them), at most 5 minutes or a fifth of a second per session (the cluster
+/// starts the pods of 5,000 sessions over more than 5 minutes here): the idle window starts then.
+async fn settle(op: &Operator, n: usize) {
+    let activity =
+        || async { op.writes().await + op.metric("whatsapp_operator_reconciliations_total").await };
+    let limit = Duration::from_secs(300).max(Duration::from_millis(200) * n as u32);
+    let deadline = Instant::now() + limit;
+    let mut last = (activity().await, Instant::now());
+    while last.1.elapsed() < Duration::from_secs(10) {
+        if Instant::now() >= deadline {
+            println!(
+                "    (the operator was still busy after {}s: the idle window starts anyway)",
+                limit.as_secs()
+            );
+            return;
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let writes = op.writes().await;
-        if writes != last.0 {
-            last = (writes, Instant::now());
+        let now = activity().await;
+        if now != last.0 {
+            last = (now, Instant::now());
         }
     }
 }
