@@ -550,7 +550,21 @@ pub fn random_hex(bytes: usize) -> String {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the component binds it right after).
+/// It is picked below the kernel's ephemeral range: a port from that range can be handed to
+/// any outgoing connection (to the API server, a benchmark's load) between this check and the
+/// component's bind, which then fails with "Address already in use".
 pub fn free_port() -> Result<u16> {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let below = 10_000..ephemeral.max(10_001);
+    for _ in 0..1000 {
+        let port = rand::random_range(below.clone());
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
