@@ -61,7 +61,7 @@ const CONCURRENCY: u16 = 32;
 #[derive(Clone)]
 pub struct Caches {
     pub sessions: Store<WhatsAppSession>,
-    statefulsets: Store<StatefulSet>,
+    statefulsets: StatefulSets,
     services: Store<Service>,
     service_accounts: Store<ServiceAccount>,
     roles: Store<Role>,
@@ -70,6 +70,44 @@ pub struct Caches {
     pods: Store<Pod>,
     claims: Store<PersistentVolumeClaim>,
     storage_classes: Store<StorageClass>,
+}
+
+/// The StatefulSet cache, whose pod templates are packed (see [`slim::statefulset`]): read
+/// only through here, so a reconcile never compares or applies a packed one.
+#[derive(Clone)]
+struct StatefulSets(Store<StatefulSet>);
+
+impl StatefulSets {
+    fn get(&self, key: &ObjectRef<StatefulSet>) -> Option<Arc<StatefulSet>> {
+        self.0.get(key).map(|packed| Arc::new(slim::unpacked(&packed)))
+    }
+
+    /// Every StatefulSet, by `namespace/name`, as the rollout budget sees it (its template
+    /// is not read: no unpacking).
+    fn fleet(&self) -> Vec<(String, StsView)> {
+        let key = |s: &StatefulSet| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any());
+        self.0.state().iter().map(|s| (key(s), StsView::of(s))).collect()
+    }
+}
+
+/// A cache a child is compared against before it is applied.
+trait Cached<K> {
+    fn cached(&self, desired: &K) -> Option<Arc<K>>;
+}
+
+impl<K> Cached<K> for Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    fn cached(&self, desired: &K) -> Option<Arc<K>> {
+        self.get(&ObjectRef::from_obj(desired))
+    }
+}
+
+impl Cached<StatefulSet> for StatefulSets {
+    fn cached(&self, desired: &StatefulSet) -> Option<Arc<StatefulSet>> {
+        self.get(&ObjectRef::from_obj(desired))
+    }
 }
 
 /// What every reconcile shares.
@@ -189,7 +227,7 @@ async fn watch(client: &Client, scope: &Scope) -> (Caches, Watches) {
     );
     let caches = Caches {
         sessions,
-        statefulsets,
+        statefulsets: StatefulSets(statefulsets),
         services,
         service_accounts,
         roles,
@@ -223,7 +261,7 @@ fn gauges(ctx: Arc<Context>) -> AbortOnDrop {
             tick.tick().await;
             let states = ctx.caches.sessions.state();
             ctx.metrics.set_sessions(states.iter().map(|s| s.status.as_ref().and_then(|st| st.state)));
-            let fleet = fleet(&ctx.caches.statefulsets);
+            let fleet = ctx.caches.statefulsets.fleet();
             ctx.metrics.set_rollout(ctx.budget.observe(&fleet, Instant::now()));
         }
     }))
@@ -496,7 +534,7 @@ impl Reconciler<'_> {
 
     /// Asks the budget, with the fleet as the StatefulSet cache shows it.
     fn request_roll(&self, key: &str, cause: Cause) -> Decision {
-        let fleet = fleet(&self.ctx.caches.statefulsets);
+        let fleet = self.ctx.caches.statefulsets.fleet();
         let created = self.session.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
         let now = Instant::now();
         let decision = self.ctx.budget.request(key, (created, key.to_string()), cause, &fleet, now);
@@ -506,7 +544,7 @@ impl Reconciler<'_> {
 
     /// Server-side applies `desired` unless the cached object already matches it; returns the
     /// object as written, if it was.
-    async fn apply<K>(&self, cache: &Store<K>, desired: K, namespace: &str) -> Result<Option<K>>
+    async fn apply<K>(&self, cache: &impl Cached<K>, desired: K, namespace: &str) -> Result<Option<K>>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -514,7 +552,7 @@ impl Reconciler<'_> {
             + DeserializeOwned
             + std::fmt::Debug,
     {
-        let cached = cache.get(&ObjectRef::from_obj(&desired));
+        let cached = cache.cached(&desired);
         if let Some(actual) = &cached
             && is_subset(&serde_json::to_value(&desired)?, &serde_json::to_value(actual.as_ref())?)
         {
@@ -736,12 +774,6 @@ fn another_tenants(claim: &PersistentVolumeClaim, session: &WhatsAppSession) -> 
             children::CLIENTE_LABEL
         ),
     ))
-}
-
-/// Every StatefulSet in the cache, by `namespace/name`, as the rollout budget sees it.
-fn fleet(statefulsets: &Store<StatefulSet>) -> Vec<(String, StsView)> {
-    let key = |s: &StatefulSet| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any());
-    statefulsets.state().iter().map(|s| (key(s), StsView::of(s))).collect()
 }
 
 /// Whether applying `desired` would change the pod template (and so restart the pod).
