@@ -52,7 +52,7 @@ const PACKED_TEMPLATE: &str = "whatsapp.io/cached-pod-template";
 /// status the revisions and counts a rollout reads, not its conditions. Its pod template is
 /// packed as JSON text: typed, it is most of the object and mostly empty fields (k8s-openapi
 /// holds every optional field inline: a `Volume` is 3.2 KiB, a `Container` 2.1 KiB, this
-/// template about 14 KiB), as text about 2 KiB. Read it back with [`unpacked`].
+/// template about 14 KiB), as text about 3 KiB. Read it back with [`unpacked`].
 pub fn statefulset(sts: &mut StatefulSet) {
     if let Some(status) = sts.status.as_mut() {
         status.conditions = None;
