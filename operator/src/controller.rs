@@ -78,8 +78,11 @@ pub struct Caches {
 struct StatefulSets(Store<StatefulSet>);
 
 impl StatefulSets {
-    fn get(&self, key: &ObjectRef<StatefulSet>) -> Option<Arc<StatefulSet>> {
-        self.0.get(key).map(|packed| Arc::new(slim::unpacked(&packed)))
+    fn get(&self, key: &ObjectRef<StatefulSet>) -> Result<Option<Arc<StatefulSet>>> {
+        Ok(match self.0.get(key) {
+            Some(packed) => Some(Arc::new(slim::unpacked(&packed)?)),
+            None => None,
+        })
     }
 
     /// Every StatefulSet, by `namespace/name`, as the rollout budget sees it (its template
@@ -92,21 +95,22 @@ impl StatefulSets {
 
 /// A cache a child is compared against before it is applied.
 trait Cached<K> {
-    fn cached(&self, desired: &K) -> Option<Arc<K>>;
+    fn cached(&self, desired: &K) -> Result<Option<Arc<K>>>;
 }
 
 impl<K> Cached<K> for Store<K>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
-    fn cached(&self, desired: &K) -> Option<Arc<K>> {
-        self.get(&ObjectRef::from_obj(desired))
+    fn cached(&self, desired: &K) -> Result<Option<Arc<K>>> {
+        Ok(self.get(&ObjectRef::from_obj(desired)))
     }
 }
 
-impl Cached<StatefulSet> for StatefulSets {
-    fn cached(&self, desired: &StatefulSet) -> Option<Arc<StatefulSet>> {
-        self.get(&ObjectRef::from_obj(desired))
+/// The object a reconcile already read from its cache (a StatefulSet, unpacked once).
+impl<K> Cached<K> for Option<Arc<K>> {
+    fn cached(&self, _: &K) -> Result<Option<Arc<K>>> {
+        Ok(self.clone())
     }
 }
 
@@ -397,7 +401,8 @@ impl Reconciler<'_> {
             },
         };
         let pod = self.ctx.caches.pods.get(&ObjectRef::new(&names.pod).within(&namespace));
-        let cached = self.ctx.caches.statefulsets.get(&ObjectRef::new(&names.statefulset).within(&namespace));
+        let cached =
+            self.ctx.caches.statefulsets.get(&ObjectRef::new(&names.statefulset).within(&namespace))?;
         let sts = self.rolled.as_ref().or(cached.as_deref());
         let pod_ready = status::pod_ready(self.session, pod.as_deref(), sts);
         self.update_status(&reconciled, &pod_ready).await?;
@@ -473,27 +478,25 @@ impl Reconciler<'_> {
         service?;
         self.apply(&caches.role_bindings, role_binding, namespace).await?;
 
-        let existing = caches.statefulsets.get(&ObjectRef::from_obj(&statefulset));
-        if let Some(existing) = existing.as_ref().filter(|e| children::frozen_fields_differ(e, &statefulset))
-        {
-            self.replace_statefulset(existing, namespace).await?;
+        let existing = caches.statefulsets.get(&ObjectRef::from_obj(&statefulset))?;
+        if let Some(frozen) = existing.as_ref().filter(|e| children::frozen_fields_differ(e, &statefulset)) {
+            self.replace_statefulset(frozen, namespace).await?;
             self.resize_claim(namespace).await?;
-            self.apply(&caches.statefulsets, statefulset, namespace).await?;
+            self.apply(&existing, statefulset, namespace).await?;
             return Ok(None);
         }
-        self.apply_statefulset(existing.as_deref(), statefulset, namespace).await
+        self.apply_statefulset(existing, statefulset, namespace).await
     }
 
     /// Applies the StatefulSet; a new pod template goes through the rollout budget.
     async fn apply_statefulset(
         &mut self,
-        existing: Option<&StatefulSet>,
+        cached: Option<Arc<StatefulSet>>,
         mut desired: StatefulSet,
         namespace: &str,
     ) -> Result<Option<Observation>> {
-        let statefulsets = self.ctx.caches.statefulsets.clone();
-        let Some(existing) = existing.filter(|e| template_differs(e, &desired)) else {
-            self.apply(&statefulsets, desired, namespace).await?;
+        let Some(existing) = cached.as_deref().filter(|e| template_differs(e, &desired)) else {
+            self.apply(&cached, desired, namespace).await?;
             return Ok(None);
         };
         let key = format!("{namespace}/{}", existing.name_any());
@@ -504,13 +507,13 @@ impl Reconciler<'_> {
             if let (Some(spec), Some(running)) = (desired.spec.as_mut(), existing.spec.as_ref()) {
                 spec.template = running.template.clone();
             }
-            self.apply(&statefulsets, desired, namespace).await?;
+            self.apply(&cached, desired, namespace).await?;
             let rounds = u32::try_from(ahead / limit.max(1)).unwrap_or(u32::MAX);
             self.requeue = Some(ROLL_WAIT.saturating_mul(rounds.saturating_add(1)).min(ROLL_WAIT_MAX));
             return Ok(Some(roll_pending(limit)));
         }
         info!(?cause, "restarting the pod on a new template");
-        match self.apply(&statefulsets, desired, namespace).await {
+        match self.apply(&cached, desired, namespace).await {
             Ok(applied) => {
                 let generation = applied.as_ref().unwrap_or(existing).metadata.generation;
                 self.ctx.budget.applied(&key, generation.unwrap_or_default());
@@ -552,7 +555,7 @@ impl Reconciler<'_> {
             + DeserializeOwned
             + std::fmt::Debug,
     {
-        let cached = cache.cached(&desired);
+        let cached = cache.cached(&desired)?;
         if let Some(actual) = &cached
             && is_subset(&serde_json::to_value(&desired)?, &serde_json::to_value(actual.as_ref())?)
         {

@@ -57,24 +57,26 @@ pub fn statefulset(sts: &mut StatefulSet) {
     if let Some(status) = sts.status.as_mut() {
         status.conditions = None;
     }
-    if let Some(spec) = sts.spec.as_mut() {
-        let text = serde_json::to_string(&spec.template).expect("a pod template serializes");
+    // A template that does not serialize (none does) stays typed: unpacking leaves it as it is.
+    if let Some(spec) = sts.spec.as_mut()
+        && let Ok(text) = serde_json::to_string(&spec.template)
+    {
         spec.template = PodTemplateSpec::default();
         sts.metadata.annotations.get_or_insert_default().insert(PACKED_TEMPLATE.into(), text);
     }
 }
 
 /// A StatefulSet from the cache as the API server holds it: its pod template unpacked.
-pub fn unpacked(packed: &StatefulSet) -> StatefulSet {
+pub fn unpacked(packed: &StatefulSet) -> serde_json::Result<StatefulSet> {
     let mut sts = packed.clone();
     let text = sts.metadata.annotations.as_mut().and_then(|a| a.remove(PACKED_TEMPLATE));
     if sts.metadata.annotations.as_ref().is_some_and(|a| a.is_empty()) {
         sts.metadata.annotations = None;
     }
     if let (Some(spec), Some(text)) = (sts.spec.as_mut(), text) {
-        spec.template = serde_json::from_str(&text).expect("a pod template the cache packed parses");
+        spec.template = serde_json::from_str(&text)?;
     }
-    sts
+    Ok(sts)
 }
 
 /// A kind kept whole: small objects the reconcile compares in full.
@@ -132,7 +134,7 @@ mod tests {
         assert_eq!(cached.spec.as_ref().unwrap().template, PodTemplateSpec::default());
         let mut expected = live;
         expected.status.as_mut().unwrap().conditions = None;
-        assert_eq!(unpacked(&cached), expected);
+        assert_eq!(unpacked(&cached).unwrap(), expected);
     }
 
     #[test]
