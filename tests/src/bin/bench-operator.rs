@@ -20,7 +20,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -427,23 +427,23 @@ async fn create_raw(client: &Client, ns: &str, mut obj: serde_json::Value) -> an
     if obj["kind"] == "Service" {
         obj["spec"].as_object_mut().map(|s| s.remove("clusterIPs"));
     }
-    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-    macro_rules! post {
-        ($kind:ty) => {{
-            let api: Api<$kind> = Api::namespaced(client.clone(), ns);
-            api.create(&PostParams::default(), &serde_json::from_value(obj)?).await?;
-        }};
-    }
-    match kind.as_str() {
-        "Secret" => post!(Secret),
-        "ServiceAccount" => post!(ServiceAccount),
-        "Role" => post!(Role),
-        "RoleBinding" => post!(RoleBinding),
-        "Service" => post!(Service),
-        "StatefulSet" => post!(StatefulSet),
-        other => anyhow::bail!("unexpected kind {other}"),
-    }
+    let api = child_api(client, ns, &obj)?;
+    api.create(&PostParams::default(), &serde_json::from_value(obj)?).await?;
     Ok(())
+}
+
+/// The API of `obj`'s kind, one of the children the operator writes, in `ns`.
+fn child_api(client: &Client, ns: &str, obj: &serde_json::Value) -> anyhow::Result<Api<DynamicObject>> {
+    let resource = match obj["kind"].as_str().unwrap_or_default() {
+        "Secret" => ApiResource::erase::<Secret>(&()),
+        "ServiceAccount" => ApiResource::erase::<ServiceAccount>(&()),
+        "Role" => ApiResource::erase::<Role>(&()),
+        "RoleBinding" => ApiResource::erase::<RoleBinding>(&()),
+        "Service" => ApiResource::erase::<Service>(&()),
+        "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
+        other => anyhow::bail!("unexpected kind {other}"),
+    };
+    Ok(Api::namespaced_with(client.clone(), ns, &resource))
 }
 
 /// The API server's and etcd's CPU per write, for each kind of write the operator makes, `n`
@@ -526,23 +526,8 @@ async fn write_raw(client: &Client, ns: &str, obj: serde_json::Value, apply: boo
         return create_raw(client, ns, obj).await;
     }
     let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-    let params = PatchParams::apply("bench").force();
-    macro_rules! apply {
-        ($kind:ty) => {{
-            let api: Api<$kind> = Api::namespaced(client.clone(), ns);
-            api.patch(&name, &params, &Patch::Apply(&obj)).await?;
-        }};
-    }
-    match kind.as_str() {
-        "Secret" => apply!(Secret),
-        "ServiceAccount" => apply!(ServiceAccount),
-        "Role" => apply!(Role),
-        "RoleBinding" => apply!(RoleBinding),
-        "Service" => apply!(Service),
-        "StatefulSet" => apply!(StatefulSet),
-        other => anyhow::bail!("unexpected kind {other}"),
-    }
+    let api = child_api(client, ns, &obj)?;
+    api.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&obj)).await?;
     Ok(())
 }
 
