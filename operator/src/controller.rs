@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -31,7 +31,7 @@ use crate::compare::{is_subset, quantity_value};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::rollout::{self, Budget, Cause, Decision, StsView};
-use crate::slim;
+use crate::slim::{self, Packable, Packed};
 use crate::status::{self, Observation, POD_READY, RECONCILED, ROLL_PENDING};
 
 /// Field manager of every write the operator makes.
@@ -61,56 +61,56 @@ const CONCURRENCY: u16 = 32;
 #[derive(Clone)]
 pub struct Caches {
     pub sessions: Store<WhatsAppSession>,
-    statefulsets: StatefulSets,
-    services: Store<Service>,
-    service_accounts: Store<ServiceAccount>,
-    roles: Store<Role>,
-    role_bindings: Store<RoleBinding>,
-    secrets: Store<Secret>,
-    pods: Store<Pod>,
-    claims: Store<PersistentVolumeClaim>,
+    statefulsets: Cache<StatefulSet, StsView>,
+    services: Cache<Service>,
+    service_accounts: Cache<ServiceAccount>,
+    roles: Cache<Role>,
+    role_bindings: Cache<RoleBinding>,
+    secrets: Cache<Secret>,
+    pods: Cache<Pod>,
+    claims: Cache<PersistentVolumeClaim>,
     storage_classes: Store<StorageClass>,
 }
 
-/// The StatefulSet cache, whose pod templates are packed (see [`slim::statefulset`]): read
-/// only through here, so a reconcile never compares or applies a packed one.
+/// A cache of packed objects (see [`Packed`]), read only through here: a reconcile always
+/// gets its objects back whole.
 #[derive(Clone)]
-struct StatefulSets(Store<StatefulSet>);
+struct Cache<K: Packable, S: Clone + 'static = ()>(Store<Packed<K, S>>);
 
-impl StatefulSets {
-    fn get(&self, key: &ObjectRef<StatefulSet>) -> Result<Option<Arc<StatefulSet>>> {
-        Ok(match self.0.get(key) {
-            Some(packed) => Some(Arc::new(slim::unpacked(&packed)?)),
-            None => None,
-        })
+impl<K: Packable, S: Clone + 'static> Cache<K, S> {
+    fn get(&self, name: &str, namespace: &str) -> Result<Option<Arc<K>>> {
+        let packed = self.0.get(&ObjectRef::new(name).within(namespace));
+        Ok(packed.map(|p| p.unpack()).transpose()?.map(Arc::new))
     }
+}
 
-    /// Every StatefulSet, by `namespace/name`, as the rollout budget sees it (its template
-    /// is not read: no unpacking).
+impl Cache<StatefulSet, StsView> {
+    /// Every StatefulSet, by `namespace/name`, as the rollout budget sees it (no unpacking).
     fn fleet(&self) -> Vec<(String, StsView)> {
-        let key = |s: &StatefulSet| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any());
-        self.0.state().iter().map(|s| (key(s), StsView::of(s))).collect()
+        let key = |s: &Packed<StatefulSet, StsView>| {
+            format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any())
+        };
+        self.0.state().iter().map(|s| (key(s), s.summary)).collect()
     }
 }
 
-/// A cache a child is compared against before it is applied.
+/// A cache a child is compared against before it is applied: the child as it is, in JSON
+/// (what the compare reads, without building the typed object in between).
 trait Cached<K> {
-    fn cached(&self, desired: &K) -> Result<Option<Arc<K>>>;
+    fn cached(&self, desired: &K) -> Result<Option<serde_json::Value>>;
 }
 
-impl<K> Cached<K> for Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone,
-{
-    fn cached(&self, desired: &K) -> Result<Option<Arc<K>>> {
-        Ok(self.get(&ObjectRef::from_obj(desired)))
+impl<K: Packable + Resource, S: Clone + 'static> Cached<K> for Cache<K, S> {
+    fn cached(&self, desired: &K) -> Result<Option<serde_json::Value>> {
+        let key = ObjectRef::new(&desired.name_any()).within(&desired.namespace().unwrap_or_default());
+        Ok(self.0.get(&key).map(|p| p.to_value()).transpose()?)
     }
 }
 
 /// The object a reconcile already read from its cache (a StatefulSet, unpacked once).
-impl<K> Cached<K> for Option<Arc<K>> {
-    fn cached(&self, _: &K) -> Result<Option<Arc<K>>> {
-        Ok(self.clone())
+impl<K: Serialize> Cached<K> for Option<Arc<K>> {
+    fn cached(&self, _: &K) -> Result<Option<serde_json::Value>> {
+        Ok(self.as_deref().map(serde_json::to_value).transpose()?)
     }
 }
 
@@ -168,32 +168,40 @@ type Changes<K> = futures::stream::BoxStream<'static, std::result::Result<K, wat
 /// The watches behind [`Caches`], for the controller to be triggered by.
 struct Watches {
     sessions: Changes<WhatsAppSession>,
-    statefulsets: Changes<StatefulSet>,
-    services: Changes<Service>,
-    service_accounts: Changes<ServiceAccount>,
-    roles: Changes<Role>,
-    role_bindings: Changes<RoleBinding>,
-    secrets: Changes<Secret>,
-    pods: Changes<Pod>,
-    claims: Changes<PersistentVolumeClaim>,
+    statefulsets: Changes<Packed<StatefulSet, StsView>>,
+    services: Changes<Packed<Service>>,
+    service_accounts: Changes<Packed<ServiceAccount>>,
+    roles: Changes<Packed<Role>>,
+    role_bindings: Changes<Packed<RoleBinding>>,
+    secrets: Changes<Packed<Secret>>,
+    pods: Changes<Packed<Pod>>,
+    claims: Changes<Packed<PersistentVolumeClaim>>,
     storage_classes: Changes<StorageClass>,
 }
 
 /// A cache of `api`'s objects and the watch that fills it. managedFields are never read here
 /// and are most of an object's size: they are dropped before caching (a third of the
-/// operator's memory at 1,000 sessions), and `slim` drops what else a reconcile never reads
-/// (see [`crate::slim`]).
-fn cached<K>(api: Api<K>, config: &watcher::Config, slim: fn(&mut K)) -> (Store<K>, Changes<K>)
+/// operator's memory at 1,000 sessions), and `keep` drops what else a reconcile never reads
+/// and packs the rest (see [`crate::slim`]).
+fn cached<K, T>(api: Api<K>, config: &watcher::Config, keep: fn(K) -> T) -> (Store<T>, Changes<T>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    T: Resource<DynamicType = K::DynamicType> + Clone + Send + Sync + 'static,
 {
-    let (store, writer) = reflector::store::<K>();
+    let (store, writer) = reflector::store::<T>();
+    let kept = move |mut obj: K| {
+        obj.managed_fields_mut().clear();
+        keep(obj)
+    };
     let stream = watcher(api, config.clone())
         .default_backoff()
-        .modify(move |obj: &mut K| {
-            obj.managed_fields_mut().clear();
-            slim(obj);
+        .map_ok(move |event| match event {
+            watcher::Event::Apply(obj) => watcher::Event::Apply(kept(obj)),
+            watcher::Event::Delete(obj) => watcher::Event::Delete(kept(obj)),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitApply(obj) => watcher::Event::InitApply(kept(obj)),
+            watcher::Event::InitDone => watcher::Event::InitDone,
         })
         .reflect(writer)
         .touched_objects()
@@ -217,7 +225,7 @@ async fn watch(client: &Client, scope: &Scope) -> (Caches, Watches) {
     let (secrets, mut secret) = cached(scope.api(client), &managed, slim::whole);
     let (pods, mut pod) = cached(scope.api(client), &managed, slim::pod);
     let (claims, mut claim) = cached(scope.api(client), &managed, slim::claim);
-    let (storage_classes, mut class) = cached(Api::all(client.clone()), &any, slim::whole);
+    let (storage_classes, mut class) = cached(Api::all(client.clone()), &any, std::convert::identity);
     futures::join!(
         listed(&mut sts, &statefulsets),
         listed(&mut svc, &services),
@@ -231,14 +239,14 @@ async fn watch(client: &Client, scope: &Scope) -> (Caches, Watches) {
     );
     let caches = Caches {
         sessions,
-        statefulsets: StatefulSets(statefulsets),
-        services,
-        service_accounts,
-        roles,
-        role_bindings,
-        secrets,
-        pods,
-        claims,
+        statefulsets: Cache(statefulsets),
+        services: Cache(services),
+        service_accounts: Cache(service_accounts),
+        roles: Cache(roles),
+        role_bindings: Cache(role_bindings),
+        secrets: Cache(secrets),
+        pods: Cache(pods),
+        claims: Cache(claims),
         storage_classes,
     };
     let changes = Watches {
@@ -310,8 +318,8 @@ pub async fn run(
         .owns_stream(changes.roles)
         .owns_stream(changes.role_bindings)
         .owns_stream(changes.secrets)
-        .watches_stream(changes.pods, move |pod| by_label(&pod.metadata))
-        .watches_stream(changes.claims, move |claim| by_label(&claim.metadata))
+        .watches_stream(changes.pods, move |pod| by_label(pod.meta()))
+        .watches_stream(changes.claims, move |claim| by_label(claim.meta()))
         .watches_stream(changes.storage_classes, move |_class| {
             class_sessions
                 .state()
@@ -393,16 +401,15 @@ impl Reconciler<'_> {
         let names = Names::of(&name);
         let desired = children::desired(self.session, &self.ctx.settings)?;
 
-        let reconciled = match self.spec_problem(&namespace, &names) {
+        let reconciled = match self.spec_problem(&namespace, &names)? {
             Some(problem) => problem,
             None => match self.apply_children(desired, &namespace).await? {
                 Some(pending) => pending,
                 None => Observation::new(true, "Applied", "every child matches the spec"),
             },
         };
-        let pod = self.ctx.caches.pods.get(&ObjectRef::new(&names.pod).within(&namespace));
-        let cached =
-            self.ctx.caches.statefulsets.get(&ObjectRef::new(&names.statefulset).within(&namespace))?;
+        let pod = self.ctx.caches.pods.get(&names.pod, &namespace)?;
+        let cached = self.ctx.caches.statefulsets.get(&names.statefulset, &namespace)?;
         let sts = self.rolled.as_ref().or(cached.as_deref());
         let pod_ready = status::pod_ready(self.session, pod.as_deref(), sts);
         self.update_status(&reconciled, &pod_ready).await?;
@@ -417,19 +424,19 @@ impl Reconciler<'_> {
 
     /// A spec the API server accepted but the cluster cannot honour: a missing storage
     /// class, or a volume asked to shrink.
-    fn spec_problem(&self, namespace: &str, names: &Names) -> Option<Observation> {
+    fn spec_problem(&self, namespace: &str, names: &Names) -> Result<Option<Observation>> {
         if let Some(class) = &self.session.spec.storage.storage_class_name
             && self.ctx.caches.storage_classes.get(&ObjectRef::new(class)).is_none()
         {
-            return Some(Observation::new(
+            return Ok(Some(Observation::new(
                 false,
                 "StorageClassNotFound",
                 format!("spec.storage.storageClassName {class:?} names no StorageClass in the cluster"),
-            ));
+            )));
         }
-        let claim = self.ctx.caches.claims.get(&ObjectRef::new(&names.claim).within(namespace));
+        let claim = self.ctx.caches.claims.get(&names.claim, namespace)?;
         if let Some(problem) = claim.as_deref().and_then(|c| another_tenants(c, self.session)) {
-            return Some(problem);
+            return Ok(Some(problem));
         }
         let current = claim
             .as_ref()
@@ -442,7 +449,7 @@ impl Reconciler<'_> {
         if let (Some(current), Some(wanted)) = (current, wanted)
             && wanted < current
         {
-            return Some(Observation::new(
+            return Ok(Some(Observation::new(
                 false,
                 "StorageShrinkRefused",
                 format!(
@@ -450,9 +457,9 @@ impl Reconciler<'_> {
                     self.session.spec.storage.size.0,
                     claim_size(claim.as_deref()).unwrap_or_default()
                 ),
-            ));
+            )));
         }
-        None
+        Ok(None)
     }
 
     /// Applies every child. A pod restart the rollout budget holds back keeps the running pod
@@ -478,7 +485,8 @@ impl Reconciler<'_> {
         service?;
         self.apply(&caches.role_bindings, role_binding, namespace).await?;
 
-        let existing = caches.statefulsets.get(&ObjectRef::from_obj(&statefulset))?;
+        let existing =
+            caches.statefulsets.get(&statefulset.name_any(), &statefulset.namespace().unwrap_or_default())?;
         if let Some(frozen) = existing.as_ref().filter(|e| children::frozen_fields_differ(e, &statefulset)) {
             self.replace_statefulset(frozen, namespace).await?;
             self.resize_claim(namespace).await?;
@@ -500,7 +508,7 @@ impl Reconciler<'_> {
             return Ok(None);
         };
         let key = format!("{namespace}/{}", existing.name_any());
-        let cause = self.roll_cause(existing, &desired, namespace);
+        let cause = self.roll_cause(existing, &desired, namespace)?;
         let decision = self.request_roll(&key, cause);
         if let Decision::Wait { rolling, ahead, limit } = decision {
             info!(?cause, rolling, ahead, limit, "pod restart waits for a slot");
@@ -528,11 +536,11 @@ impl Reconciler<'_> {
     }
 
     /// Why the pod template changes (see [`rollout::cause`]).
-    fn roll_cause(&self, existing: &StatefulSet, desired: &StatefulSet, namespace: &str) -> Cause {
+    fn roll_cause(&self, existing: &StatefulSet, desired: &StatefulSet, namespace: &str) -> Result<Cause> {
         let names = Names::of(&self.session.name_any());
-        let pod = self.ctx.caches.pods.get(&ObjectRef::new(&names.pod).within(namespace));
+        let pod = self.ctx.caches.pods.get(&names.pod, namespace)?;
         let serving = status::pod_ready(self.session, pod.as_deref(), Some(existing)).status;
-        rollout::cause(existing, desired, serving)
+        Ok(rollout::cause(existing, desired, serving))
     }
 
     /// Asks the budget, with the fleet as the StatefulSet cache shows it.
@@ -557,7 +565,7 @@ impl Reconciler<'_> {
     {
         let cached = cache.cached(&desired)?;
         if let Some(actual) = &cached
-            && is_subset(&serde_json::to_value(&desired)?, &serde_json::to_value(actual.as_ref())?)
+            && is_subset(&serde_json::to_value(&desired)?, actual)
         {
             return Ok(None);
         }
@@ -612,7 +620,7 @@ impl Reconciler<'_> {
     /// running on its current volume.
     async fn resize_claim(&mut self, namespace: &str) -> Result<()> {
         let names = Names::of(&self.session.name_any());
-        let claim = self.ctx.caches.claims.get(&ObjectRef::new(&names.claim).within(namespace));
+        let claim = self.ctx.caches.claims.get(&names.claim, namespace)?;
         let current = claim_size(claim.as_deref()).and_then(|q| quantity_value(&q));
         let wanted = quantity_value(&self.session.spec.storage.size.0);
         if let (Some(current), Some(wanted)) = (current, wanted)

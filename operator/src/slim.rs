@@ -1,16 +1,125 @@
-//! What the caches keep of each object: only what a reconcile reads or compares. Everything
-//! else is dropped as each object arrives from its watch, before it is stored, so the
-//! operator's memory follows what it needs per session, not what the API server sends.
+//! What the caches keep of each object: only what a reconcile reads or compares, and compactly.
+//! Everything else is dropped as each object arrives from its watch, before it is stored, so
+//! the operator's memory follows what it needs per session, not what the API server sends.
+//!
+//! Children are kept [`Packed`]: k8s-openapi holds every optional field inline, so a typed
+//! object is mostly empty fields (a `StatefulSet` is 2.6 KiB before any of its content, its
+//! pod template about 14 KiB, a `Pod` 2.4 KiB, a `Service` 0.8 KiB). Packed, an object is its
+//! metadata (which the controller reads to map owners and labels) and the rest as JSON text.
+
+use std::marker::PhantomData;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, PodStatus, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, PodStatus};
 use kube::api::ObjectMeta;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use whatsapp_crds::WhatsAppSession;
+
+use crate::rollout::StsView;
+
+/// An object as a cache keeps it: its metadata typed, everything else as the JSON text it
+/// serializes to, given back whole by [`Packed::unpack`]; and `summary`, what is read across
+/// the whole cache at once (see [`StsView`]), typed so that needs no unpacking.
+#[derive(Debug)]
+pub struct Packed<K, S = ()> {
+    metadata: ObjectMeta,
+    /// The object without its metadata, apiVersion and kind. Empty if it did not serialize
+    /// (no k8s-openapi object fails to): unpacking it then fails, as a reconcile error.
+    rest: Box<str>,
+    pub summary: S,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K, S: Clone> Clone for Packed<K, S> {
+    fn clone(&self) -> Self {
+        Packed {
+            metadata: self.metadata.clone(),
+            rest: self.rest.clone(),
+            summary: self.summary.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+/// What a cache can keep packed: a k8s-openapi object, which serializes.
+pub trait Packable:
+    k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + 'static
+{
+}
+
+impl<K> Packable for K where
+    K: k8s_openapi::Resource
+        + k8s_openapi::Metadata<Ty = ObjectMeta>
+        + Serialize
+        + DeserializeOwned
+        + 'static
+{
+}
+
+impl<K: Packable, S> Packed<K, S> {
+    pub fn new(mut object: K, summary: S) -> Self {
+        let metadata = std::mem::take(object.metadata_mut());
+        let rest = match serde_json::to_value(&object) {
+            Ok(Value::Object(mut fields)) => {
+                for packed_apart in ["metadata", "apiVersion", "kind"] {
+                    fields.remove(packed_apart);
+                }
+                Value::Object(fields).to_string()
+            }
+            _ => String::new(),
+        };
+        Packed { metadata, rest: rest.into(), summary, kind: PhantomData }
+    }
+
+    /// The object as the API server sent it, less what [`crate::slim`] dropped.
+    pub fn unpack(&self) -> serde_json::Result<K> {
+        serde_json::from_value(self.to_value()?)
+    }
+
+    /// The same, as JSON.
+    pub fn to_value(&self) -> serde_json::Result<Value> {
+        let mut object: serde_json::Map<String, Value> = serde_json::from_str(&self.rest)?;
+        object.insert("apiVersion".into(), K::API_VERSION.into());
+        object.insert("kind".into(), K::KIND.into());
+        object.insert("metadata".into(), serde_json::to_value(&self.metadata)?);
+        Ok(Value::Object(object))
+    }
+}
+
+impl<K: k8s_openapi::Resource, S> k8s_openapi::Resource for Packed<K, S> {
+    const API_VERSION: &'static str = K::API_VERSION;
+    const GROUP: &'static str = K::GROUP;
+    const KIND: &'static str = K::KIND;
+    const VERSION: &'static str = K::VERSION;
+    const URL_PATH_SEGMENT: &'static str = K::URL_PATH_SEGMENT;
+    type Scope = K::Scope;
+}
+
+impl<K: k8s_openapi::Resource, S> k8s_openapi::Metadata for Packed<K, S> {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Read straight from the API server's JSON (the controller's watch mapping asks for it).
+impl<'de, K: Packable> serde::Deserialize<'de> for Packed<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        K::deserialize(deserializer).map(|object| Packed::new(object, ()))
+    }
+}
 
 /// A session: its spec, and of its status what the operator reads (its conditions, the
 /// observed generation, the state it counts). The session pod's QR picture, account and
-/// outbox figures are not the operator's business.
-pub fn session(session: &mut WhatsAppSession) {
+/// outbox figures are not the operator's business. Kept typed: it is what a reconcile is of.
+pub fn session(mut session: WhatsAppSession) -> WhatsAppSession {
     if let Some(status) = session.status.as_mut() {
         status.qr = None;
         status.pairing_code = None;
@@ -19,11 +128,12 @@ pub fn session(session: &mut WhatsAppSession) {
         status.message = None;
         status.endpoint = None;
     }
+    session
 }
 
 /// A pod: its name, labels and deletion mark, its phase and conditions (see
 /// [`crate::status::pod_ready`]). Its spec, which is most of it, is never read.
-pub fn pod(pod: &mut Pod) {
+pub fn pod(mut pod: Pod) -> Packed<Pod> {
     slim_meta(&mut pod.metadata);
     pod.spec = None;
     pod.status = pod.status.take().map(|s| PodStatus {
@@ -31,10 +141,11 @@ pub fn pod(pod: &mut Pod) {
         conditions: s.conditions,
         ..PodStatus::default()
     });
+    Packed::new(pod, ())
 }
 
 /// A volume claim: its labels (its tenant) and requested size.
-pub fn claim(claim: &mut PersistentVolumeClaim) {
+pub fn claim(mut claim: PersistentVolumeClaim) -> Packed<PersistentVolumeClaim> {
     slim_meta(&mut claim.metadata);
     claim.status = None;
     if let Some(spec) = claim.spec.as_mut() {
@@ -42,45 +153,24 @@ pub fn claim(claim: &mut PersistentVolumeClaim) {
         spec.data_source = None;
         spec.data_source_ref = None;
     }
+    Packed::new(claim, ())
 }
 
-/// Where the cache keeps a StatefulSet's pod template as JSON text: an annotation key that
-/// exists only in the operator's cache, never in the cluster.
-const PACKED_TEMPLATE: &str = "whatsapp.io/cached-pod-template";
-
 /// A StatefulSet: everything the operator applies (compared field by field), and of its
-/// status the revisions and counts a rollout reads, not its conditions. Its pod template is
-/// packed as JSON text: typed, it is most of the object and mostly empty fields (k8s-openapi
-/// holds every optional field inline: a `Volume` is 3.2 KiB, a `Container` 2.1 KiB, this
-/// template about 14 KiB), as text about 3 KiB. Read it back with [`unpacked`].
-pub fn statefulset(sts: &mut StatefulSet) {
+/// status the revisions and counts a rollout reads, not its conditions; its [`StsView`] kept
+/// typed for the rollout budget, which reads every StatefulSet at once.
+pub fn statefulset(mut sts: StatefulSet) -> Packed<StatefulSet, StsView> {
     if let Some(status) = sts.status.as_mut() {
         status.conditions = None;
     }
-    // A template that does not serialize (none does) stays typed: unpacking leaves it as it is.
-    if let Some(spec) = sts.spec.as_mut()
-        && let Ok(text) = serde_json::to_string(&spec.template)
-    {
-        spec.template = PodTemplateSpec::default();
-        sts.metadata.annotations.get_or_insert_default().insert(PACKED_TEMPLATE.into(), text);
-    }
+    let view = StsView::of(&sts);
+    Packed::new(sts, view)
 }
 
-/// A StatefulSet from the cache as the API server holds it: its pod template unpacked.
-pub fn unpacked(packed: &StatefulSet) -> serde_json::Result<StatefulSet> {
-    let mut sts = packed.clone();
-    let text = sts.metadata.annotations.as_mut().and_then(|a| a.remove(PACKED_TEMPLATE));
-    if sts.metadata.annotations.as_ref().is_some_and(|a| a.is_empty()) {
-        sts.metadata.annotations = None;
-    }
-    if let (Some(spec), Some(text)) = (sts.spec.as_mut(), text) {
-        spec.template = serde_json::from_str(&text)?;
-    }
-    Ok(sts)
+/// A child kept whole: a small object the reconcile compares in full.
+pub fn whole<K: Packable>(object: K) -> Packed<K> {
+    Packed::new(object, ())
 }
-
-/// A kind kept whole: small objects the reconcile compares in full.
-pub fn whole<K>(_: &mut K) {}
 
 /// Metadata of an object the operator reads but never applies: no annotations or owners.
 fn slim_meta(meta: &mut ObjectMeta) {
@@ -95,7 +185,7 @@ mod tests {
 
     #[test]
     fn a_pod_keeps_what_its_readiness_needs() {
-        let mut p: Pod = serde_json::from_value(json!({
+        let p: Pod = serde_json::from_value(json!({
             "metadata": {"name": "s-0", "namespace": "n", "labels": {"a": "b"}, "annotations": {"x": "y"},
                 "deletionTimestamp": "2026-01-01T00:00:00Z"},
             "spec": {"containers": [{"name": "c", "image": "i"}]},
@@ -104,9 +194,8 @@ mod tests {
                 "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}
         }))
         .unwrap();
-        pod(&mut p);
         assert_eq!(
-            serde_json::to_value(&p).unwrap(),
+            serde_json::to_value(pod(p).unpack().unwrap()).unwrap(),
             json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": "s-0", "namespace": "n", "labels": {"a": "b"},
@@ -117,9 +206,11 @@ mod tests {
     }
 
     #[test]
-    fn a_statefulset_keeps_its_template_as_text_and_gives_it_back_whole() {
+    fn a_statefulset_comes_back_whole_less_its_conditions_and_keeps_its_view_typed() {
         let live: StatefulSet = serde_json::from_value(json!({
-            "metadata": {"name": "s", "namespace": "n", "generation": 2},
+            "metadata": {"name": "s", "namespace": "n", "generation": 2, "labels": {"a": "b"},
+                "ownerReferences": [{"apiVersion": "whatsapp.io/v1alpha1", "kind": "WhatsAppSession",
+                    "name": "s", "uid": "u", "controller": true}]},
             "spec": {"selector": {"matchLabels": {"a": "b"}}, "serviceName": "s", "replicas": 1,
                 "template": {"metadata": {"labels": {"a": "b"}, "annotations": {"x": "y"}},
                     "spec": {"containers": [{"name": "c", "image": "i",
@@ -129,25 +220,42 @@ mod tests {
                 "conditions": [{"type": "X", "status": "True"}]}
         }))
         .unwrap();
-        let mut cached = live.clone();
-        statefulset(&mut cached);
-        assert_eq!(cached.spec.as_ref().unwrap().template, PodTemplateSpec::default());
+        let packed = statefulset(live.clone());
         let mut expected = live;
         expected.status.as_mut().unwrap().conditions = None;
-        assert_eq!(unpacked(&cached).unwrap(), expected);
+        assert_eq!(packed.unpack().unwrap(), expected);
+        assert_eq!(packed.summary, StsView::of(&expected));
+        assert!(packed.summary.revisions_differ);
+        assert_eq!(k8s_openapi::Metadata::metadata(&packed), &expected.metadata);
+    }
+
+    #[test]
+    fn every_child_kind_comes_back_whole() {
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": "t", "namespace": "n", "labels": {"a": "b"}},
+            "type": "Opaque", "data": {"token": "dG9rZW4="}
+        }))
+        .unwrap();
+        assert_eq!(whole(secret.clone()).unpack().unwrap(), secret);
+        let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+            "metadata": {"name": "r", "namespace": "n"},
+            "rules": [{"apiGroups": ["whatsapp.io"], "resources": ["whatsappsessions/status"],
+                "resourceNames": ["s"], "verbs": ["get", "patch"]}]
+        }))
+        .unwrap();
+        assert_eq!(whole(role.clone()).unpack().unwrap(), role);
     }
 
     #[test]
     fn a_claim_keeps_its_tenant_and_size() {
-        let mut c: PersistentVolumeClaim = serde_json::from_value(json!({
+        let c: PersistentVolumeClaim = serde_json::from_value(json!({
             "metadata": {"name": "p", "labels": {"t": "1"}, "annotations": {"pv.kubernetes.io/bound-by-controller": "yes"}},
             "spec": {"resources": {"requests": {"storage": "1Gi"}}, "volumeName": "pv-1"},
             "status": {"phase": "Bound"}
         }))
         .unwrap();
-        claim(&mut c);
         assert_eq!(
-            serde_json::to_value(&c).unwrap(),
+            serde_json::to_value(claim(c).unpack().unwrap()).unwrap(),
             json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "metadata": {"name": "p", "labels": {"t": "1"}},
                 "spec": {"resources": {"requests": {"storage": "1Gi"}}}})
