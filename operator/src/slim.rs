@@ -109,7 +109,8 @@ impl<K: k8s_openapi::Resource, S> k8s_openapi::Metadata for Packed<K, S> {
     }
 }
 
-/// Read straight from the API server's JSON (the controller's watch mapping asks for it).
+/// Read straight from JSON, unslimmed. Only a type bound of kube's `watches_stream`, which
+/// never deserializes with it: the caches are filled through `slim`'s functions.
 impl<'de, K: Packable> serde::Deserialize<'de> for Packed<K> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         K::deserialize(deserializer).map(|object| Packed::new(object, ()))
