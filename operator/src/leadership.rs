@@ -29,8 +29,14 @@ pub fn fence(api: Api<Lease>, name: &str, identity: String, deadline: Duration) 
     let mut leases = watcher(api, config).default_backoff().applied_objects().boxed();
     tokio::spawn(async move {
         let mut seen: Option<(Option<String>, Instant)> = None;
+        let valid = |seen: &Option<(Option<String>, Instant)>| {
+            seen.as_ref().is_some_and(|(_, at)| at.elapsed() < deadline)
+        };
         loop {
             let expires = seen.as_ref().map_or_else(Instant::now, |(_, at)| *at + deadline);
+            // Once the renewal has expired only the watch can change the answer: waiting on
+            // the past deadline again would spin (a core at 100% while the API server is away).
+            let live = valid(&seen);
             tokio::select! {
                 _ = tx.closed() => return,
                 item = leases.next() => match item {
@@ -38,9 +44,9 @@ pub fn fence(api: Api<Lease>, name: &str, identity: String, deadline: Duration) 
                     Some(Err(error)) => warn!(%error, "watching the leader Lease"),
                     None => return,
                 },
-                _ = tokio::time::sleep_until(expires), if seen.is_some() => {}
+                _ = tokio::time::sleep_until(expires), if live => {}
             }
-            let valid = seen.as_ref().is_some_and(|(_, at)| at.elapsed() < deadline);
+            let valid = valid(&seen);
             tx.send_if_modified(|v| std::mem::replace(v, valid) != valid);
         }
     });

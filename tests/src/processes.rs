@@ -109,6 +109,11 @@ impl Operator {
     pub fn running(&mut self) -> bool {
         self.child.try_wait().ok().flatten().is_none()
     }
+
+    /// CPU time the process has used so far (see [`cpu_time`]).
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.child.id())
+    }
 }
 
 /// Prints the last `lines` lines of a log file under a title (on a test failure).

@@ -203,9 +203,14 @@ impl Pair {
         })
         .await;
         let written = old.op.writes().await;
+        let (cpu, stepped_down) = (old.op.cpu_time(), Instant::now());
         new.op.wait_leading().await;
         self.caught_up(&["acme", &gap]).await;
         let recovered = fault.elapsed();
+        // Cut off, it waits for its network: it must not spin (its lease fence once did, at a
+        // full core, from the moment the renewal it had seen expired).
+        let (spent, wall) = (old.op.cpu_time().saturating_sub(cpu), stepped_down.elapsed());
+        assert!(spent * 5 < wall, "the cut-off replica used {spent:?} of CPU in {wall:?}");
         self.created_once(&gap).await;
         // No overlap, on the one clock both logs share.
         let stopped = logged_times(&old.op.log, "stepped down").into_iter().rfind(|t| *t >= since);
