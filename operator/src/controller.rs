@@ -78,9 +78,12 @@ pub struct Caches {
 struct Cache<K: Packable, S: Clone + 'static = ()>(Store<Packed<K, S>>);
 
 impl<K: Packable, S: Clone + 'static> Cache<K, S> {
+    fn packed(&self, name: &str, namespace: &str) -> Option<Arc<Packed<K, S>>> {
+        self.0.get(&ObjectRef::new(name).within(namespace))
+    }
+
     fn get(&self, name: &str, namespace: &str) -> Result<Option<Arc<K>>> {
-        let packed = self.0.get(&ObjectRef::new(name).within(namespace));
-        Ok(packed.map(|p| p.unpack()).transpose()?.map(Arc::new))
+        Ok(self.packed(name, namespace).map(|p| p.unpack()).transpose()?.map(Arc::new))
     }
 }
 
@@ -102,8 +105,8 @@ trait Cached<K> {
 
 impl<K: Packable + Resource, S: Clone + 'static> Cached<K> for Cache<K, S> {
     fn cached(&self, desired: &K) -> Result<Option<serde_json::Value>> {
-        let key = ObjectRef::new(&desired.name_any()).within(&desired.namespace().unwrap_or_default());
-        Ok(self.0.get(&key).map(|p| p.to_value()).transpose()?)
+        let packed = self.packed(&desired.name_any(), &desired.namespace().unwrap_or_default());
+        Ok(packed.map(|p| p.to_value()).transpose()?)
     }
 }
 
