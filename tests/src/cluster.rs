@@ -461,9 +461,11 @@ async fn create_kwok_node(client: &Client) -> Result<()> {
             "labels": {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux", "type": "kwok"},
         },
         "status": {
-            // Room for the 1,000-session benchmark.
-            "allocatable": {"cpu": "1000", "memory": "4Ti", "ephemeral-storage": "1Ti", "pods": "2000"},
-            "capacity": {"cpu": "1000", "memory": "4Ti", "ephemeral-storage": "1Ti", "pods": "2000"},
+            // Room for the 5,000-session benchmark: the operator's sessions and two direct
+            // copies of their children, 15,000 pods (a pod the node has no room for stays
+            // Pending, and the scheduler retries it over and over, skewing the figures).
+            "allocatable": {"cpu": "1000", "memory": "4Ti", "ephemeral-storage": "1Ti", "pods": "20000"},
+            "capacity": {"cpu": "1000", "memory": "4Ti", "ephemeral-storage": "1Ti", "pods": "20000"},
         },
     }))?;
     Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await?;
