@@ -293,25 +293,15 @@ where
     let t = Instant::now();
     create_all(items, |item| create(ns.client.clone(), ns.name.clone(), item)).await?;
     let (took, cpu) = (t.elapsed(), cpu.since());
-    let statefulsets = ns.api::<StatefulSet>();
     let limit = Duration::from_secs(300).max(Duration::from_millis(200) * n as u32);
-    let deadline = Instant::now() + limit;
-    loop {
-        // Every 2 s: each poll lists thousands of StatefulSets.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let listed = statefulsets.list(&ListParams::default()).await?;
-        let ready = listed.items.iter().filter_map(|s| s.status.as_ref()?.ready_replicas).sum::<i32>();
-        if ready as usize >= n {
-            break;
-        }
-        if Instant::now() >= deadline {
-            println!(
-                "    (only {ready} of {n} pods in {} were ready after {}s: the next phase starts anyway)",
-                ns.name,
-                limit.as_secs()
-            );
-            break;
-        }
+    let ready = |s: &StatefulSet| s.status.as_ref().and_then(|st| st.ready_replicas).unwrap_or(0) >= 1;
+    match tokio::time::timeout(limit, all_satisfy(ns.api::<StatefulSet>(), n, ready)).await {
+        Ok(watched) => watched?,
+        Err(_) => println!(
+            "    (not every one of the {n} pods in {} was ready after {}s: the next phase starts anyway)",
+            ns.name,
+            limit.as_secs()
+        ),
     }
     Ok((took, cpu, ns))
 }
@@ -423,21 +413,29 @@ fn session(i: usize) -> anyhow::Result<WhatsAppSession> {
     }))?)
 }
 
-/// Resolves once `n` sessions show `Reconciled=True`, following a watch (a poll of thousands
-/// of sessions would load the API server the operator is measured against).
+/// Resolves once `n` sessions show `Reconciled=True`.
 async fn all_reconciled(sessions: Api<WhatsAppSession>, n: usize) -> anyhow::Result<()> {
-    let reconciled = |s: &WhatsAppSession| {
+    all_satisfy(sessions, n, |s| {
         s.status
             .as_ref()
             .is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Reconciled" && c.status == "True"))
-    };
+    })
+    .await
+}
+
+/// Resolves once `n` objects of `api` satisfy `ok`, following a watch (a poll of thousands of
+/// objects would load the API server the benchmark measures).
+async fn all_satisfy<K>(api: Api<K>, n: usize, ok: impl Fn(&K) -> bool) -> anyhow::Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     let mut done = HashSet::new();
     // Watch errors (a timed-out connection) are retried with a backoff, and skipped here.
-    let mut events = watcher(sessions, watcher::Config::default()).default_backoff().boxed();
+    let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
     while let Some(event) = events.next().await {
-        let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) = event else { continue };
-        let name = s.metadata.name.clone().unwrap_or_default();
-        if reconciled(&s) {
+        let Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) = event else { continue };
+        let name = object.meta().name.clone().unwrap_or_default();
+        if ok(&object) {
             done.insert(name);
         } else {
             done.remove(&name);
@@ -446,7 +444,7 @@ async fn all_reconciled(sessions: Api<WhatsAppSession>, n: usize) -> anyhow::Res
             return Ok(());
         }
     }
-    anyhow::bail!("the session watch ended")
+    anyhow::bail!("the watch ended")
 }
 
 /// Bytes of JSON per kind in `ns`, managedFields aside (the operator drops those): what its
