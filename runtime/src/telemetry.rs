@@ -5,11 +5,16 @@ use prometheus::{Encoder, Registry};
 /// `Content-Type` of the Prometheus text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Logs to stderr as `text` or `json`, filtered by `RUST_LOG` (else `default_filter`).
+/// Logs to stderr as `text` or `json`, filtered by `RUST_LOG` (else `default_filter`). Text is
+/// colored only on a terminal: a container's log is read as plain text.
 pub fn init_tracing(format: &str, default_filter: &str) {
+    use std::io::IsTerminal;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     if format == "json" { builder.json().init() } else { builder.init() }
 }
 
