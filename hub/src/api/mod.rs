@@ -12,6 +12,7 @@ mod session_manager;
 mod sessions;
 mod webhooks;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -20,10 +21,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -178,50 +177,47 @@ pub fn router(
     if state.logins.is_some() {
         timed = timed.routes(routes!(login::login));
     }
-    let timed = timed.layer(middleware::from_fn_with_state(state.clone(), deadline));
-    // Live streams are long by design: no request deadline.
-    let streaming = OpenApiRouter::new().routes(routes!(events::events));
-    let (router, openapi) = timed.merge(streaming).split_for_parts();
+    let (router, openapi) = timed.routes(routes!(events::events)).split_for_parts();
     let _ = state.openapi.set(openapi.to_pretty_json().expect("the OpenAPI document serializes"));
 
-    let cors = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers([
-            axum::http::header::AUTHORIZATION,
-            axum::http::header::CONTENT_TYPE,
-            HeaderName::from_static("x-cliente-id"),
-            HeaderName::from_static("idempotency-key"),
-            REQUEST_ID,
-        ])
-        .expose_headers([REQUEST_ID])
-        .allow_origin(if cors_origins.iter().any(|o| o == "*") {
-            AllowOrigin::any()
-        } else {
-            AllowOrigin::list(cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-        });
-
-    router
+    let router = router
         .fallback(|request: Request| async move { ApiError::NotFound(request.uri().path().to_owned()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::default()))
-                .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                    let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!(
-                        "request",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                        request_id = %id,
-                        subject = tracing::field::Empty,
-                    )
-                }))
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(middleware::from_fn_with_state(state.clone(), observe))
-                .layer(cors)
-                .layer(axum::extract::DefaultBodyLimit::max(body_limit)),
-        )
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    // No origin allowed: no browser may call, so there is nothing for CORS to answer.
+    let router = match cors(cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
+        .layer(middleware::from_fn_with_state((state.clone(), RequestIds::default()), observe))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// What browsers on `origins` may call (`*`: any); None when no origin is allowed.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    let allowed = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+        if list.is_empty() {
+            return None;
+        }
+        AllowOrigin::list(list)
+    };
+    Some(
+        CorsLayer::new()
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+                HeaderName::from_static("x-cliente-id"),
+                HeaderName::from_static("idempotency-key"),
+                REQUEST_ID,
+            ])
+            .expose_headers([REQUEST_ID])
+            .allow_origin(allowed),
+    )
 }
 
 /// The OpenAPI 3 document of this API.
@@ -235,8 +231,8 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
 /// Request ids: unique per process start and request (`<start>-<n>`).
 #[derive(Clone)]
 struct RequestIds {
-    prefix: String,
-    next: std::sync::Arc<AtomicU64>,
+    prefix: Arc<str>,
+    next: Arc<AtomicU64>,
 }
 
 impl Default for RequestIds {
@@ -245,29 +241,65 @@ impl Default for RequestIds {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros())
             .unwrap_or_default();
-        RequestIds { prefix: format!("{start:x}"), next: Default::default() }
+        RequestIds { prefix: format!("{start:x}").into(), next: Default::default() }
     }
 }
 
-impl MakeRequestId for RequestIds {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+impl RequestIds {
+    fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n}", self.prefix)).ok().map(RequestId::new)
+        HeaderValue::try_from(format!("{}-{n}", self.prefix)).expect("hex digits, a dash and digits")
     }
 }
 
-/// Counts and times every request by route, and tells when the data served may be stale.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// What every request goes through, in one layer (each layer costs a status read about a fifth
+/// of its time): its id (the caller's `x-request-id`, else a new one; echoed in the response),
+/// the `request` span that the logs of its handling carry, a deadline until its response starts
+/// (past the session pod's own timeouts; a live stream's body then flows for as long as it
+/// lives), its count and time by route (a 5xx also logged), and the header telling when the
+/// data served may be stale.
+async fn observe(
+    State((state, ids)): State<(AppState, RequestIds)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let id = match request.headers().get(&REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let id = ids.next();
+            request.headers_mut().insert(REQUEST_ID, id.clone());
+            id
+        }
+    };
     let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        path = %request.uri().path(),
+        request_id = %id.to_str().unwrap_or(""),
+        subject = tracing::field::Empty,
+    );
     let started = Instant::now();
-    let mut response = next.run(request).await;
+    let handled = tokio::time::timeout(state.request_timeout, next.run(request).instrument(span.clone()));
+    let mut response = handled.await.unwrap_or_else(|_| {
+        let limit = state.request_timeout.as_secs();
+        ApiError::GatewayTimeout(format!("the request took longer than {limit} s")).into_response()
+    });
+    let status = response.status();
+    let seconds = started.elapsed().as_secs_f64();
     state.metrics.observe_request(
         route.as_ref().map_or("unmatched", MatchedPath::as_str),
         &method,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
+        status.as_u16(),
+        seconds,
     );
+    if status.is_server_error() {
+        span.in_scope(|| {
+            tracing::error!(status = status.as_u16(), latency_ms = seconds * 1e3, "response failed")
+        });
+    }
+    response.headers_mut().insert(REQUEST_ID, id);
     let staleness = state.cache.staleness();
     if !staleness.is_zero() {
         // Served from the last known state: the Kubernetes API has been unreachable this long.
@@ -276,18 +308,6 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         }
     }
     response
-}
-
-/// Bounds every non-streaming request's time (past the session pod's own timeouts).
-async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::GatewayTimeout(format!(
-            "the request took longer than {} s",
-            state.request_timeout.as_secs()
-        ))
-        .into_response(),
-    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,9 @@ async fn fake_pod(seen: Seen) -> std::net::SocketAddr {
             if cliente == "55" && parts.uri.path() == "/v1/outbox/events" {
                 return received_stream();
             }
+            if parts.uri.path() == "/v1/outbox/HANG" {
+                std::future::pending::<()>().await;
+            }
             answer(&parts.method, parts.uri.path(), &body)
         }
     };
@@ -216,6 +219,11 @@ impl Hub {
     /// Sessions: 51 READY and 52 QR_REQUIRED behind the stand-in pod, 53 suspended, 54 with no
     /// pod address yet, 55 READY (its pod's live stream: received messages).
     async fn start() -> Hub {
+        Hub::start_with(&[], Duration::from_secs(10)).await
+    }
+
+    /// With the browser origins CORS allows and the request deadline given.
+    async fn start_with(cors_origins: &[String], request_timeout: Duration) -> Hub {
         let seen = Seen::default();
         let pod_address = fake_pod(seen.clone()).await;
         // What each pod announced: the hub only checks that it did.
@@ -250,11 +258,11 @@ impl Hub {
             admin_cliente_id: None,
             metrics: metrics.clone(),
             shutdown,
-            request_timeout: Duration::from_secs(10),
+            request_timeout,
             openapi: Default::default(),
             feeds: Default::default(),
         });
-        let app = super::router(state, &[], 64 * 1024, crate::outbox::BATCH_BODY_LIMIT);
+        let app = super::router(state, cors_origins, 64 * 1024, crate::outbox::BATCH_BODY_LIMIT);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -917,4 +925,81 @@ async fn received_messages_are_on_the_event_stream() {
         }
     }
     assert_eq!(received, ["IN0", "IN1"], "in order");
+}
+
+#[tokio::test]
+async fn every_response_carries_its_request_id_and_a_stuck_call_times_out() {
+    let hub = Hub::start_with(&[], Duration::from_millis(300)).await;
+    let tenant = hub.token(Some(51));
+    let (code, _, headers) = hub.call(Method::GET, "/api/whatsapp/51/status", Some(&tenant), None).await;
+    let first = headers["x-request-id"].to_str().unwrap().to_owned();
+    let (_, _, headers) = hub.call(Method::GET, "/api/whatsapp/51/status", Some(&tenant), None).await;
+    let second = headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(code, 200);
+    assert_ne!(first, second, "each request gets an id of its own");
+    // A caller's own id is kept, also on an error.
+    let response = hub
+        .http
+        .get(format!("{}/api/whatsapp/51/status", hub.url))
+        .header("x-request-id", "trace-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (response.status().as_u16(), response.headers()["x-request-id"].to_str().unwrap()),
+        (401, "trace-7")
+    );
+    // No origin is allowed: nothing tells a browser it may call.
+    let preflight = hub
+        .http
+        .request(Method::OPTIONS, format!("{}/api/whatsapp/51/status", hub.url))
+        .header("origin", "https://crm.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.headers().get("access-control-allow-origin").is_none());
+
+    let stuck = hub.call(Method::GET, "/api/whatsapp/51/messages/HANG", Some(&tenant), None);
+    let (code, body, headers) =
+        tokio::time::timeout(Duration::from_secs(30), stuck).await.expect("the hub's deadline answers");
+    assert_eq!((code, body["error"].as_str()), (504, Some("GATEWAY_TIMEOUT")), "{body}");
+    assert!(headers.contains_key("x-request-id"));
+    let metrics = hub.metrics.render();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("whatsapp_hub_http_requests_total{")
+            && l.contains("messages/{id}")
+            && l.contains("status=\"504\"")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn browsers_on_an_allowed_origin_may_call_and_read_the_request_id() {
+    let hub = Hub::start_with(&["https://crm.example".to_owned()], Duration::from_secs(10)).await;
+    let preflight = |origin: &'static str| {
+        hub.http
+            .request(Method::OPTIONS, format!("{}/api/whatsapp/51/status", hub.url))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let allowed = preflight("https://crm.example").await.unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://crm.example");
+    assert!(allowed.headers()["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let read = hub
+        .http
+        .get(format!("{}/api/whatsapp/51/status", hub.url))
+        .bearer_auth(hub.token(Some(51)))
+        .header("origin", "https://crm.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.headers()["access-control-expose-headers"], "x-request-id");
+    assert!(read.headers().contains_key("x-request-id"));
 }
