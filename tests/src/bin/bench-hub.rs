@@ -411,9 +411,18 @@ async fn sse(ns: &TestNamespace, hub: &Hub, n: i64) -> anyhow::Result<Vec<(Strin
     Ok(rss)
 }
 
-fn print_delivery(what: &str, mut latencies: Vec<u32>, mut reference: Vec<u32>) {
+/// Prints the deliveries (change, latency in us) to the hub's streams beside the same changes at
+/// the bench's own watch, and the hub's own delay: per delivery, how much later than the watch
+/// it came (0 when it came first).
+fn print_delivery(what: &str, latencies: Vec<(u64, u32)>, reference: Vec<(u64, u32)>) {
+    let at_watch: HashMap<u64, u32> = reference.iter().copied().collect();
+    let mut own: Vec<u32> =
+        latencies.iter().filter_map(|(n, l)| at_watch.get(n).map(|r| l.saturating_sub(*r))).collect();
+    let mut latencies: Vec<u32> = latencies.into_iter().map(|(_, l)| l).collect();
+    let mut reference: Vec<u32> = reference.into_iter().map(|(_, l)| l).collect();
     latencies.sort_unstable();
     reference.sort_unstable();
+    own.sort_unstable();
     println!(
         "  {what}: {} events, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms   (target: p99 < 50 ms)",
         latencies.len(),
@@ -425,6 +434,11 @@ fn print_delivery(what: &str, mut latencies: Vec<u32>, mut reference: Vec<u32>) 
         "    the same writes at a watch of the bench's own (the API server's share): p50 {:.1} ms, p99 {:.1} ms",
         percentile_ms(&reference, 50),
         percentile_ms(&reference, 99),
+    );
+    println!(
+        "    the hub's own delay (each delivery against the same change at that watch): p50 {:.1} ms, p99 {:.1} ms",
+        percentile_ms(&own, 50),
+        percentile_ms(&own, 99),
     );
 }
 
@@ -456,17 +470,17 @@ async fn reference_watch(
     (task, rx)
 }
 
-/// The latencies of the `written` changes at the bench's own watch.
+/// The latencies (change, us) of the `written` changes at the bench's own watch.
 async fn delivered_to_watch(
     watched: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
     written: &HashMap<u64, Instant>,
-) -> Vec<u32> {
+) -> Vec<(u64, u32)> {
     let mut latencies = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while latencies.len() < written.len() {
         let Ok(Some((n, at))) = tokio::time::timeout_at(deadline, watched.recv()).await else { break };
         if let Some(t) = written.get(&n) {
-            latencies.push(at.saturating_duration_since(*t).as_micros() as u32);
+            latencies.push((n, at.saturating_duration_since(*t).as_micros() as u32));
         }
     }
     latencies
@@ -544,14 +558,14 @@ async fn write_each(ns: &TestNamespace, tenants: i64) -> anyhow::Result<HashMap<
         .await
 }
 
-/// The latencies of `expected` deliveries of the `written` changes to the streams, counting a
-/// delivery when `count(stream, change)` says so.
+/// The latencies (change, us) of `expected` deliveries of the `written` changes to the streams,
+/// counting a delivery when `count(stream, change)` says so.
 async fn delivered(
     rx: &mut mpsc::UnboundedReceiver<Seen>,
     written: &HashMap<u64, Instant>,
     mut count: impl FnMut(usize, u64) -> bool,
     expected: usize,
-) -> Vec<u32> {
+) -> Vec<(u64, u32)> {
     let mut latencies = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while latencies.len() < expected {
@@ -560,7 +574,7 @@ async fn delivered(
             break;
         };
         if let Some(t) = written.get(&n).filter(|_| count(i, n)) {
-            latencies.push(at.saturating_duration_since(*t).as_micros() as u32);
+            latencies.push((n, at.saturating_duration_since(*t).as_micros() as u32));
         }
     }
     latencies
