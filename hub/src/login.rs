@@ -145,12 +145,14 @@ impl Logins {
         }
     }
 
-    /// Refuses while any key is over the limit; otherwise counts this attempt on every key.
+    /// Refuses while any key is over the limit; otherwise counts this attempt on every key. One
+    /// look under one lock: concurrent attempts cannot all pass the same last free slot.
     fn attempt(&self, keys: &[String]) -> Result<(), ApiError> {
-        if let Some(wait) = self.blocked(keys) {
+        let mut failures = self.failures.lock().expect("lock");
+        if let Some(wait) = blocked(&failures, keys) {
             return Err(ApiError::TooManyAttempts(wait));
         }
-        self.fail(keys);
+        fail(&mut failures, keys);
         Ok(())
     }
 
@@ -165,38 +167,38 @@ impl Logins {
             }
         }
     }
+}
 
-    fn blocked(&self, keys: &[String]) -> Option<Duration> {
-        let failures = self.failures.lock().expect("lock");
-        keys.iter()
-            .filter_map(|k| failures.get(k))
-            .filter(|f| f.count >= MAX_FAILURES && f.since.elapsed() < WINDOW)
-            .map(|f| WINDOW.saturating_sub(f.since.elapsed()))
-            .max()
+/// How long `keys` stay blocked (the longest of those over the limit), if any is.
+fn blocked(failures: &HashMap<String, Failures>, keys: &[String]) -> Option<Duration> {
+    keys.iter()
+        .filter_map(|k| failures.get(k))
+        .filter(|f| f.count >= MAX_FAILURES && f.since.elapsed() < WINDOW)
+        .map(|f| WINDOW.saturating_sub(f.since.elapsed()))
+        .max()
+}
+
+/// Counts a failure on every key (a counter older than [`WINDOW`] starts afresh), within
+/// [`MAX_TRACKED`] counters.
+fn fail(failures: &mut HashMap<String, Failures>, keys: &[String]) {
+    if failures.len() + keys.len() > MAX_TRACKED {
+        failures.retain(|_, f| f.since.elapsed() < WINDOW);
     }
-
-    fn fail(&self, keys: &[String]) {
-        let mut failures = self.failures.lock().expect("lock");
-        if failures.len() + keys.len() > MAX_TRACKED {
-            failures.retain(|_, f| f.since.elapsed() < WINDOW);
+    if failures.len() + keys.len() > MAX_TRACKED {
+        // Still full of fresh counters (a spray of usernames): forget the oldest.
+        let mut by_age: Vec<(Instant, String)> = failures.iter().map(|(k, f)| (f.since, k.clone())).collect();
+        by_age.sort();
+        let excess = failures.len() + keys.len() - MAX_TRACKED;
+        for (_, key) in by_age.into_iter().take(excess.max(MAX_TRACKED / 10)) {
+            failures.remove(&key);
         }
-        if failures.len() + keys.len() > MAX_TRACKED {
-            // Still full of fresh counters (a spray of usernames): forget the oldest.
-            let mut by_age: Vec<(Instant, String)> =
-                failures.iter().map(|(k, f)| (f.since, k.clone())).collect();
-            by_age.sort();
-            let excess = failures.len() + keys.len() - MAX_TRACKED;
-            for (_, key) in by_age.into_iter().take(excess.max(MAX_TRACKED / 10)) {
-                failures.remove(&key);
-            }
+    }
+    for key in keys {
+        let entry = failures.entry(key.clone()).or_insert(Failures { count: 0, since: Instant::now() });
+        if entry.since.elapsed() >= WINDOW {
+            *entry = Failures { count: 0, since: Instant::now() };
         }
-        for key in keys {
-            let entry = failures.entry(key.clone()).or_insert(Failures { count: 0, since: Instant::now() });
-            if entry.since.elapsed() >= WINDOW {
-                *entry = Failures { count: 0, since: Instant::now() };
-            }
-            entry.count += 1;
-        }
+        entry.count += 1;
     }
 }
 
@@ -270,7 +272,7 @@ mod tests {
     fn the_failure_counters_stay_bounded_under_a_spray_of_usernames() {
         let (_dir, logins) = logins();
         for i in 0..MAX_TRACKED * 2 {
-            logins.fail(&[format!("user:u{i}"), "addr:10.0.0.9".to_string()]);
+            fail(&mut logins.failures.lock().unwrap(), &[format!("user:u{i}"), "addr:10.0.0.9".to_string()]);
         }
         let failures = logins.failures.lock().unwrap();
         assert!(failures.len() <= MAX_TRACKED, "{}", failures.len());
