@@ -124,7 +124,8 @@ struct Config {
     #[arg(long, env = "WAO_BATCH_BODY_LIMIT_BYTES", default_value_t = outbox::BATCH_BODY_LIMIT)]
     batch_body_limit_bytes: usize,
 
-    /// Longest a request may take (streams excepted), in seconds.
+    /// Longest a request may take until its response starts, in seconds (a live stream then
+    /// flows for as long as it lives).
     #[arg(long, env = "WAO_REQUEST_TIMEOUT_SECONDS", default_value_t = 40)]
     request_timeout_seconds: u64,
 

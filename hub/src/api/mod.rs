@@ -183,23 +183,35 @@ pub fn router(
     let router = router
         .fallback(|request: Request| async move { ApiError::NotFound(request.uri().path().to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
-    // No origin allowed: no browser may call, so there is nothing for CORS to answer.
+    let router =
+        router.layer(middleware::from_fn_with_state((state.clone(), RequestIds::default()), observe));
+    // Outermost, so every answer carries its headers, a timeout's 504 included (a preflight is
+    // answered before an id or a metric). No origin allowed: no browser may call, so there is
+    // nothing for CORS to answer.
     let router = match cors(cors_origins) {
         Some(cors) => router.layer(cors),
         None => router,
     };
-    router
-        .layer(middleware::from_fn_with_state((state.clone(), RequestIds::default()), observe))
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+    router.layer(axum::extract::DefaultBodyLimit::max(body_limit)).with_state(state)
 }
 
-/// What browsers on `origins` may call (`*`: any); None when no origin is allowed.
+/// What browsers on `origins` may call (`*`: any); None when no origin is allowed. An origin
+/// that cannot be a header value is left out, and said.
 fn cors(origins: &[String]) -> Option<CorsLayer> {
-    let allowed = if origins.iter().any(|o| o == "*") {
+    let origins: Vec<&str> = origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()).collect();
+    let allowed = if origins.contains(&"*") {
         AllowOrigin::any()
     } else {
-        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+        let list: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| {
+                let value = HeaderValue::from_str(o);
+                if value.is_err() {
+                    tracing::warn!(origin = %o.escape_debug(), "not a valid CORS origin: left out");
+                }
+                value.ok()
+            })
+            .collect();
         if list.is_empty() {
             return None;
         }
@@ -283,8 +295,10 @@ async fn observe(
     let started = Instant::now();
     let handled = tokio::time::timeout(state.request_timeout, next.run(request).instrument(span.clone()));
     let mut response = handled.await.unwrap_or_else(|_| {
-        let limit = state.request_timeout.as_secs();
-        ApiError::GatewayTimeout(format!("the request took longer than {limit} s")).into_response()
+        let limit = state.request_timeout;
+        span.in_scope(|| {
+            ApiError::GatewayTimeout(format!("the request took longer than {limit:?}")).into_response()
+        })
     });
     let status = response.status();
     let seconds = started.elapsed().as_secs_f64();

@@ -963,8 +963,17 @@ async fn every_response_carries_its_request_id_and_a_stuck_call_times_out() {
     let stuck = hub.call(Method::GET, "/api/whatsapp/51/messages/HANG", Some(&tenant), None);
     let (code, body, headers) =
         tokio::time::timeout(Duration::from_secs(30), stuck).await.expect("the hub's deadline answers");
+    // The hub's own deadline, not the pod client's longer timeouts.
     assert_eq!((code, body["error"].as_str()), (504, Some("GATEWAY_TIMEOUT")), "{body}");
+    assert!(body["message"].as_str().unwrap().ends_with("the request took longer than 300ms"), "{body}");
     assert!(headers.contains_key("x-request-id"));
+    // Answers no handler gives carry one too.
+    for (method, path, status) in
+        [(Method::GET, "/nowhere", 404), (Method::PUT, "/api/whatsapp/51/status", 405)]
+    {
+        let (code, _, headers) = hub.call(method, path, Some(&tenant), None).await;
+        assert_eq!((code, headers.contains_key("x-request-id")), (status, true), "{path}");
+    }
     let metrics = hub.metrics.render();
     assert!(
         metrics.lines().any(|l| l.starts_with("whatsapp_hub_http_requests_total{")
@@ -975,8 +984,45 @@ async fn every_response_carries_its_request_id_and_a_stuck_call_times_out() {
 }
 
 #[tokio::test]
+async fn a_live_stream_outlives_the_request_deadline() {
+    let hub = Hub::start_with(&[], Duration::from_millis(300)).await;
+    let mut stream = hub
+        .http
+        .get(format!("{}/api/whatsapp/51/events", hub.url))
+        .bearer_auth(hub.token(Some(51)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let opened = std::time::Instant::now();
+    // The stand-in pod changes a message every 50 ms: changes keep coming well past 300 ms.
+    let mut late = 0;
+    while late < 3 {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), stream.chunk()).await.unwrap().unwrap();
+        let chunk = chunk.expect("the stream is still open");
+        if opened.elapsed() > Duration::from_secs(1)
+            && String::from_utf8_lossy(&chunk).contains("event: message")
+        {
+            late += 1;
+        }
+    }
+}
+
+#[test]
+fn cors_is_on_only_for_an_origin_a_browser_can_send() {
+    let on =
+        |origins: &[&str]| super::cors(&origins.iter().map(|o| o.to_string()).collect::<Vec<_>>()).is_some();
+    assert!(!on(&[]));
+    assert!(!on(&["", "  "]));
+    assert!(!on(&["https://bad\norigin"]));
+    assert!(on(&["*"]));
+    assert!(on(&["https://crm.example", "https://bad\norigin"]));
+    assert!(on(&[" https://crm.example"]));
+}
+
+#[tokio::test]
 async fn browsers_on_an_allowed_origin_may_call_and_read_the_request_id() {
-    let hub = Hub::start_with(&["https://crm.example".to_owned()], Duration::from_secs(10)).await;
+    let hub = Hub::start_with(&["https://crm.example".to_owned()], Duration::from_millis(300)).await;
     let preflight = |origin: &'static str| {
         hub.http
             .request(Method::OPTIONS, format!("{}/api/whatsapp/51/status", hub.url))
@@ -1002,4 +1048,18 @@ async fn browsers_on_an_allowed_origin_may_call_and_read_the_request_id() {
     assert_eq!(read.status(), 200);
     assert_eq!(read.headers()["access-control-expose-headers"], "x-request-id");
     assert!(read.headers().contains_key("x-request-id"));
+    // Refusals and the deadline's 504 reach the browser as what they are, not as CORS failures.
+    for (path, token, status) in [
+        ("/api/whatsapp/51/status", None, 401),
+        ("/api/whatsapp/51/messages/HANG", Some(hub.token(Some(51))), 504),
+    ] {
+        let mut request = hub.http.get(format!("{}{path}", hub.url)).header("origin", "https://crm.example");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = tokio::time::timeout(Duration::from_secs(30), request.send()).await.unwrap().unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        assert_eq!(response.headers()["access-control-allow-origin"], "https://crm.example", "{path}");
+        assert!(response.headers().contains_key("x-request-id"), "{path}");
+    }
 }
