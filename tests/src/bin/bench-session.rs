@@ -68,6 +68,11 @@ struct Measured {
 struct Memory {
     pss: u64,
     uss: u64,
+    /// The PSS of the session process alone and of the browser's renderers (the page: V8's
+    /// heap, the DOM): where growth lives. The rest is the browser's main, GPU and utility
+    /// processes.
+    session_pss: u64,
+    renderer_pss: u64,
 }
 
 #[tokio::main]
@@ -216,6 +221,14 @@ fn print_run(run: usize, engine: BrowserEngine, m: &Measured) {
         })
         .collect();
     let peak = m.samples.iter().map(|s| s.1.pss).max().unwrap_or(0);
+    let (first, last) = (at(0.0).1, at(1.0).1);
+    let parts =
+        |m: Memory| [m.session_pss, m.renderer_pss, m.pss.saturating_sub(m.session_pss + m.renderer_pss)];
+    let growth: Vec<String> = ["session process", "renderers", "rest of the browser"]
+        .iter()
+        .zip(parts(first).into_iter().zip(parts(last)))
+        .map(|(what, (a, b))| format!("{what} {:.0} -> {:.0}", mib(a), mib(b)))
+        .collect();
     println!(
         "run {run} {engine:?}: start -> QR {:.2}s, restart -> READY {:.2}s, send latency {} ({} sends); \
          PSS/USS MiB at {} (peak PSS {:.0}, {} samples); bare browser on the page {:.0}/{:.0}",
@@ -229,6 +242,7 @@ fn print_run(run: usize, engine: BrowserEngine, m: &Measured) {
         mib(m.bare.pss),
         mib(m.bare.uss),
     );
+    println!("  PSS MiB by part, start -> end of the window: {}", growth.join(", "));
 }
 
 /// Per engine over the runs: median and spread beside the target, and the side-by-side ratios.
@@ -327,8 +341,16 @@ fn tree_memory(root: u32) -> Memory {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
                 .unwrap_or(0)
         };
-        total.pss += field("Pss:");
+        let pss = field("Pss:");
+        total.pss += pss;
         total.uss += field("Private_Clean:") + field("Private_Dirty:");
+        if *pid == root {
+            total.session_pss += pss;
+        } else if std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"--type=renderer"))
+        {
+            total.renderer_pss += pss;
+        }
     }
     total
 }
