@@ -90,6 +90,10 @@ async fn qr_scan_ready_send_and_restart(build: Build) {
         ("5491155550000", "hola", PHONE)
     );
     assert_eq!(first["id"].as_str(), Some(received[0].id.as_str()));
+    // WhatsApp saw a desktop Chromium, not a headless one: the user agent override (and its
+    // client hints) holds for the page's requests after launch.
+    let browser = received[0].browser.as_deref().unwrap_or_default();
+    assert!(browser.contains("\"Chromium\"") && !browser.contains("Headless"), "Sec-CH-UA: {browser:?}");
 
     // Bad numbers get clear errors; only the hub may send.
     let (code, err) =

@@ -221,14 +221,19 @@ fn print_run(run: usize, engine: BrowserEngine, m: &Measured) {
         })
         .collect();
     let peak = m.samples.iter().map(|s| s.1.pss).max().unwrap_or(0);
-    let (first, last) = (at(0.0).1, at(1.0).1);
+    let quarters: Vec<(Duration, Memory)> = [0.0, 0.25, 0.5, 0.75, 1.0].iter().map(|q| at(*q)).collect();
     let parts =
         |m: Memory| [m.session_pss, m.renderer_pss, m.pss.saturating_sub(m.session_pss + m.renderer_pss)];
     let growth: Vec<String> = ["session process", "renderers", "rest of the browser"]
         .iter()
-        .zip(parts(first).into_iter().zip(parts(last)))
-        .map(|(what, (a, b))| format!("{what} {:.0} -> {:.0}", mib(a), mib(b)))
+        .enumerate()
+        .map(|(i, what)| {
+            let series: Vec<String> =
+                quarters.iter().map(|(_, m)| format!("{:.0}", mib(parts(*m)[i]))).collect();
+            format!("{what} {}", series.join(" "))
+        })
         .collect();
+    let times: Vec<String> = quarters.iter().map(|(t, _)| format!("{:.0}s", t.as_secs_f64())).collect();
     println!(
         "run {run} {engine:?}: start -> QR {:.2}s, restart -> READY {:.2}s, send latency {} ({} sends); \
          PSS/USS MiB at {} (peak PSS {:.0}, {} samples); bare browser on the page {:.0}/{:.0}",
@@ -242,7 +247,7 @@ fn print_run(run: usize, engine: BrowserEngine, m: &Measured) {
         mib(m.bare.pss),
         mib(m.bare.uss),
     );
-    println!("  PSS MiB by part, start -> end of the window: {}", growth.join(", "));
+    println!("  PSS MiB by part at {}: {}", times.join(" "), growth.join("; "));
 }
 
 /// Per engine over the runs: median and spread beside the target, and the side-by-side ratios.
@@ -347,7 +352,8 @@ fn tree_memory(root: u32) -> Memory {
         if *pid == root {
             total.session_pss += pss;
         } else if std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"--type=renderer"))
+            // Chromium rewrites its children's command lines (one string, spaces between).
+            .is_ok_and(|c| c.windows(15).any(|w| w == b"--type=renderer"))
         {
             total.renderer_pss += pss;
         }

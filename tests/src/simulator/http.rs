@@ -288,7 +288,7 @@ async fn exists(State(s): S, Json(b): Json<PageBody>) -> Response {
     }
 }
 
-async fn send(State(s): S, Json(b): Json<PageBody>) -> Response {
+async fn send(State(s): S, headers: axum::http::HeaderMap, Json(b): Json<PageBody>) -> Response {
     let message = OutgoingMessage {
         id: b.id.clone().unwrap_or_default(),
         to: b.to.clone().unwrap_or_default(),
@@ -297,6 +297,7 @@ async fn send(State(s): S, Json(b): Json<PageBody>) -> Response {
         body: b.body.clone().unwrap_or_default(),
         resend: b.resend,
         media: b.media.clone(),
+        browser: headers.get("sec-ch-ua").and_then(|v| v.to_str().ok()).map(str::to_owned),
     };
     let result = conn_of(&b).and_then(|conn| {
         let mut world = s.world();

@@ -339,6 +339,10 @@ pub struct Received {
     /// A media message's file, as the recipient opened it (`body` is then its caption).
     #[serde(default)]
     pub media: Option<ReceivedMedia>,
+    /// The browser the sending page announced to WhatsApp (its `Sec-CH-UA` header), which
+    /// WhatsApp Web's server sees on every request; None for a message from a phone.
+    #[serde(default)]
+    pub browser: Option<String>,
 }
 
 pub(crate) struct Shared {

@@ -743,6 +743,7 @@ impl World {
             at_ms: now,
             ack: 1,
             media,
+            browser: msg.browser.clone(),
         });
         self.chats.insert((sender, msg.id.clone()), msg.to.clone());
         Ok(Accepted { id: msg.id.clone(), ack: 1, new: true })
@@ -989,6 +990,8 @@ pub(crate) struct OutgoingMessage {
     pub resend: bool,
     /// A media message's file and caption.
     pub media: Option<super::media::OutgoingMedia>,
+    /// The browser the sending page announced (its `Sec-CH-UA` header).
+    pub browser: Option<String>,
 }
 
 /// The ids WhatsApp clients make: WhatsApp Web `3EB0` and 16 (`newId_DEPRECATED`) or 18
@@ -1100,6 +1103,7 @@ mod tests {
             body: "hi".into(),
             resend: false,
             media: None,
+            browser: None,
         };
         assert!(world.send(&config, conn, &wrong).unwrap_err().2.contains("unknown user"));
         let right = OutgoingMessage { from: format!("{}@lid", lid_of(PHONE)), ..wrong };
@@ -1211,6 +1215,7 @@ mod tests {
             body: body.into(),
             resend: false,
             media: None,
+            browser: None,
         }
     }
 
