@@ -134,7 +134,7 @@ pub fn router(
         .routes(routes!(messages::submit, messages::list))
         .routes(routes!(sender::send_bulk))
         .layer(axum::extract::DefaultBodyLimit::max(batch_body_limit));
-    let mut timed = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut routes = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(compat::health))
         .routes(routes!(compat::api_health))
         .routes(routes!(compat::status))
@@ -175,9 +175,9 @@ pub fn router(
         .merge(batches)
         .routes(routes!(openapi_json));
     if state.logins.is_some() {
-        timed = timed.routes(routes!(login::login));
+        routes = routes.routes(routes!(login::login));
     }
-    let (router, openapi) = timed.routes(routes!(events::events)).split_for_parts();
+    let (router, openapi) = routes.routes(routes!(events::events)).split_for_parts();
     let _ = state.openapi.set(openapi.to_pretty_json().expect("the OpenAPI document serializes"));
 
     let router = router

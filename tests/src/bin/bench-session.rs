@@ -212,16 +212,16 @@ async fn activity(
 }
 
 fn print_run(run: usize, engine: BrowserEngine, m: &Measured) {
+    // The samples at each quarter of the window: PSS/USS at the start, middle and end, and the
+    // parts at every quarter.
     let at = |q: f64| m.samples[((m.samples.len() - 1) as f64 * q).round() as usize];
-    let points: Vec<String> = [0.0, 0.5, 1.0]
+    let quarters: Vec<(Duration, Memory)> = [0.0, 0.25, 0.5, 0.75, 1.0].iter().map(|q| at(*q)).collect();
+    let points: Vec<String> = quarters
         .iter()
-        .map(|q| {
-            let (t, mem) = at(*q);
-            format!("{:.0}s {:.0}/{:.0}", t.as_secs_f64(), mib(mem.pss), mib(mem.uss))
-        })
+        .step_by(2)
+        .map(|(t, mem)| format!("{:.0}s {:.0}/{:.0}", t.as_secs_f64(), mib(mem.pss), mib(mem.uss)))
         .collect();
     let peak = m.samples.iter().map(|s| s.1.pss).max().unwrap_or(0);
-    let quarters: Vec<(Duration, Memory)> = [0.0, 0.25, 0.5, 0.75, 1.0].iter().map(|q| at(*q)).collect();
     let parts =
         |m: Memory| [m.session_pss, m.renderer_pss, m.pss.saturating_sub(m.session_pss + m.renderer_pss)];
     let growth: Vec<String> = ["session process", "renderers", "rest of the browser"]
@@ -316,6 +316,7 @@ fn summary(samples: &[Duration]) -> String {
 
 /// [`Memory`] of a process and all its descendants.
 fn tree_memory(root: u32) -> Memory {
+    const RENDERER: &[u8] = b"--type=renderer";
     let mut parents = std::collections::HashMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
@@ -353,7 +354,7 @@ fn tree_memory(root: u32) -> Memory {
             total.session_pss += pss;
         } else if std::fs::read(format!("/proc/{pid}/cmdline"))
             // Chromium rewrites its children's command lines (one string, spaces between).
-            .is_ok_and(|c| c.windows(15).any(|w| w == b"--type=renderer"))
+            .is_ok_and(|c| c.windows(RENDERER.len()).any(|w| w == RENDERER))
         {
             total.renderer_pss += pss;
         }
