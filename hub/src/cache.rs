@@ -149,8 +149,8 @@ impl SessionCache {
 
     /// Watches `api` forever, keeping the cache current.
     pub async fn run(self: Arc<Self>, api: Api<WhatsAppSession>) {
-        let events =
-            watcher::watcher(api, watcher::Config::default().any_semantic()).backoff(WatchBackoff::default());
+        let lists = whatsapp_runtime::initial_lists(&api).await;
+        let events = watcher::watcher(api, lists).backoff(WatchBackoff::default());
         let mut events = std::pin::pin!(events);
         // A relist is staged and swapped in at its end, so reads never see half a list.
         let mut staging: Option<(Index, HashSet<String>)> = None;

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, Se
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy, WatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -217,7 +217,7 @@ where
 /// PodLost and apply everything again, at every start and failover. (The sessions' own watch
 /// is left to the controller: its first list is what triggers every session.)
 async fn watch(client: &Client, scope: &Scope) -> (Caches, Watches) {
-    let any = initial_lists(client, scope).await;
+    let any = whatsapp_runtime::initial_lists(&scope.api::<WhatsAppSession>(client)).await;
     let managed = any.clone().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
     let (sessions, session_changes) = cached(scope.api(client), &any, slim::session);
     let (statefulsets, mut sts) = cached(scope.api(client), &managed, slim::statefulset);
@@ -266,28 +266,6 @@ async fn watch(client: &Client, scope: &Scope) -> (Caches, Watches) {
     };
     (caches, changes)
 }
-
-/// How each cache gets its objects at start (and after a watch expires). Streamed one by one
-/// where the API server offers it (WatchList: on by default since Kubernetes 1.32): a list of
-/// pages held each page of objects parsed at once, managedFields and all, nine kinds together,
-/// and was the operator's peak memory (66 MiB of heap at 1,000 sessions, 25 MiB live after),
-/// which the allocator kept as its resident size. Where the API server refuses a streamed list
-/// (the feature gate off), pages of [`LIST_PAGE`] objects.
-async fn initial_lists(client: &Client, scope: &Scope) -> watcher::Config {
-    // A probe that selects nothing: answered with an empty stream, or refused as Invalid.
-    let api: Api<WhatsAppSession> = scope.api(client);
-    let probe = WatchParams::streaming_lists().labels(&format!("{}=probe", MANAGED_BY.0)).timeout(1);
-    match api.watch(&probe, "0").await {
-        Ok(_) => watcher::Config::default().streaming_lists(),
-        Err(error) => {
-            info!(%error, page = LIST_PAGE, "the API server does not stream lists: listing in pages");
-            watcher::Config::default().page_size(LIST_PAGE)
-        }
-    }
-}
-
-/// Objects per page when the caches list in pages (see [`initial_lists`]).
-const LIST_PAGE: u32 = 100;
 
 /// Sessions by state and pod restarts, counted off the reconcile path: every few seconds
 /// from the caches, until dropped.
@@ -835,44 +813,4 @@ fn roll_pending(limit: usize) -> Observation {
 
 fn claim_size(claim: Option<&PersistentVolumeClaim>) -> Option<String> {
     claim?.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage").map(|q| q.0.clone())
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::extract::RawQuery;
-    use axum::http::StatusCode;
-    use kube::runtime::watcher::InitialListStrategy;
-
-    use super::*;
-
-    /// A session watch the way an API server answers it: a streamed list refused as Invalid
-    /// (what Kubernetes says with the WatchList feature gate off), or an empty stream.
-    async fn api_server(streams_lists: bool) -> Client {
-        const REFUSAL: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"Invalid","code":422,
-            "message":"ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"}"#;
-        let sessions = move |RawQuery(query): RawQuery| async move {
-            let streamed = query.unwrap_or_default().contains("sendInitialEvents=true");
-            if streamed && !streams_lists {
-                (StatusCode::UNPROCESSABLE_ENTITY, REFUSAL)
-            } else {
-                (StatusCode::OK, "")
-            }
-        };
-        let app = axum::Router::new()
-            .route("/apis/whatsapp.leadmaster.dev/v1alpha1/whatsappsessions", axum::routing::get(sessions));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client")
-    }
-
-    #[tokio::test]
-    async fn caches_stream_their_lists_where_the_api_server_offers_it_and_page_elsewhere() {
-        let streamed = initial_lists(&api_server(true).await, &Scope::Cluster).await;
-        assert_eq!(streamed.initial_list_strategy, InitialListStrategy::StreamingList);
-
-        let paged = initial_lists(&api_server(false).await, &Scope::Cluster).await;
-        assert_eq!(paged.initial_list_strategy, InitialListStrategy::ListWatch);
-        assert_eq!(paged.page_size, Some(LIST_PAGE));
-    }
 }
