@@ -7,7 +7,7 @@ use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
 
 /// Objects per page where lists come in pages (see [`initial_lists`]).
-pub const LIST_PAGE: u32 = 100;
+const LIST_PAGE: u32 = 100;
 
 /// A watcher configuration whose initial list is streamed one object at a time where the API
 /// server offers it (WatchList: on by default since Kubernetes 1.32), else listed in pages of
@@ -24,8 +24,13 @@ where
     let nothing = "whatsapp.leadmaster.dev/list-probe=none";
     match api.watch(&WatchParams::streaming_lists().labels(nothing).timeout(1), "0").await {
         Ok(_) => watcher::Config::default().streaming_lists(),
+        Err(kube::Error::Api(refusal)) if (400..500).contains(&refusal.code) => {
+            tracing::info!(error = %refusal, page = LIST_PAGE, "the API server does not stream lists: listing in pages");
+            watcher::Config::default().page_size(LIST_PAGE)
+        }
+        // Paging works on every API server: the safe choice when the probe could not tell.
         Err(error) => {
-            tracing::info!(%error, page = LIST_PAGE, "the API server does not stream lists: listing in pages");
+            tracing::warn!(%error, page = LIST_PAGE, "could not ask the API server whether it streams lists: listing in pages");
             watcher::Config::default().page_size(LIST_PAGE)
         }
     }
