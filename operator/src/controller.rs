@@ -293,7 +293,13 @@ pub async fn run(
     budget: Budget,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (caches, changes) = watch(&client, &scope).await;
+    // A shutdown while the caches start (a replica told to stop just as it began to lead)
+    // stops at once: nothing has been reconciled yet.
+    let mut shutdown = Box::pin(shutdown);
+    let (caches, changes) = tokio::select! {
+        started = watch(&client, &scope) => started,
+        () = &mut shutdown => return,
+    };
     let sessions = caches.sessions.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
