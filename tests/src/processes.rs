@@ -144,12 +144,20 @@ pub fn logged_times(log: &std::path::Path, needle: &str) -> Vec<k8s_openapi::jif
 
 /// Resident memory of a process, in KiB, 0 if it is gone.
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    status_field(pid, "VmRSS").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+/// Whether the kernel may give a process transparent huge pages (`THP_enabled`), None if it
+/// is gone.
+pub fn huge_pages_allowed(pid: u32) -> Option<bool> {
+    status_field(pid, "THP_enabled").map(|v| v != "0")
+}
+
+/// A field of `/proc/<pid>/status` (`VmRSS`, `THP_enabled`, ...) as the kernel writes it,
+/// None if the process is gone.
+pub fn status_field(pid: u32, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| Some(l.strip_prefix(name)?.strip_prefix(':')?.trim().to_owned()))
 }
 
 /// A process' CPU time so far (user and system), from /proc (in clock ticks of 10 ms).
@@ -358,12 +366,13 @@ pub fn chromium_pid(profile: &std::path::Path) -> Option<i32> {
 impl Operator {
     /// Peak resident memory of the process so far (VmHWM), in KiB, 0 if it is gone.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+        status_field(self.child.id(), "VmHWM")
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

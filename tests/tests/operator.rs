@@ -11,7 +11,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use whatsapp_crds::WhatsAppSession;
 use whatsapp_tests::harness::{TestNamespace, cluster, eventually};
-use whatsapp_tests::processes::Operator;
+use whatsapp_tests::processes::{Operator, huge_pages_allowed};
 use whatsapp_tests::{output, run};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -439,6 +439,17 @@ async fn an_idle_operator_makes_no_writes_while_the_session_pod_patches_its_stat
     assert!(reconciles >= 10.0, "the status patches did reach the operator ({reconciles} reconciles)");
     assert_eq!(writes(&op).await, before, "the operator wrote while idle");
     assert_eq!(audit_writes(&ns), audit_before, "the audit log shows operator writes while idle");
+}
+
+/// One live object keeps a whole 2 MiB huge page resident: the operator turns transparent huge
+/// pages off for itself as it starts (see its `memory` module).
+#[tokio::test]
+async fn the_operator_runs_without_transparent_huge_pages() {
+    let ns = cluster().namespace("op-thp").await;
+    let op = Operator::start(&ns, "op", "op", &[]);
+    create(&ns, "acme", "  clienteId: 1\n");
+    wait_condition(&ns, "acme", "Reconciled");
+    assert_eq!(huge_pages_allowed(op.pid()), Some(false), "THP_enabled in the operator's /proc status");
 }
 
 #[tokio::test]
