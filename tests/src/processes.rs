@@ -144,7 +144,12 @@ pub fn logged_times(log: &std::path::Path, needle: &str) -> Vec<k8s_openapi::jif
 
 /// Resident memory of a process, in KiB, 0 if it is gone.
 pub fn rss_kib(pid: u32) -> u64 {
-    status_field(pid, "VmRSS").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    status_kib(pid, "VmRSS")
+}
+
+/// A size field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...) in KiB, 0 if the process is gone.
+fn status_kib(pid: u32, name: &str) -> u64 {
+    status_field(pid, name).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
 /// Whether the kernel may give a process transparent huge pages (`THP_enabled`), None if it
@@ -366,9 +371,7 @@ pub fn chromium_pid(profile: &std::path::Path) -> Option<i32> {
 impl Operator {
     /// Peak resident memory of the process so far (VmHWM), in KiB, 0 if it is gone.
     pub fn peak_rss_kib(&self) -> u64 {
-        status_field(self.child.id(), "VmHWM")
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        status_kib(self.child.id(), "VmHWM")
     }
 
     pub fn pid(&self) -> u32 {
