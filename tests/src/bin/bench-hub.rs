@@ -5,8 +5,9 @@
 //!    same machine, same load generator, same connections), 5 runs in alternating order: per
 //!    run the requests/s and p99 of both, then the median ratio and its spread;
 //! 2. SSE delivery: a status written to the API server -> the event at every subscribed client,
-//!    with 1,000 streams of 1,000 tenants (8 writers) and with 1,000 streams of one tenant (p50,
-//!    p99), beside the same writes at a watch of the bench's own (the API server's share);
+//!    with 1,000 streams of 1,000 tenants (a change per tenant at a steady 50/s, timed from when
+//!    each write was due; then all 1,000 at once, 8 writers) and with 1,000 streams of one tenant
+//!    (p50, p99), beside the same writes at a watch of the bench's own (the API server's share);
 //! 3. the RSS of a fresh hub with N sessions cached (half of them showing a QR code), at each N
 //!    given, and with the streams open.
 //!
@@ -40,6 +41,9 @@ const RUNS: usize = 5;
 const STREAMS: usize = 1000;
 /// Status writes in flight at once while the 1,000 tenants' streams are measured.
 const WRITERS: usize = 8;
+/// The steady rate of changes across the 1,000 tenants: every one of 1,000 sessions showing a
+/// QR code, which WhatsApp Web replaces every 20 s, the most a fleet that size writes for long.
+const PACED_PER_SECOND: u32 = 50;
 /// Writes measured on the one tenant with 1,000 streams (each reaches every stream).
 const ONE_TENANT_WRITES: u64 = 20;
 const CREATES: usize = 32;
@@ -378,11 +382,20 @@ async fn sse(ns: &TestNamespace, hub: &Hub, n: i64) -> anyhow::Result<Vec<(Strin
     let (watch, mut watched) = reference_watch(ns).await;
     let (events, mut rx) = mpsc::unbounded_channel();
     let streams = open_streams(hub.port, (1..=tenants).collect(), events).await?;
+    // Numbers of their own, above the burst's and the one tenant's.
+    let written = write_paced(ns, tenants, 2_000_000).await?;
+    let latencies = delivered(&mut rx, &written, |_, _| true, tenants as usize).await;
+    let reference = delivered_to_watch(&mut watched, &written).await;
+    print_delivery(
+        &format!("{tenants} streams of {tenants} tenants, {PACED_PER_SECOND} changes/s"),
+        latencies,
+        reference,
+    );
     let written = write_each(ns, tenants).await?;
     let latencies = delivered(&mut rx, &written, |_, _| true, tenants as usize).await;
     let reference = delivered_to_watch(&mut watched, &written).await;
     print_delivery(
-        &format!("{tenants} streams of {tenants} tenants, {WRITERS} writers"),
+        &format!("{tenants} streams of {tenants} tenants, all at once ({WRITERS} writers)"),
         latencies,
         reference,
     );
@@ -553,6 +566,23 @@ async fn write_change(ns: &TestNamespace, id: i64, n: u64) -> anyhow::Result<Ins
 async fn write_each(ns: &TestNamespace, tenants: i64) -> anyhow::Result<HashMap<u64, Instant>> {
     stream::iter(1..=tenants)
         .map(|id| async move { write_change(ns, id, id as u64).await.map(|t| (id as u64, t)) })
+        .buffer_unordered(WRITERS)
+        .try_collect()
+        .await
+}
+
+/// One change per tenant (change `base + n` to tenant n), each due PACED_PER_SECOND after the one
+/// before: when each was due, so a write the API server held up counts against the delivery.
+async fn write_paced(ns: &TestNamespace, tenants: i64, base: u64) -> anyhow::Result<HashMap<u64, Instant>> {
+    let start = tokio::time::Instant::now();
+    let every = Duration::from_secs(1) / PACED_PER_SECOND;
+    stream::iter(1..=tenants)
+        .map(|id| async move {
+            let due = start + every * (id - 1) as u32;
+            tokio::time::sleep_until(due).await;
+            let n = base + id as u64;
+            write_change(ns, id, n).await.map(|_| (n, due.into_std()))
+        })
         .buffer_unordered(WRITERS)
         .try_collect()
         .await
