@@ -69,8 +69,9 @@ struct Memory {
     pss: u64,
     uss: u64,
     /// The PSS of the session process alone and of the browser's renderers (the page: V8's
-    /// heap, the DOM): where growth lives. The rest is the browser's main, GPU and utility
-    /// processes.
+    /// heap, the DOM), where growth lives when the page has a process of its own; 0 in the
+    /// session's one-process Chromium (`--single-process`). The rest is the browser's other
+    /// processes, or the whole browser.
     session_pss: u64,
     renderer_pss: u64,
 }
