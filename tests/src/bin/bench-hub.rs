@@ -384,21 +384,11 @@ async fn sse(ns: &TestNamespace, hub: &Hub, n: i64) -> anyhow::Result<Vec<(Strin
     let streams = open_streams(hub.port, (1..=tenants).collect(), events).await?;
     // Numbers of their own, above the burst's and the one tenant's.
     let written = write_paced(ns, tenants, 2_000_000).await?;
-    let latencies = delivered(&mut rx, &written, |_, _| true, tenants as usize).await;
-    let reference = delivered_to_watch(&mut watched, &written).await;
-    print_delivery(
-        &format!("{tenants} streams of {tenants} tenants, {PACED_PER_SECOND} changes/s"),
-        latencies,
-        reference,
-    );
+    let what = format!("{tenants} streams of {tenants} tenants, {PACED_PER_SECOND} changes/s");
+    print_each_tenant(&what, &mut rx, &mut watched, &written).await;
     let written = write_each(ns, tenants).await?;
-    let latencies = delivered(&mut rx, &written, |_, _| true, tenants as usize).await;
-    let reference = delivered_to_watch(&mut watched, &written).await;
-    print_delivery(
-        &format!("{tenants} streams of {tenants} tenants, all at once ({WRITERS} writers)"),
-        latencies,
-        reference,
-    );
+    let what = format!("{tenants} streams of {tenants} tenants, all at once ({WRITERS} writers)");
+    print_each_tenant(&what, &mut rx, &mut watched, &written).await;
     let mut rss = vec![(format!("with {tenants} streams of as many tenants"), rss_kib(hub.pid()))];
     streams.into_iter().for_each(|s| s.abort());
 
@@ -422,6 +412,19 @@ async fn sse(ns: &TestNamespace, hub: &Hub, n: i64) -> anyhow::Result<Vec<(Strin
     streams.into_iter().for_each(|s| s.abort());
     watch.abort();
     Ok(rss)
+}
+
+/// Waits for each of the `written` changes (one per tenant) at its tenant's stream and at the
+/// bench's own watch, and prints them.
+async fn print_each_tenant(
+    what: &str,
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    watched: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    written: &HashMap<u64, Instant>,
+) {
+    let latencies = delivered(rx, written, |_, _| true, written.len()).await;
+    let reference = delivered_to_watch(watched, written).await;
+    print_delivery(what, latencies, reference);
 }
 
 /// Prints the deliveries (change, latency in us) to the hub's streams beside the same changes at
