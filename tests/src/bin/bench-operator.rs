@@ -13,8 +13,9 @@
 //!    target is judged against);
 //!    after each, the cluster's own work on the children (every pod ready) is waited for,
 //!    untimed, so the next phase does not share the machine with it;
-//! 5. when another repetition follows, the namespaces are deleted and waited for, so it does
-//!    not share the machine with their garbage collection.
+//! 5. when another repetition follows, the namespaces are deleted and waited for, and then
+//!    the volumes their claims were bound to, so it does not share the machine with their
+//!    garbage collection.
 //!
 //! `--memory-only` leaves out step 4 (and so the ratios): the RSS curve to 5,000 sessions in
 //! a fraction of the time.
@@ -29,7 +30,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -279,8 +282,11 @@ async fn repetition(
     }
     let (direct, namespaces) = if with_direct { direct_creates(&ns, n).await? } else { (None, Vec::new()) };
     if clean {
+        let client = ns.client.clone();
+        let names: Vec<String> = std::iter::once(&ns).chain(&namespaces).map(|ns| ns.name.clone()).collect();
         futures::future::try_join_all(std::iter::once(ns).chain(namespaces).map(|ns| delete_and_wait(ns, n)))
             .await?;
+        volumes_gone(&client, &names).await?;
     }
     Ok(Rep {
         operator,
@@ -369,6 +375,38 @@ async fn delete_and_wait(ns: TestNamespace, n: usize) -> anyhow::Result<()> {
     })
     .await;
     Ok(())
+}
+
+/// Waits until no volume is left bound to a claim of `namespaces` (deleted): the volume
+/// controller deletes them after their claims, one by one, and a repetition that started
+/// meanwhile shared the machine with that work (its operator phase ran up to 1.4x slower
+/// than the first repetition's, its direct creates did not). Polled every 2 s: a list of
+/// thousands of volumes is not free either.
+async fn volumes_gone(client: &Client, namespaces: &[String]) -> anyhow::Result<()> {
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let t = Instant::now();
+    loop {
+        let left = volumes
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter_map(|v| v.spec.as_ref()?.claim_ref.as_ref()?.namespace.as_ref())
+            .filter(|ns| namespaces.contains(ns))
+            .count();
+        if left == 0 {
+            println!(
+                "    (the deleted namespaces' volumes were gone {:.0}s after their namespaces)",
+                t.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        anyhow::ensure!(
+            t.elapsed() < LIMIT,
+            "{left} volumes of deleted namespaces still there after {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// CPU time of the control plane's processes (and an operator's) from a starting point.
