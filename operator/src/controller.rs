@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, Se
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -30,6 +30,7 @@ use crate::children::{self, Children, MANAGED_BY, Names, SESSION_LABEL, Settings
 use crate::compare::{is_subset, quantity_value};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::ownership;
 use crate::rollout::{self, Budget, Cause, Decision, StsView};
 use crate::slim::{self, Packable, Packed};
 use crate::status::{self, Observation, POD_READY, RECONCILED, ROLL_PENDING};
@@ -562,8 +563,8 @@ impl Reconciler<'_> {
         decision
     }
 
-    /// Server-side applies `desired` unless the cached object already matches it; returns the
-    /// object as written, if it was.
+    /// Writes `desired` unless the cached object already matches it: creates it when the
+    /// cache has none (else server-side applies it); returns the object as written, if it was.
     async fn apply<K>(&self, cache: &impl Cached<K>, desired: K, namespace: &str) -> Result<Option<K>>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -581,12 +582,20 @@ impl Reconciler<'_> {
         let name = desired.name_any();
         let kind = K::kind(&());
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), namespace);
-        // The full object, with apiVersion and kind, as server-side apply wants it.
-        let mut body = serde_json::to_value(&desired)?;
-        body["apiVersion"] = json!(K::api_version(&()));
-        body["kind"] = json!(kind);
-        let applied =
-            api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+        let applied = match &cached {
+            // A create costs the API server less than an apply (see `crate::ownership`).
+            None => match api
+                .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), dry_run: false }, &desired)
+                .await
+            {
+                // There already (the cache lags behind, or someone else made it): applied.
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    self.server_side_apply(&api, desired).await?
+                }
+                created => created?,
+            },
+            Some(_) => self.server_side_apply(&api, desired).await?,
+        };
         self.wrote(&kind);
         // A child that differs while the spec it was built from is unchanged was changed by
         // someone else; after a spec edit it differs because the spec does.
@@ -597,6 +606,23 @@ impl Reconciler<'_> {
                 .await;
         }
         Ok(Some(applied))
+    }
+
+    /// Server-side applies `desired`, once the fields the operator created it with are the
+    /// apply's (see [`ownership`]).
+    async fn server_side_apply<K>(&self, api: &Api<K>, desired: K) -> Result<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    {
+        let name = desired.name_any();
+        if ownership::adopt_created(api, &name, FIELD_MANAGER).await? {
+            self.wrote(&K::kind(&()));
+        }
+        // The full object, with apiVersion and kind, as server-side apply wants it.
+        let mut body = serde_json::to_value(&desired)?;
+        body["apiVersion"] = json!(K::api_version(&()));
+        body["kind"] = json!(K::kind(&()));
+        Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?)
     }
 
     /// Deletes a StatefulSet whose frozen fields must change, leaving its pod running and its

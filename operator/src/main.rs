@@ -8,6 +8,7 @@ mod error;
 mod leadership;
 mod memory;
 mod metrics;
+mod ownership;
 mod rollout;
 mod server;
 mod slim;

@@ -251,6 +251,54 @@ async fn lost_pods_and_tampered_children_are_repaired() {
     .await;
 }
 
+/// The operator's field-manager entries of an object: (operation, fields).
+fn operator_fields(meta: &kube::api::ObjectMeta) -> Vec<(String, String)> {
+    let entries = meta.managed_fields.iter().flatten();
+    entries
+        .filter(|e| e.manager.as_deref() == Some("whatsapp-operator"))
+        .map(|e| (e.operation.clone().unwrap_or_default(), json!(e.fields_v1).to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn what_the_spec_stops_asking_for_leaves_the_children_it_created() {
+    let ns = cluster().namespace("op-owned").await;
+    let _op = Operator::start(&ns, "op", "op", &[]);
+    let resources = "  browser:\n    resources:\n      requests: {cpu: 200m, memory: 600Mi}\n      limits: {cpu: '2', memory: 1Gi}\n";
+    create(&ns, "acme", &format!("  clienteId: 1\n{resources}"));
+    wait_condition(&ns, "acme", "Reconciled");
+    let statefulsets: Api<StatefulSet> = ns.api();
+    let limits = |sts: &StatefulSet| {
+        let template = sts.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        let resources = template.and_then(|t| t.containers[0].resources.as_ref());
+        let limits = resources.and_then(|r| r.limits.clone()).unwrap_or_default();
+        limits.into_iter().map(|(k, v)| format!("{k}={}", v.0)).collect::<Vec<_>>()
+    };
+    let created = statefulsets.get("acme").await.unwrap();
+    assert_eq!(limits(&created), ["cpu=2", "memory=1Gi"]);
+    // Created, not applied: the fields are the create's.
+    let operations: Vec<String> = operator_fields(&created.metadata).into_iter().map(|(op, _)| op).collect();
+    assert_eq!(operations, ["Update"], "{:?}", created.metadata.managed_fields);
+
+    // The spec drops its resources: the defaults replace them, the CPU limit goes.
+    create(&ns, "acme", "  clienteId: 1\n");
+    let sts = eventually("the CPU limit gone", WAIT, || async {
+        let sts = statefulsets.get("acme").await.map_err(|e| e.to_string())?;
+        Ok((limits(&sts) == ["memory=1Gi"]).then_some(sts))
+    })
+    .await;
+    let fields = operator_fields(&sts.metadata);
+    assert_eq!(fields.len(), 1, "one entry of the operator's, applied: {fields:?}");
+    assert_eq!(fields[0].0, "Apply");
+    let owned: serde_json::Value = serde_json::from_str(&fields[0].1).unwrap();
+    let limits_owned = owned.pointer("/f:spec/f:template/f:spec/f:containers");
+    let limits_owned = limits_owned.and_then(|c| c.as_object()).and_then(|c| c.values().next());
+    let limits_owned = limits_owned.and_then(|c| c.pointer("/f:resources/f:limits")).unwrap();
+    assert_eq!(limits_owned.get("f:cpu"), None, "{limits_owned}");
+    assert!(limits_owned.get("f:memory").is_some(), "{limits_owned}");
+    wait_condition(&ns, "acme", "Reconciled");
+}
+
 #[tokio::test]
 async fn deleting_a_session_collects_its_children_and_honours_when_deleted() {
     let ns = cluster().namespace("op-delete").await;
