@@ -85,6 +85,8 @@ struct Rep {
     rss_steady: u64,
     rss_peak: u64,
     idle_writes: f64,
+    /// The idle window's writes by kind, largest first (what was still changing).
+    idle_writes_by_kind: Vec<(String, f64)>,
     idle_reconciles: f64,
     /// The operator's API writes until every session was Reconciled, per session.
     writes_per_session: f64,
@@ -149,12 +151,19 @@ async fn main() -> anyhow::Result<()> {
                 _ => "no direct creates".to_owned(),
             };
             println!(
-                "  n={n} rep {rep}: operator {:.1}s; {direct}; RSS reconciled {}, steady {}, peak {}; idle: {} writes, {} reconciles",
+                "  n={n} rep {rep}: operator {:.1}s; {direct}; RSS reconciled {}, steady {}, peak {}; idle: {} writes{}, {} reconciles",
                 r.operator.as_secs_f64(),
                 mib(r.rss_reconciled),
                 mib(r.rss_steady),
                 mib(r.rss_peak),
                 r.idle_writes,
+                if r.idle_writes_by_kind.is_empty() {
+                    String::new()
+                } else {
+                    let kinds: Vec<String> =
+                        r.idle_writes_by_kind.iter().map(|(k, w)| format!("{k} {w}")).collect();
+                    format!(" ({})", kinds.join(", "))
+                },
                 r.idle_reconciles
             );
             println!(
@@ -274,6 +283,7 @@ async fn repetition(
     let reconciles_before = op.metric("whatsapp_operator_reconciliations_total").await;
     tokio::time::sleep(idle).await;
     let idle_writes = op.writes().await - writes_before;
+    let idle_writes_by_kind = writes_since(&writes_by_kind, self::writes_by_kind(&op).await);
     let idle_reconciles = op.metric("whatsapp_operator_reconciliations_total").await - reconciles_before;
     let (rss_steady, rss_peak) = (op.rss_kib(), op.peak_rss_kib());
     drop(op);
@@ -295,6 +305,7 @@ async fn repetition(
         rss_steady,
         rss_peak,
         idle_writes,
+        idle_writes_by_kind,
         idle_reconciles,
         writes_per_session,
         writes_settled_per_session,
@@ -471,6 +482,19 @@ async fn writes_by_kind(op: &Operator) -> Vec<(String, f64)> {
         .collect();
     kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
     kinds
+}
+
+/// The writes by kind in `now` beyond those in `before`, largest first.
+fn writes_since(before: &[(String, f64)], now: Vec<(String, f64)>) -> Vec<(String, f64)> {
+    let earlier = |kind: &str| before.iter().find(|(k, _)| k == kind).map_or(0.0, |(_, w)| *w);
+    let mut since: Vec<(String, f64)> = now
+        .into_iter()
+        .map(|(kind, w)| (w - earlier(&kind), kind))
+        .filter(|(w, _)| *w > 0.0)
+        .map(|(w, k)| (k, w))
+        .collect();
+    since.sort_by(|a, b| b.1.total_cmp(&a.1));
+    since
 }
 
 /// Waits until the operator has made no write and no reconcile for 10 s (its sessions' pods
