@@ -84,9 +84,8 @@ struct Rep {
     rss_reconciled: u64,
     rss_steady: u64,
     rss_peak: u64,
-    idle_writes: f64,
     /// The idle window's writes by kind, largest first (what was still changing).
-    idle_writes_by_kind: Vec<(String, f64)>,
+    idle_writes: Vec<(String, f64)>,
     idle_reconciles: f64,
     /// The operator's API writes until every session was Reconciled, per session.
     writes_per_session: f64,
@@ -156,13 +155,11 @@ async fn main() -> anyhow::Result<()> {
                 mib(r.rss_reconciled),
                 mib(r.rss_steady),
                 mib(r.rss_peak),
-                r.idle_writes,
-                if r.idle_writes_by_kind.is_empty() {
+                total(&r.idle_writes),
+                if r.idle_writes.is_empty() {
                     String::new()
                 } else {
-                    let kinds: Vec<String> =
-                        r.idle_writes_by_kind.iter().map(|(k, w)| format!("{k} {w}")).collect();
-                    format!(" ({})", kinds.join(", "))
+                    format!(" ({})", by_kind(&r.idle_writes))
                 },
                 r.idle_reconciles
             );
@@ -170,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
                 "    writes per session until Reconciled: {:.2}, once settled: {:.2} ({}); reconciles per session until Reconciled: {:.1}, once settled: {:.1}; CPU seconds, operator phase: {}{}",
                 r.writes_per_session,
                 r.writes_settled_per_session,
-                r.writes_by_kind.iter().map(|(kind, w)| format!("{kind} {w}")).collect::<Vec<_>>().join(", "),
+                by_kind(&r.writes_by_kind),
                 r.reconciles_per_session.0,
                 r.reconciles_per_session.1,
                 cpu_line(&r.cpu_operator),
@@ -242,7 +239,7 @@ fn summary(n: usize, reps: &[Rep]) {
     println!("n={n}: operator RSS steady (after the idle window): {} | {target}", spread(steady, &in_mib));
     println!("n={n}: operator RSS when all were Reconciled: {}", spread(kib(|r| r.rss_reconciled), &in_mib));
     println!("n={n}: operator RSS peak (VmHWM): {}", spread(kib(|r| r.rss_peak), &in_mib));
-    let writes: f64 = reps.iter().map(|r| r.idle_writes).sum();
+    let writes: f64 = reps.iter().map(|r| total(&r.idle_writes)).sum();
     println!("n={n}: writes over the idle windows: {writes} in all (target 0; Lease renewals not counted)");
 }
 
@@ -277,13 +274,11 @@ async fn repetition(
     let rss_reconciled = op.rss_kib();
 
     settle(&op, n).await;
-    let writes_before = op.writes().await;
-    let writes_settled_per_session = writes_before / n as f64;
     let writes_by_kind = writes_by_kind(&op).await;
+    let writes_settled_per_session = total(&writes_by_kind) / n as f64;
     let reconciles_before = op.metric("whatsapp_operator_reconciliations_total").await;
     tokio::time::sleep(idle).await;
-    let idle_writes = op.writes().await - writes_before;
-    let idle_writes_by_kind = writes_since(&writes_by_kind, self::writes_by_kind(&op).await);
+    let idle_writes = writes_since(&writes_by_kind, self::writes_by_kind(&op).await);
     let idle_reconciles = op.metric("whatsapp_operator_reconciliations_total").await - reconciles_before;
     let (rss_steady, rss_peak) = (op.rss_kib(), op.peak_rss_kib());
     drop(op);
@@ -305,7 +300,6 @@ async fn repetition(
         rss_steady,
         rss_peak,
         idle_writes,
-        idle_writes_by_kind,
         idle_reconciles,
         writes_per_session,
         writes_settled_per_session,
@@ -489,12 +483,23 @@ fn writes_since(before: &[(String, f64)], now: Vec<(String, f64)>) -> Vec<(Strin
     let earlier = |kind: &str| before.iter().find(|(k, _)| k == kind).map_or(0.0, |(_, w)| *w);
     let mut since: Vec<(String, f64)> = now
         .into_iter()
-        .map(|(kind, w)| (w - earlier(&kind), kind))
-        .filter(|(w, _)| *w > 0.0)
-        .map(|(w, k)| (k, w))
+        .filter_map(|(kind, w)| {
+            let more = w - earlier(&kind);
+            (more > 0.0).then_some((kind, more))
+        })
         .collect();
     since.sort_by(|a, b| b.1.total_cmp(&a.1));
     since
+}
+
+/// All the writes of a by-kind count.
+fn total(by_kind: &[(String, f64)]) -> f64 {
+    by_kind.iter().fold(0.0, |sum, (_, w)| sum + w)
+}
+
+/// A by-kind count as `Kind n, Kind n`.
+fn by_kind(writes: &[(String, f64)]) -> String {
+    writes.iter().map(|(kind, w)| format!("{kind} {w}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Waits until the operator has made no write and no reconcile for 10 s (its sessions' pods
