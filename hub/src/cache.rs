@@ -6,7 +6,7 @@
 //! last known state, says it is stale, and the watcher's backoff reconnects by itself.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -129,8 +129,10 @@ pub struct SessionCache {
     index: RwLock<Index>,
     subscribers: Subscribers,
     synced: AtomicBool,
-    /// Since when the watch has been failing (None: healthy).
-    stale_since: Mutex<Option<Instant>>,
+    /// Since when the watch has been failing, in nanoseconds since `epoch` plus one (0: it is
+    /// not). An atomic: every response reads it.
+    stale_since: AtomicU64,
+    epoch: Instant,
     metrics: Metrics,
 }
 
@@ -142,7 +144,8 @@ impl SessionCache {
             index: RwLock::default(),
             subscribers: Subscribers::default(),
             synced: AtomicBool::new(false),
-            stale_since: Mutex::new(None),
+            stale_since: AtomicU64::new(0),
+            epoch: Instant::now(),
             metrics,
         })
     }
@@ -160,15 +163,18 @@ impl SessionCache {
             let event = match event {
                 Ok(event) => event,
                 Err(e) => {
-                    let mut stale = self.stale_since.lock().expect("lock");
-                    if stale.is_none() {
+                    let since = self.epoch.elapsed().as_nanos() as u64 + 1;
+                    if self
+                        .stale_since
+                        .compare_exchange(0, since, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                    {
                         tracing::warn!(error = %e, "lost the watch on WhatsAppSessions: serving the last known state");
-                        *stale = Some(Instant::now());
                     }
                     continue;
                 }
             };
-            if self.stale_since.lock().expect("lock").take().is_some() {
+            if self.stale_since.swap(0, Ordering::Relaxed) != 0 {
                 tracing::info!("the watch on WhatsAppSessions is back");
             }
             match event {
@@ -294,7 +300,10 @@ impl SessionCache {
 
     /// How long the cache has not known whether it is current (zero when it is).
     pub fn staleness(&self) -> Duration {
-        self.stale_since.lock().expect("lock").map(|since| since.elapsed()).unwrap_or_default()
+        match self.stale_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => self.epoch.elapsed().saturating_sub(Duration::from_nanos(since - 1)),
+        }
     }
 }
 

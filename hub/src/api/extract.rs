@@ -37,12 +37,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ClienteId {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::InvalidClientId(String::new()))?;
-        let raw = params
-            .iter()
-            .find(|(name, _)| *name == "clienteId")
-            .map(|(_, value)| value.to_owned())
-            .unwrap_or_default();
-        parse_cliente_id(&raw).map(ClienteId)
+        let raw = params.iter().find(|(name, _)| *name == "clienteId").map_or("", |(_, value)| value);
+        parse_cliente_id(raw).map(ClienteId)
     }
 }
 

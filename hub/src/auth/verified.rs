@@ -6,7 +6,7 @@
 //! `nbf`: a hit is checked against the clock like a fresh verification.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use super::Principal;
 use crate::error::ApiError;
@@ -38,10 +38,11 @@ impl Verified {
 }
 
 /// The verified tokens, keyed by the whole token (its signature alone could be pasted onto
-/// another header and payload).
+/// another header and payload). A hit in the current generation takes the lock shared, so
+/// concurrent requests do not queue on it.
 #[derive(Default)]
 pub struct VerifiedTokens {
-    generations: Mutex<Generations>,
+    generations: RwLock<Generations>,
 }
 
 #[derive(Default)]
@@ -61,7 +62,11 @@ impl Generations {
 
 impl VerifiedTokens {
     pub fn get(&self, token: &str) -> Option<Verified> {
-        let mut generations = self.generations.lock().expect("lock");
+        if let Some(verified) = self.generations.read().expect("lock").current.get(token) {
+            return Some(verified.clone());
+        }
+        let mut generations = self.generations.write().expect("lock");
+        // Moved to the current generation meanwhile by another request with the same token.
         if let Some(verified) = generations.current.get(token) {
             return Some(verified.clone());
         }
@@ -71,12 +76,12 @@ impl VerifiedTokens {
     }
 
     pub fn insert(&self, token: &str, verified: Verified) {
-        self.generations.lock().expect("lock").insert(token.into(), verified);
+        self.generations.write().expect("lock").insert(token.into(), verified);
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        let generations = self.generations.lock().expect("lock");
+        let generations = self.generations.read().expect("lock");
         generations.current.len() + generations.previous.len()
     }
 }
