@@ -79,9 +79,11 @@ async fn main() -> anyhow::Result<()> {
     for (i, &n) in sizes.iter().enumerate() {
         populate(&ns, cached + 1..=n).await?;
         cached = n;
-        // A fresh hub per size: each RSS is of a hub that held only that many sessions.
+        // A fresh hub per size: each RSS is of a hub that held only that many sessions. It logs
+        // as the chart runs it (JSON), since a request's span is formatted as its logs are.
         let started = Instant::now();
-        let hub = Hub::ready(&ns, HubOptions::default()).await;
+        let hub =
+            Hub::ready(&ns, HubOptions { extra: &["--log-format", "json"], ..Default::default() }).await;
         wait_cached(&hub, n).await;
         println!("hub start -> serving {n} cached sessions: {:.2} s", started.elapsed().as_secs_f64());
         rss.push((n, "after sync".to_owned(), rss_kib(hub.pid())));
