@@ -7,30 +7,22 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 
 mod json_span_fields;
 
-/// Logs to stderr as `text` or `json`, filtered by `RUST_LOG` (else `default_filter`): a
-/// default level and levels by target, such as `info,kube_runtime=warn` (a filter that cannot
-/// be read leaves `default_filter`). Text is colored only on a terminal: a container's log is
-/// read as plain text. In JSON, a span's fields are written as one object, and a field recorded
-/// later is added to it in place ([`json_span_fields::JsonSpanFields`]).
-///
-/// The filter is by target and level only, decided once per call site: unlike
-/// tracing-subscriber's `EnvFilter`, it keeps no table of live spans, which every span's
-/// creation, entry, exit and close would read under a lock shared by every thread.
+/// Logs to stderr as `text` or `json`, filtered by `RUST_LOG` (else `default_filter`). Text is
+/// colored only on a terminal: a container's log is read as plain text. In JSON, a span's fields
+/// are written as one object, and a field recorded later is added to it in place
+/// ([`json_span_fields::JsonSpanFields`]).
 pub fn init_tracing(format: &str, default_filter: &str) {
     use std::io::IsTerminal;
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|directives| directives.parse::<Targets>().ok())
-        .unwrap_or_else(|| default_filter.parse().expect("the default log filter is valid"));
-    let builder =
-        tracing_subscriber::fmt().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().fmt_fields(json_span_fields::JsonSpanFields).finish().with(filter).init()
+        builder.json().fmt_fields(json_span_fields::JsonSpanFields).init()
     } else {
-        builder.finish().with(filter).init()
+        builder.init()
     }
 }
 
