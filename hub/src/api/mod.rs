@@ -259,24 +259,16 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
-    /// The next id, written in place (every request without an id of its own takes one).
+    /// The next id, written on the stack (every request without an id of its own takes one).
     fn next(&self) -> HeaderValue {
+        use std::io::Write;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut id = [0u8; 33];
-        let dash = push_hex(&mut id, 0, self.start);
-        id[dash] = b'-';
-        let end = push_hex(&mut id, dash + 1, n);
-        HeaderValue::from_bytes(&id[..end]).expect("hex digits and a dash")
+        let mut rest = &mut id[..];
+        write!(rest, "{:x}-{n:x}", self.start).expect("two u64 in hex and a dash fit in 33 bytes");
+        let len = 33 - rest.len();
+        HeaderValue::from_bytes(&id[..len]).expect("hex digits and a dash")
     }
-}
-
-/// Writes `value` in lowercase hex without leading zeros into `out` at `at`; where it ends.
-fn push_hex(out: &mut [u8], at: usize, value: u64) -> usize {
-    let digits = (64 - value.leading_zeros()).div_ceil(4).max(1) as usize;
-    for (i, byte) in out[at..at + digits].iter_mut().enumerate() {
-        *byte = b"0123456789abcdef"[((value >> (4 * (digits - 1 - i))) & 0xf) as usize];
-    }
-    at + digits
 }
 
 /// What every request goes through, in one layer (each layer costs a status read about a fifth
