@@ -13,17 +13,23 @@ mod json_span_fields;
 /// ([`json_span_fields::JsonSpanFields`]).
 pub fn init_tracing(format: &str, default_filter: &str) {
     use std::io::IsTerminal;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().fmt_fields(json_span_fields::JsonSpanFields).init()
-    } else {
-        builder.init()
-    }
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| default_filter.to_owned());
+    // Directives by target and level only (the usual ones) filter without the locks `EnvFilter`
+    // takes on every span's creation, entry, exit and close to follow span-level directives.
+    let (targets, env_filter) = match directives.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(targets) => (Some(targets), None),
+        Err(_) => (None, Some(tracing_subscriber::EnvFilter::new(directives))),
+    };
+    let ansi = std::io::stderr().is_terminal();
+    let json = (format == "json").then(|| {
+        let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+        fmt.json().fmt_fields(json_span_fields::JsonSpanFields)
+    });
+    let text = (format != "json")
+        .then(|| tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr));
+    tracing_subscriber::registry().with(json).with(text).with(targets).with(env_filter).init()
 }
 
 /// Registers a new collector in `registry` and hands it back.

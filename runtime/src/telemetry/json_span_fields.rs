@@ -23,11 +23,13 @@ pub struct JsonSpanFields;
 
 impl<'writer> FormatFields<'writer> for JsonSpanFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut object = Members { out: &mut writer, any: false, result: Ok(()) };
+        let mut gathered = Gathered::default();
+        let mut object = Members { out: &mut gathered, any: false, result: Ok(()) };
         object.out.write_char('{')?;
         fields.record(&mut object);
         object.result?;
-        writer.write_char('}')
+        gathered.write_char('}')?;
+        writer.write_str(gathered.as_str())
     }
 
     fn add_fields(
@@ -35,18 +37,65 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
         current: &'writer mut FormattedFields<Self>,
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
-        let fields_so_far = &mut current.fields;
-        if fields_so_far.pop() != Some('}') {
-            // Nothing written yet (a span formatted elsewhere would have its braces).
-            fields_so_far.clear();
-            fields_so_far.push('{');
-        }
-        let any = fields_so_far.len() > 1;
-        let mut object = Members { out: fields_so_far, any, result: Ok(()) };
+        // Into a new string with room to spare, not grown in place (see [`Gathered`]).
+        let so_far = &current.fields;
+        let mut fields_now = String::with_capacity(so_far.len() + LATER_FIELDS);
+        // Without its closing brace (a span formatted elsewhere would have its braces).
+        fields_now.push_str(so_far.strip_suffix('}').filter(|s| s.starts_with('{')).unwrap_or("{"));
+        let any = fields_now.len() > 1;
+        let mut object = Members { out: &mut fields_now, any, result: Ok(()) };
         fields.record(&mut object);
         let result = object.result;
-        fields_so_far.push('}');
+        fields_now.push('}');
+        current.fields = fields_now;
         result
+    }
+}
+
+/// Room for the fields a span records after it opens (the hub's request adds its caller).
+const LATER_FIELDS: usize = 64;
+
+/// A span's fields gathered on the stack and handed to the `fmt` layer in one piece: its string
+/// then takes one allocation of the right size instead of growing from empty (glibc's malloc
+/// takes its arena's lock to grow a block, and workers growing theirs at once waited on each
+/// other: the hub's request spans were the second cause of its futex calls under load).
+struct Gathered {
+    bytes: [u8; 256],
+    len: usize,
+    /// What did not fit, and everything after.
+    spilled: String,
+}
+
+impl Default for Gathered {
+    fn default() -> Self {
+        Gathered { bytes: [0; 256], len: 0, spilled: String::new() }
+    }
+}
+
+impl Gathered {
+    fn as_str(&self) -> &str {
+        if self.spilled.is_empty() {
+            std::str::from_utf8(&self.bytes[..self.len]).expect("whole strings were copied")
+        } else {
+            &self.spilled
+        }
+    }
+}
+
+impl Write for Gathered {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        if self.spilled.is_empty() {
+            if let Some(room) = self.bytes.get_mut(self.len..self.len + text.len()) {
+                room.copy_from_slice(text.as_bytes());
+                self.len += text.len();
+                return Ok(());
+            }
+            self.spilled.reserve(2 * (self.len + text.len()));
+            let so_far = std::str::from_utf8(&self.bytes[..self.len]).expect("whole strings were copied");
+            self.spilled.push_str(so_far);
+        }
+        self.spilled.push_str(text);
+        Ok(())
     }
 }
 
@@ -121,24 +170,25 @@ struct Escaping<'a, W: Write>(&'a mut W);
 
 impl<W: Write> Write for Escaping<'_, W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
+        // Byte by byte: what needs escaping is ASCII, and no byte of a multi-byte character is.
         let mut plain = 0;
-        for (i, c) in text.char_indices() {
-            let escape = match c {
-                '"' => "\\\"",
-                '\\' => "\\\\",
-                '\n' => "\\n",
-                '\r' => "\\r",
-                '\t' => "\\t",
-                c if c < ' ' => "",
+        for (i, b) in text.bytes().enumerate() {
+            let escape = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                b if b < b' ' => "",
                 _ => continue,
             };
             self.0.write_str(&text[plain..i])?;
             if escape.is_empty() {
-                write!(self.0, "\\u{:04x}", c as u32)?;
+                write!(self.0, "\\u{:04x}", b)?;
             } else {
                 self.0.write_str(escape)?;
             }
-            plain = i + c.len_utf8();
+            plain = i + 1;
         }
         self.0.write_str(&text[plain..])
     }
