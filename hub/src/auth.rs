@@ -309,23 +309,15 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let value = parts.headers.get(header::AUTHORIZATION).ok_or(ApiError::MissingToken)?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::MissingToken)?;
-        let (principal, expires) = state.auth.verify(token)?;
+        let (principal, _) = state.auth.verify(bearer(parts)?)?;
         tracing::Span::current().record("subject", principal.subject());
-        parts.extensions.insert(TokenExpiry(expires));
         Ok(principal)
     }
 }
 
 /// When the caller's token expires (seconds since the epoch): what lives longer than a request
-/// (a live stream) ends then. Taken after the [`Principal`], which verifies the token.
+/// (a live stream) ends then. Taken beside the [`Principal`] (a second look-up of the verified
+/// token, not a second verification).
 #[derive(Clone, Copy, Debug)]
 pub struct TokenExpiry(pub u64);
 
@@ -333,12 +325,22 @@ impl FromRequestParts<AppState> for TokenExpiry {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if let Some(expiry) = parts.extensions.get::<TokenExpiry>() {
-            return Ok(*expiry);
-        }
-        Principal::from_request_parts(parts, state).await?;
-        parts.extensions.get::<TokenExpiry>().copied().ok_or(ApiError::MissingToken)
+        let (_, expires) = state.auth.verify(bearer(parts)?)?;
+        Ok(TokenExpiry(expires))
     }
+}
+
+/// The bearer token of a request (ASCII), else 401 `UNAUTHORIZED`.
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts.headers.get(header::AUTHORIZATION).ok_or(ApiError::MissingToken)?.as_bytes();
+    // On bytes: `HeaderValue::to_str` checks a token of hundreds of bytes one byte at a time.
+    let token = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer "));
+    token
+        .filter(|t| t.is_ascii())
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::MissingToken)
 }
 
 #[cfg(test)]

@@ -115,7 +115,7 @@ pub struct Change {
 }
 
 /// The served sessions, by clienteId.
-type Index = HashMap<i64, Arc<SessionView>>;
+type Index = foldhash::HashMap<i64, Arc<SessionView>>;
 
 /// Changes a live subscriber may fall behind by before it skips to the present.
 const CHANGES_PER_SUBSCRIBER: usize = 16;

@@ -30,9 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
+use axum::{Router, ServiceExt};
 use clap::Parser;
 use kube::Api;
 use tokio::sync::watch;
@@ -260,7 +260,7 @@ async fn run(config: Config) -> Result<()> {
         openapi: Default::default(),
         feeds: Default::default(),
     });
-    let app = api::router(
+    let app = api::app(
         state.clone(),
         &config.cors_allowed_origins,
         config.body_limit_bytes,

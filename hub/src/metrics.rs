@@ -1,7 +1,6 @@
 //! Prometheus metrics of the hub, served at `/metrics` on the metrics port.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Mutex, OnceLock};
 
 use axum::http::Method;
 use prometheus::{
@@ -14,8 +13,6 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     request_duration: HistogramVec,
-    /// The request metrics' children, by route: resolved once per route, method and status.
-    request_handles: Arc<RwLock<HashMap<Box<str>, Vec<RequestHandles>>>>,
     pub sse_clients: IntGauge,
     pub pod_event_streams: IntGauge,
     pub cache_sessions: IntGauge,
@@ -83,7 +80,6 @@ impl Metrics {
             registry,
             requests,
             request_duration,
-            request_handles: Default::default(),
             sse_clients,
             pod_event_streams,
             cache_sessions,
@@ -92,26 +88,15 @@ impl Metrics {
         })
     }
 
-    /// Counts and times one request of `route` (the router's pattern), without hashing its
-    /// labels or allocating once the route, method and status were seen.
-    pub fn observe_request(&self, route: &str, method: &Method, status: u16, seconds: f64) {
-        let matches = |h: &&RequestHandles| h.status == status && h.method == method;
-        if let Some(h) =
-            self.request_handles.read().expect("lock").get(route).and_then(|v| v.iter().find(matches))
-        {
-            return h.observe(seconds);
+    /// The request metrics of `route` (a router pattern, or `unmatched`).
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.into(),
+            requests: self.requests.clone(),
+            request_duration: self.request_duration.clone(),
+            seen: Default::default(),
+            adding: Mutex::new(()),
         }
-        let mut handles = self.request_handles.write().expect("lock");
-        let of_route = handles.entry(route.into()).or_default();
-        if of_route.iter().find(matches).is_none() {
-            of_route.push(RequestHandles {
-                method: method.clone(),
-                status,
-                requests: self.requests.with_label_values(&[route, method.as_str(), &status.to_string()]),
-                duration: self.request_duration.with_label_values(&[route, method.as_str()]),
-            });
-        }
-        of_route.iter().find(matches).expect("just added").observe(seconds);
     }
 
     /// The text exposition format.
@@ -120,7 +105,57 @@ impl Metrics {
     }
 }
 
+/// Method and status pairs of a route whose metric children are kept at hand.
+const SEEN: usize = 16;
+
+/// The request metrics of one route: each request counts and times itself without hashing a
+/// label or taking a lock once its method and status were seen (the children are found by a
+/// scan of slots written once, in order).
+pub struct RouteMetrics {
+    route: Box<str>,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    seen: [OnceLock<RequestHandles>; SEEN],
+    /// Held to fill the next slot.
+    adding: Mutex<()>,
+}
+
+impl RouteMetrics {
+    /// Counts and times one request.
+    pub fn observe(&self, method: &Method, status: u16, seconds: f64) {
+        match self.find(method, status) {
+            Some(handles) => handles.observe(seconds),
+            None => self.add(method, status).observe(seconds),
+        }
+    }
+
+    fn find(&self, method: &Method, status: u16) -> Option<&RequestHandles> {
+        self.seen.iter().map_while(OnceLock::get).find(|h| h.status == status && h.method == method)
+    }
+
+    /// The children of a pair not seen yet, kept in the next free slot (once all are taken,
+    /// resolved by their labels each time).
+    fn add(&self, method: &Method, status: u16) -> std::borrow::Cow<'_, RequestHandles> {
+        let _adding = self.adding.lock().expect("lock");
+        // Added meanwhile by another request.
+        if let Some(handles) = self.find(method, status) {
+            return std::borrow::Cow::Borrowed(handles);
+        }
+        let handles = RequestHandles {
+            method: method.clone(),
+            status,
+            requests: self.requests.with_label_values(&[&*self.route, method.as_str(), &status.to_string()]),
+            duration: self.request_duration.with_label_values(&[&*self.route, method.as_str()]),
+        };
+        match self.seen.iter().find(|slot| slot.get().is_none()) {
+            Some(slot) => std::borrow::Cow::Borrowed(slot.get_or_init(|| handles)),
+            None => std::borrow::Cow::Owned(handles),
+        }
+    }
+}
+
 /// The children of the request metrics for one route, method and status.
+#[derive(Clone)]
 struct RequestHandles {
     method: Method,
     status: u16,
@@ -132,5 +167,41 @@ impl RequestHandles {
     fn observe(&self, seconds: f64) {
         self.requests.inc();
         self.duration.observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every method and status pair is counted under its own labels, past the slots kept at hand
+    /// too, and from several threads at once.
+    #[test]
+    fn a_route_counts_each_method_and_status() {
+        let metrics = Metrics::default();
+        let route = metrics.route("/api/x/{id}");
+        let statuses: Vec<u16> = (0..SEEN as u16 + 4).map(|i| 200 + i).collect();
+        std::thread::scope(|threads| {
+            for _ in 0..4 {
+                threads.spawn(|| {
+                    for status in &statuses {
+                        route.observe(&Method::GET, *status, 0.001);
+                        route.observe(&Method::POST, *status, 0.001);
+                    }
+                });
+            }
+        });
+        let text = metrics.render();
+        for status in &statuses {
+            for method in ["GET", "POST"] {
+                let line = format!(
+                    r#"whatsapp_hub_http_requests_total{{method="{method}",route="/api/x/{{id}}",status="{status}"}} 4"#
+                );
+                assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+            }
+        }
+        let count = r#"whatsapp_hub_http_request_duration_seconds_count{method="GET",route="/api/x/{id}"}"#;
+        let expected = format!("{count} {}", 4 * statuses.len());
+        assert!(text.lines().any(|l| l == expected), "{expected} in\n{text}");
     }
 }

@@ -7,22 +7,18 @@ mod events;
 mod extract;
 mod login;
 mod messages;
+mod observe;
 mod sender;
 mod session_manager;
 mod sessions;
 mod webhooks;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-
-use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use tower_http::cors::{AllowOrigin, CorsLayer};
-use tracing::Instrument;
+use tower::Layer;
+use tower::util::Either;
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -31,7 +27,10 @@ use utoipa_axum::routes;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use observe::{Observe, REQUEST_ID};
+
+/// The API as served: the router, observed, behind CORS when browsers may call.
+pub type App = Either<Cors<Observe>, Observe>;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -124,12 +123,7 @@ pub enum BodyErrors {
 /// Routes (with their documentation), the OpenAPI document, and the middleware. Bodies are
 /// limited to `body_limit`, except on the routes that take a batch of messages:
 /// `batch_body_limit`.
-pub fn router(
-    state: AppState,
-    cors_origins: &[String],
-    body_limit: usize,
-    batch_body_limit: usize,
-) -> Router {
+pub fn app(state: AppState, cors_origins: &[String], body_limit: usize, batch_body_limit: usize) -> App {
     let batches = OpenApiRouter::new()
         .routes(routes!(messages::submit, messages::list))
         .routes(routes!(sender::send_bulk))
@@ -182,17 +176,16 @@ pub fn router(
 
     let router = router
         .fallback(|request: Request| async move { ApiError::NotFound(request.uri().path().to_owned()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
-    let router =
-        router.layer(middleware::from_fn_with_state((state.clone(), RequestIds::default()), observe));
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state.clone());
+    let api = Observe::new(router, state, openapi.paths.paths.keys().map(String::as_str), body_limit);
     // Outermost, so every answer carries its headers, a timeout's 504 included (a preflight is
     // answered before an id or a metric). No origin allowed: no browser may call, so there is
     // nothing for CORS to answer.
-    let router = match cors(cors_origins) {
-        Some(cors) => router.layer(cors),
-        None => router,
-    };
-    router.layer(axum::extract::DefaultBodyLimit::max(body_limit)).with_state(state)
+    match cors(cors_origins) {
+        Some(cors) => Either::Left(cors.layer(api)),
+        None => Either::Right(api),
+    }
 }
 
 /// What browsers on `origins` may call (`*`: any); None when no origin is allowed. An origin
@@ -238,91 +231,6 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 async fn openapi_json(State(state): State<AppState>) -> Response {
     let doc = state.openapi.get().cloned().unwrap_or_default();
     ([(axum::http::header::CONTENT_TYPE, "application/json")], doc).into_response()
-}
-
-/// Request ids: unique per process start and request (`<start>-<n>`, both in hex).
-#[derive(Clone)]
-struct RequestIds {
-    /// When the process started, in microseconds since the epoch.
-    start: u64,
-    next: Arc<AtomicU64>,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or_default();
-        RequestIds { start, next: Default::default() }
-    }
-}
-
-impl RequestIds {
-    /// The next id, written on the stack (every request without an id of its own takes one).
-    fn next(&self) -> HeaderValue {
-        use std::io::Write;
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut id = [0u8; 33];
-        let mut rest = &mut id[..];
-        write!(rest, "{:x}-{n:x}", self.start).expect("two u64 in hex and a dash fit in 33 bytes");
-        let len = 33 - rest.len();
-        HeaderValue::from_bytes(&id[..len]).expect("hex digits and a dash")
-    }
-}
-
-/// What every request goes through, in one layer (each layer costs a status read about a fifth
-/// of its time): its id (the caller's `x-request-id`, else a new one; echoed in the response),
-/// the `request` span that the logs of its handling carry, a deadline until its response starts
-/// (past the session pod's own timeouts; a live stream's body then flows for as long as it
-/// lives), its count and time by route (a 5xx also logged), and the header telling when the
-/// data served may be stale.
-async fn observe(
-    State((state, ids)): State<(AppState, RequestIds)>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let id = request.headers().get(&REQUEST_ID).cloned().unwrap_or_else(|| ids.next());
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    // Fields as `&str`: written without the formatting machinery.
-    let span = tracing::info_span!(
-        "request",
-        method = method.as_str(),
-        path = request.uri().path(),
-        request_id = id.to_str().unwrap_or(""),
-        subject = tracing::field::Empty,
-    );
-    let started = Instant::now();
-    let handled = tokio::time::timeout(state.request_timeout, next.run(request).instrument(span.clone()));
-    let mut response = handled.await.unwrap_or_else(|_| {
-        let limit = state.request_timeout;
-        span.in_scope(|| {
-            ApiError::GatewayTimeout(format!("the request took longer than {limit:?}")).into_response()
-        })
-    });
-    let status = response.status();
-    let seconds = started.elapsed().as_secs_f64();
-    state.metrics.observe_request(
-        route.as_ref().map_or("unmatched", MatchedPath::as_str),
-        &method,
-        status.as_u16(),
-        seconds,
-    );
-    if status.is_server_error() {
-        span.in_scope(|| {
-            tracing::error!(status = status.as_u16(), latency_ms = seconds * 1e3, "response failed")
-        });
-    }
-    response.headers_mut().insert(REQUEST_ID, id);
-    let staleness = state.cache.staleness();
-    if !staleness.is_zero() {
-        // Served from the last known state: the Kubernetes API has been unreachable this long.
-        if let Ok(v) = HeaderValue::from_str(&format!("{:.0}", staleness.as_secs_f64())) {
-            response.headers_mut().insert(HeaderName::from_static("x-cache-stale-seconds"), v);
-        }
-    }
-    response
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::ServiceExt;
 use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
@@ -262,7 +263,7 @@ impl Hub {
             openapi: Default::default(),
             feeds: Default::default(),
         });
-        let app = super::router(state, cors_origins, 64 * 1024, crate::outbox::BATCH_BODY_LIMIT);
+        let app = super::app(state, cors_origins, 64 * 1024, crate::outbox::BATCH_BODY_LIMIT);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -413,6 +414,18 @@ async fn messages_go_to_the_session_pods_outbox() {
     let long = json!({"to": "5491155550000", "message": "x".repeat(100 * 1024)});
     let (code, _, _) = hub.call(Method::POST, "/api/whatsapp/51/send", Some(&tenant), Some(long)).await;
     assert_eq!(code, 413, "the other routes keep the hub's limit");
+    // Streamed without a length (chunked), the same.
+    let chunks = futures::stream::iter((0..100).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
+    let response = hub
+        .http
+        .post(format!("{}/api/whatsapp/51/send", hub.url))
+        .bearer_auth(&tenant)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413, "a chunked body keeps the hub's limit");
 
     // The pod's refusals pass through, with Retry-After.
     let full = json!({"to": "5491199999999", "message": "x"});
@@ -981,6 +994,13 @@ async fn every_response_carries_its_request_id_and_a_stuck_call_times_out() {
             && l.contains("status=\"504\"")),
         "{metrics}"
     );
+    // Labelled by the route matched, or as unmatched.
+    for counted in [
+        r#"whatsapp_hub_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+        r#"whatsapp_hub_http_requests_total{method="PUT",route="/api/whatsapp/{clienteId}/status",status="405"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == counted), "{counted} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

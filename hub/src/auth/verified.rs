@@ -5,8 +5,9 @@
 //! so the tokens in use stay and the others age out. An entry keeps the token's `exp` and
 //! `nbf`: a hit is checked against the clock like a fresh verification.
 
-use std::collections::HashMap;
 use std::sync::RwLock;
+
+use foldhash::HashMap;
 
 use super::Principal;
 use crate::error::ApiError;
@@ -38,7 +39,9 @@ impl Verified {
 }
 
 /// The verified tokens, keyed by the whole token (its signature alone could be pasted onto
-/// another header and payload). A hit in the current generation takes the lock shared, so
+/// another header and payload), hashed with foldhash (SipHash took a tenth of a status read's
+/// time on a token of hundreds of bytes; only verified tokens are inserted, so a caller cannot
+/// choose the keys). A hit in the current generation takes the lock shared, so
 /// concurrent requests do not queue on it.
 #[derive(Default)]
 pub struct VerifiedTokens {
