@@ -167,12 +167,19 @@ pub fn status_field(pid: u32, name: &str) -> Option<String> {
 
 /// A process' CPU time so far (user and system), from /proc (in clock ticks of 10 ms).
 pub fn cpu_time(pid: u32) -> Duration {
+    let (user, system) = cpu_times(pid);
+    user + system
+}
+
+/// A process' user and system CPU times so far, from /proc (in clock ticks of 10 ms).
+pub fn cpu_times(pid: u32) -> (Duration, Duration) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The fields after the command name (which may hold spaces), from the third on.
     let fields: Vec<&str> =
         stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
-    Duration::from_millis(ticks * 10)
+    let ticks =
+        |i: usize| Duration::from_millis(fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0) * 10);
+    (ticks(11), ticks(12))
 }
 
 /// The processes whose command line names `dir` (a control plane's components, by their

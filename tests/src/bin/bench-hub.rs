@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use whatsapp_tests::cluster::free_port;
 use whatsapp_tests::harness::{CLUSTER_ENV, TestNamespace, cluster, eventually, workspace_binary};
 use whatsapp_tests::hub::{Hub, HubOptions, tenant_token};
-use whatsapp_tests::processes::{cpu_time, rss_kib};
+use whatsapp_tests::processes::{cpu_times, rss_kib};
 
 const CONNECTIONS: usize = 64;
 const LOAD: Duration = Duration::from_secs(5);
@@ -167,7 +167,7 @@ async fn reads(hub: &Hub, n: i64) -> anyhow::Result<()> {
         body.len(),
         ready.len()
     );
-    let mut runs = Vec::new();
+    let (mut runs, mut users) = (Vec::new(), Vec::new());
     for run in 0..RUNS {
         let (hub_load, bare_load) = if run % 2 == 0 {
             let h = load(hub.port, hub.pid(), &hub_requests).await?;
@@ -176,15 +176,19 @@ async fn reads(hub: &Hub, n: i64) -> anyhow::Result<()> {
             let b = load(bare_port, bare.id(), &bare_requests).await?;
             (load(hub.port, hub.pid(), &hub_requests).await?, b)
         };
+        let (hub_cpu, hub_user) = hub_load.cpu_per_request();
+        let (bare_cpu, bare_user) = bare_load.cpu_per_request();
         println!(
-            "  run {}: hub {:>6.0} req/s p99 {:>5.2} ms {:>4.1} us CPU/req | bare {:>6.0} req/s p99 {:>5.2} ms {:>4.1} us CPU/req | {:.2}x, p99 {:.2}x{}",
+            "  run {}: hub {:>6.0} req/s p99 {:>5.2} ms {:>4.1} us CPU/req (user {:.1}) | bare {:>6.0} req/s p99 {:>5.2} ms {:>4.1} us CPU/req (user {:.1}) | {:.2}x, p99 {:.2}x{}",
             run + 1,
             hub_load.rate(),
             hub_load.p99_ms(),
-            hub_load.cpu_per_request(),
+            hub_cpu,
+            hub_user,
             bare_load.rate(),
             bare_load.p99_ms(),
-            bare_load.cpu_per_request(),
+            bare_cpu,
+            bare_user,
             hub_load.rate() / bare_load.rate(),
             hub_load.p99_ms() / bare_load.p99_ms(),
             if hub_load.errors + bare_load.errors > 0 {
@@ -194,12 +198,19 @@ async fn reads(hub: &Hub, n: i64) -> anyhow::Result<()> {
             }
         );
         runs.push((hub_load.rate() / bare_load.rate(), hub_load.p99_ms() / bare_load.p99_ms()));
+        users.push((hub_user, bare_user));
     }
     let _ = bare.kill();
     let _ = bare.wait();
     let (throughput, p99): (Vec<f64>, Vec<f64>) = runs.into_iter().unzip();
-    println!("  hub/bare throughput: {}   (target: >= 0.80x)", median_spread(throughput));
-    println!("  hub/bare p99:        {}   (target: <= 1.50x)", median_spread(p99));
+    println!("  hub/bare throughput: {}   (target: >= 0.80x)", median_spread(throughput, "x"));
+    println!("  hub/bare p99:        {}   (target: <= 1.50x)", median_spread(p99, "x"));
+    let (hub_user, bare_user): (Vec<f64>, Vec<f64>) = users.into_iter().unzip();
+    println!(
+        "  user CPU per read:   hub {}, bare axum {}",
+        median_spread(hub_user, " us"),
+        median_spread(bare_user, " us")
+    );
     Ok(())
 }
 
@@ -219,30 +230,30 @@ fn request(path: &str, token: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {token}\r\n\r\n").into_bytes()
 }
 
-fn median_spread(mut values: Vec<f64>) -> String {
+/// The median of `values` and their spread, each with `unit`.
+fn median_spread(mut values: Vec<f64>, unit: &str) -> String {
     values.sort_by(f64::total_cmp);
-    format!(
-        "median {:.2}x (runs {:.2}x to {:.2}x)",
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1]
-    )
+    let (median, low, high) = (values[values.len() / 2], values[0], values[values.len() - 1]);
+    format!("median {median:.2}{unit} (runs {low:.2}{unit} to {high:.2}{unit})")
 }
 
 struct Load {
     requests: usize,
     errors: usize,
     elapsed: Duration,
-    /// CPU time the server spent meanwhile (user and system).
-    server_cpu: Duration,
+    /// CPU time the server spent meanwhile: user, and system.
+    server_cpu: (Duration, Duration),
     /// Sorted, in microseconds.
     latencies: Vec<u32>,
 }
 
 impl Load {
-    /// The server's CPU time per request, in microseconds.
-    fn cpu_per_request(&self) -> f64 {
-        self.server_cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
+    /// The server's CPU time per request, in microseconds: all of it, and its user part (where
+    /// a server's own code runs; the system part is mostly the socket calls both servers make).
+    fn cpu_per_request(&self) -> (f64, f64) {
+        let per_request = |d: Duration| d.as_secs_f64() * 1e6 / self.requests.max(1) as f64;
+        let (user, system) = self.server_cpu;
+        (per_request(user + system), per_request(user))
     }
 
     fn rate(&self) -> f64 {
@@ -267,7 +278,7 @@ async fn load(port: u16, server: u32, requests: &[Vec<u8>]) -> anyhow::Result<Lo
     for _ in 0..CONNECTIONS {
         connections.push(Connection::open(port).await?);
     }
-    let (started, cpu_before) = (Instant::now(), cpu_time(server));
+    let (started, cpu_before) = (Instant::now(), cpu_times(server));
     let deadline = started + LOAD;
     let workers: Vec<_> = connections
         .into_iter()
@@ -296,7 +307,7 @@ async fn load(port: u16, server: u32, requests: &[Vec<u8>]) -> anyhow::Result<Lo
         requests: 0,
         errors: 0,
         elapsed: Duration::ZERO,
-        server_cpu: Duration::ZERO,
+        server_cpu: (Duration::ZERO, Duration::ZERO),
         latencies: Vec::new(),
     };
     for worker in workers {
@@ -306,7 +317,8 @@ async fn load(port: u16, server: u32, requests: &[Vec<u8>]) -> anyhow::Result<Lo
         all.latencies.extend(latencies);
     }
     all.elapsed = started.elapsed();
-    all.server_cpu = cpu_time(server).saturating_sub(cpu_before);
+    let cpu_after = cpu_times(server);
+    all.server_cpu = (cpu_after.0.saturating_sub(cpu_before.0), cpu_after.1.saturating_sub(cpu_before.1));
     all.latencies.sort_unstable();
     Ok(all)
 }
