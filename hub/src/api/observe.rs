@@ -134,8 +134,9 @@ impl Future for Observed {
             Poll::Pending => {
                 let limit = shared.state.request_timeout;
                 if this.deadline.is_none() {
-                    let at = tokio::time::Instant::from_std(*this.started + limit);
-                    this.deadline.set(Some(tokio::time::sleep_until(at)));
+                    // A deadline past what a clock can hold is none.
+                    let Some(at) = this.started.checked_add(limit) else { return Poll::Pending };
+                    this.deadline.set(Some(tokio::time::sleep_until(at.into())));
                 }
                 ready!(this.deadline.as_mut().as_pin_mut().expect("set above").poll(cx));
                 this.handled.span().in_scope(|| {
