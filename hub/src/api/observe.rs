@@ -112,8 +112,7 @@ pin_project_lite::pin_project! {
         #[pin]
         handled: Instrumented<RouteFuture<Infallible>>,
         // The timer of the request's deadline, made once it waits: most are answered at once.
-        #[pin]
-        deadline: Option<Sleep>,
+        deadline: Option<Pin<Box<Sleep>>>,
         started: Instant,
         id: Option<HeaderValue>,
         method: Method,
@@ -133,12 +132,15 @@ impl Future for Observed {
             Poll::Ready(Err(infallible)) => match infallible {},
             Poll::Pending => {
                 let limit = shared.state.request_timeout;
-                if this.deadline.is_none() {
-                    // A deadline past what a clock can hold is none.
-                    let Some(at) = this.started.checked_add(limit) else { return Poll::Pending };
-                    this.deadline.set(Some(tokio::time::sleep_until(at.into())));
-                }
-                ready!(this.deadline.as_mut().as_pin_mut().expect("set above").poll(cx));
+                let deadline = match this.deadline {
+                    Some(deadline) => deadline,
+                    None => {
+                        // A deadline past what a clock can hold is none.
+                        let Some(at) = this.started.checked_add(limit) else { return Poll::Pending };
+                        this.deadline.insert(Box::pin(tokio::time::sleep_until(at.into())))
+                    }
+                };
+                ready!(deadline.as_mut().poll(cx));
                 this.handled.span().in_scope(|| {
                     ApiError::GatewayTimeout(format!("the request took longer than {limit:?}"))
                         .into_response()

@@ -23,13 +23,17 @@ pub struct JsonSpanFields;
 
 impl<'writer> FormatFields<'writer> for JsonSpanFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut gathered = Gathered::default();
+        // Gathered first and handed to the `fmt` layer in one piece: its string then takes one
+        // allocation of the right size instead of growing from empty (glibc's malloc takes its
+        // arena's lock to grow a block, and workers growing theirs at once waited on each other:
+        // the hub's request spans were the second cause of its futex calls under load).
+        let mut gathered = String::with_capacity(GATHERED);
         let mut object = Members { out: &mut gathered, any: false, result: Ok(()) };
-        object.out.write_char('{')?;
+        object.out.push('{');
         fields.record(&mut object);
         object.result?;
-        gathered.write_char('}')?;
-        writer.write_str(gathered.as_str())
+        gathered.push('}');
+        writer.write_str(&gathered)
     }
 
     fn add_fields(
@@ -37,7 +41,7 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
         current: &'writer mut FormattedFields<Self>,
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
-        // Into a new string with room to spare, not grown in place (see [`Gathered`]).
+        // Into a new string with room to spare, not grown in place (see `format_fields`).
         let so_far = &current.fields;
         let mut fields_now = String::with_capacity(so_far.len() + LATER_FIELDS);
         // Without its closing brace (a span formatted elsewhere would have its braces).
@@ -55,49 +59,8 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
 /// Room for the fields a span records after it opens (the hub's request adds its caller).
 const LATER_FIELDS: usize = 64;
 
-/// A span's fields gathered on the stack and handed to the `fmt` layer in one piece: its string
-/// then takes one allocation of the right size instead of growing from empty (glibc's malloc
-/// takes its arena's lock to grow a block, and workers growing theirs at once waited on each
-/// other: the hub's request spans were the second cause of its futex calls under load).
-struct Gathered {
-    bytes: [u8; 256],
-    len: usize,
-    /// What did not fit, and everything after.
-    spilled: String,
-}
-
-impl Default for Gathered {
-    fn default() -> Self {
-        Gathered { bytes: [0; 256], len: 0, spilled: String::new() }
-    }
-}
-
-impl Gathered {
-    fn as_str(&self) -> &str {
-        if self.spilled.is_empty() {
-            std::str::from_utf8(&self.bytes[..self.len]).expect("whole strings were copied")
-        } else {
-            &self.spilled
-        }
-    }
-}
-
-impl Write for Gathered {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        if self.spilled.is_empty() {
-            if let Some(room) = self.bytes.get_mut(self.len..self.len + text.len()) {
-                room.copy_from_slice(text.as_bytes());
-                self.len += text.len();
-                return Ok(());
-            }
-            self.spilled.reserve(2 * (self.len + text.len()));
-            let so_far = std::str::from_utf8(&self.bytes[..self.len]).expect("whole strings were copied");
-            self.spilled.push_str(so_far);
-        }
-        self.spilled.push_str(text);
-        Ok(())
-    }
-}
+/// Room for a span's fields as they are gathered (the hub's request span takes about 150 bytes).
+const GATHERED: usize = 256;
 
 /// Writes each field it visits as a member of an open JSON object.
 struct Members<'a, W: Write> {
